@@ -1,0 +1,18 @@
+"""loraclf: budget-exact LoRA fine-tuning of transformer text classifiers.
+
+    import loraclf
+    run = loraclf.load("runs/agnews")
+    run.predict(["Stocks rallied after the Fed held rates."])
+"""
+
+__version__ = "0.1.0"
+
+
+def load(path, device: str = "auto", precision: str = "auto"):
+    """Load a finished run folder for prediction (see :class:`loraclf.runs.Run`)."""
+    from .runs import load as _load
+
+    return _load(path, device=device, precision=precision)
+
+
+__all__ = ["__version__", "load"]

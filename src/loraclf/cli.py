@@ -1,0 +1,319 @@
+"""The ``loraclf`` command line: plan, train, evaluate, predict.
+
+Flags are shortcuts for recipe keys (``--rank`` is ``adapter.r``); any key can also be set with a trailing
+``key.sub=value`` override. Every user mistake ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+# flag dest → recipe key path
+FLAG_KEYS = {
+    "model": "model.name",
+    "head": "model.head",
+    "targets": "adapter.targets",
+    "rank": "adapter.r",
+    "alpha": "adapter.alpha",
+    "bias": "adapter.bias",
+    "layer_ranks": "adapter.layer_ranks",
+    "method": "adapter.method",
+    "epochs": "train.epochs",
+    "max_train_samples": "data.max_train_samples",
+    "seed": "train.seed",
+    "save_every": "train.save_every",
+    "budget": "budget",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
+def _recipe_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="recipe YAML (see recipes/)")
+    p.add_argument("--model", help="alias (minilm, mpnet-base), hub id or local folder")
+    p.add_argument("--head", help="default | mlp | linear")
+    p.add_argument("--method", help="lora | head (feature extraction) | full")
+    p.add_argument("--targets", help="module names, comma separated (query,value; q,v; c_attn) or attention/mlp/all-linear")
+    p.add_argument("--rank", type=int, help="LoRA rank r")
+    p.add_argument("--alpha", type=float, help="LoRA alpha (default 2r)")
+    p.add_argument("--bias", help="none | all | lora_only")
+    p.add_argument("--layer-ranks", help="per-layer ranks: 8,8,16,… or an expression in i such as '8*2**(i//4)'")
+    p.add_argument("--budget", type=int, help="refuse recipes with more trainable parameters than this")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="loraclf", description="Budget-exact LoRA text classifiers: plan, train, evaluate, predict.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+
+    p = sub.add_parser("plan", help="exact trainable-parameter plan from the config alone (no weights)")
+    _recipe_flags(p)
+    p.add_argument("--num-labels", type=int, help="classes (default: from --train, else the config's)")
+    p.add_argument("--train", help="data file whose label count sets --num-labels")
+    p.add_argument("--search", action="store_true", help="list the strongest configurations that fit --budget")
+    p.add_argument("--top", type=int, default=12, help="rows of --search")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
+
+    p = sub.add_parser("train", help="train a classifier into a run folder")
+    _recipe_flags(p)
+    p.add_argument("--train", help="training data file")
+    p.add_argument("--eval", help="evaluation data file (default: a stratified split of --train)")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-train-samples", type=int, help="stratified random sample of N training rows")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--save-every", type=int, help="optimizer steps between resumable checkpoints")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides, e.g. train.lr=1e-4")
+
+    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class metrics and confusion matrix of a run")
+    p.add_argument("run")
+    p.add_argument("--data", required=True, help="labelled data file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("predict", help="write a Kaggle-style ID,Label file; several runs form an ensemble")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--input", required=True, help="data file (labels not needed)")
+    p.add_argument("--output", required=True, help="CSV to write")
+    p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="average N passes with dropout on")
+    p.add_argument("--probabilities", action="store_true", help="add prob_<label> columns")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def resolve_recipe(args) -> object:
+    """Recipe file (or the model's default recipe), then flags, then dotted overrides; validated."""
+    from .config import apply_overrides, load_recipe, validate
+    from .defaults import default_recipe
+
+    if args.config:
+        recipe = load_recipe(args.config)
+    else:
+        recipe = default_recipe(args.model or "minilm")
+    pairs = []
+    for dest, key in FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if dest == "targets":
+            value = "[" + ",".join(v.strip() for v in value.split(",") if v.strip()) + "]"
+        elif dest == "layer_ranks":
+            value = f"[{value}]" if all(c.isdigit() or c in ", " for c in value) else json.dumps(value)
+        pairs.append(f"{key}={value}")
+    recipe = apply_overrides(recipe, pairs + list(getattr(args, "overrides", []) or []))
+    return validate(recipe)
+
+
+def cmd_plan(args) -> int:
+    from .budget import check_budget, plan, search
+    from .data import load_texts
+    from .models import load_config
+
+    recipe = resolve_recipe(args)
+    num_labels = args.num_labels
+    if num_labels is None and args.train:
+        _, label_map = load_texts(args.train, recipe.data, "--train")
+        num_labels = len(label_map)
+    if num_labels is None:
+        num_labels = load_config(recipe.model.name, prefer_shipped=True).num_labels
+    if num_labels < 2:
+        raise UserError(f"--num-labels must be at least 2, got {num_labels}")
+    if args.search:
+        if not recipe.budget:
+            raise UserError("--search needs --budget N (the trainable-parameter limit to search under)")
+        found = search(recipe, num_labels, recipe.budget, top=args.top)
+        if args.json:
+            print(json.dumps([{"flags": c.flags(), "trainable": c.trainable, "adapters": c.adapters} for c in found],
+                             indent=1))
+            return 0
+        print(f"Configurations of {recipe.model.name} ({num_labels} labels, head {recipe.model.head}) within "
+              f"{recipe.budget:,} trainable parameters, ranked by parameters spent on adapters "
+              "(more coverage and rank first):")
+        for c in found:
+            print(f"  {c.trainable:>10,}  adapters {c.adapters:>9,}   loraclf train --model {recipe.model.name} {c.flags()}")
+        if not found:
+            print("  (none: the head alone exceeds the budget; use --head linear or a larger budget)")
+        return 0
+    p = plan(recipe, num_labels)
+    if args.json:
+        print(json.dumps(p.to_json(), indent=1))
+    else:
+        print(format_plan(p, recipe))
+    check_budget(p)
+    return 0
+
+
+def format_plan(p, recipe) -> str:
+    a = recipe.adapter
+    lines = [f"model    {p.model}   labels {p.num_labels}   head {recipe.model.head}   method {a.method}"]
+    if a.method == "lora":
+        ranks = a.layer_ranks if a.layer_ranks is not None else a.r
+        lines.append(f"lora     targets {','.join(a.targets)}   r {ranks}   alpha {a.alpha if a.alpha else '2r'}   "
+                     f"bias {a.bias}")
+    lines.append("")
+    lines.append(f"{'part':<24}{'trainable':>14}")
+    for layer, n in sorted(p.adapters_per_layer.items()):
+        lines.append(f"{'  adapters layer ' + str(layer):<24}{n:>14,}")
+    if p.adapters_per_layer:
+        lines.append(f"{'adapters':<24}{p.adapters:>14,}")
+    lines.append(f"{'biases':<24}{p.biases:>14,}")
+    lines.append(f"{'head':<24}{p.head:>14,}")
+    if p.other:
+        lines.append(f"{'other (full fine-tune)':<24}{p.other:>14,}")
+    lines.append(f"{'trainable':<24}{p.trainable:>14,}")
+    lines.append(f"{'total':<24}{p.total:>14,}")
+    lines.append(f"{'ratio':<24}{p.ratio:>14.4%}")
+    if p.budget is not None:
+        verdict = "fits" if p.trainable <= p.budget else "OVER BUDGET"
+        lines.append(f"{'budget':<24}{p.budget:>14,}   {verdict} ({p.budget - p.trainable:+,})")
+    return "\n".join(lines)
+
+
+def cmd_train(args) -> int:
+    from .evaluate import format_report, summary_line
+    from .train import prepare, resume_run, train
+
+    if args.resume:
+        p, out = resume_run(Path(args.resume))
+        if args.quiet:
+            p.recipe.train.progress = False
+        m = train(p, out, resume=True)
+    else:
+        if not args.train:
+            raise UserError("train: --train FILE is required (or --resume RUN)")
+        if not args.out:
+            raise UserError("train: --out DIR is required (the run folder to create)")
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UserError(f"--out: '{out}' already exists and is not an empty folder; choose a new folder or "
+                            f"resume it with `loraclf train --resume {out}`")
+        _check_writable(out)
+        recipe = resolve_recipe(args)
+        if args.quiet:
+            recipe.train.progress = False
+        p = prepare(recipe, args.train, args.eval)
+        m = train(p, out)
+    print(format_report(m))
+    print(f"\n{summary_line(m)}")
+    print(f"train time {m['train_seconds']:.1f} s, {m['train_samples_per_s']:.1f} samples/s; run folder: {out}")
+    return 0
+
+
+def _check_writable(out: Path) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"--out: cannot create '{out}': '{parent}' is not writable; choose another folder")
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from .data import load_texts
+    from .evaluate import format_report, metrics, summary_line
+    from .runs import load
+
+    run = load(args.run, device=args.device)
+    ts, _ = load_texts(args.data, run.recipe.data, "--data", label_map=run.labels)
+    probs = run.predict_proba(ts.texts, batch_size=args.batch_size)
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(ts)), ts.labels], 1e-12, None))))
+    m = metrics(ts.labels, probs.argmax(1), run.labels, loss)
+    if args.json:
+        print(json.dumps(m, indent=1))
+    else:
+        print(format_report(m))
+        print(f"\n{summary_line(m)}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .data import load_texts
+    from .predict import write_submission
+    from .runs import load
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise UserError(f"--output: '{out}' is a folder; give a file name such as predictions.csv")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise UserError(f"--output: folder '{out.parent}' does not exist; create it first")
+    if args.mc_dropout < 0:
+        raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
+    runs = [load(r, device=args.device) for r in args.runs]
+    labels = runs[0].labels
+    for r in runs[1:]:
+        if r.labels != labels:
+            raise UserError(f"predict: run '{r.path}' has labels {r.labels}, '{runs[0].path}' has {labels}; "
+                            "an ensemble needs runs trained on the same label set")
+    ts, _ = load_texts(args.input, runs[0].recipe.data, "--input", labelled=False)
+    probs = sum(r.predict_proba(ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout,
+                                progress=not args.quiet) for r in runs) / len(runs)
+    preds = [labels[i] for i in probs.argmax(1)]
+    write_submission(out, ts.ids, preds, probs if args.probabilities else None, labels)
+    if len(runs) > 1:
+        total = sum(r.trainable for r in runs)
+        print(f"ensemble of {len(runs)} runs: {' + '.join(f'{r.trainable:,}' for r in runs)} = {total:,} "
+              "trainable parameters in total (each member spends one budget)", file=sys.stderr)
+    counts = {str(lab): preds.count(lab) for lab in labels}
+    print(f"wrote {len(preds):,} predictions to {out}; predicted classes: {counts}")
+    return 0
+
+
+COMMANDS = {"plan": cmd_plan, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.version:
+            from . import __version__
+
+            print(f"loraclf {__version__}")
+            return 0
+        if not args.command:
+            parser.print_help()
+            return 2
+        _quiet_libraries()
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"loraclf: error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("loraclf: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (download hints, 'newly initialized weights' notices) is noise for CLI users."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*rank_pattern.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+    logging.getLogger("peft").setLevel(logging.ERROR)

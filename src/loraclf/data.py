@@ -1,0 +1,310 @@
+"""Loading, cleaning, splitting and measuring labelled text sets.
+
+A data file is CSV, TSV, JSONL, Parquet, a saved Hugging Face dataset folder, a hub dataset id (``ag_news`` or
+``ag_news:test``), or a pickle read through the restricted loader. Each row gives a text, from ``text`` or from
+``title`` + ``description`` joined as the Hugging Face AG News does, a label (int or string) and optionally an id.
+Labels are mapped to class indices through a label map fixed by the training file and saved with the run, so
+predictions come back in the training file's label space whatever layout the prediction file uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .clean import clean_texts
+from .config import DataConfig
+from .errors import UserError, did_you_mean, short_list
+
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
+
+
+@dataclass
+class TextSet:
+    """Cleaned texts with class indices (``None`` when unlabelled) and row ids."""
+
+    texts: list[str]
+    labels: np.ndarray | None
+    ids: list
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx) -> TextSet:
+        idx = np.asarray(idx, dtype=np.int64)
+        return TextSet(
+            [self.texts[i] for i in idx],
+            None if self.labels is None else self.labels[idx],
+            [self.ids[i] for i in idx],
+            self.source,
+        )
+
+
+def _read_delimited(path: Path, sep: str, flag: str) -> pd.DataFrame:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise UserError(f"{flag}: file '{path}' is empty; give a file with a header row and data rows")
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM is common in files saved by spreadsheet programs
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{flag}: '{path}' is not UTF-8 (byte {exc.start}, line {line}); re-save it as UTF-8, "
+            "e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+    if sep == "," and path.suffix.lower() == ".csv":
+        first = text.split("\n", 1)[0]
+        if first.count(",") == 0 and (first.count("\t") or first.count(";")):
+            found = "tabs" if first.count("\t") else "semicolons"
+            raise UserError(f"{flag}: '{path}' has no commas in its header but {found}; name it .tsv or use commas")
+    try:
+        import io
+
+        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL,
+                         engine="c")
+    except pd.errors.ParserError as exc:
+        msg = str(exc).strip().split("\n")[0]
+        raise UserError(f"{flag}: '{path}' is malformed ({msg}); check quoting and the number of fields per row") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{flag}: file '{path}' is empty; give a file with a header row and data rows") from None
+    return df
+
+
+def _read_jsonl(path: Path, flag: str) -> pd.DataFrame:
+    rows = []
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{flag}: '{path}' is not UTF-8 (byte {exc.start}); re-save it as UTF-8") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array of records
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{flag}: '{path}' is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{flag}: '{path}' line {n} is not valid JSON ({exc.msg}); one object per line") from None
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"{flag}: '{path}' holds no JSON objects; write one object per line with text and label keys")
+    return pd.DataFrame(rows)
+
+
+def _read_hf(spec: str, flag: str) -> pd.DataFrame:
+    """A saved HF dataset folder (``save_to_disk``) or a hub dataset id with an optional ``:split``."""
+    import datasets
+
+    path = Path(spec)
+    try:
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path))
+        else:
+            name, _, split = spec.partition(":")
+            ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:  # datasets raises many types for a missing or unreachable dataset
+        raise UserError(f"{flag}: cannot load dataset '{spec}' ({type(exc).__name__}); give a data file or a "
+                        "saved dataset folder") from None
+    if isinstance(ds, datasets.DatasetDict):
+        split = "train" if "train" in ds else next(iter(ds))
+        ds = ds[split]
+    df = ds.to_pandas()
+    # Hugging Face ClassLabel columns hold ints; keep them, the label map is built from the values.
+    return df
+
+
+def read_table(path_or_id: str, flag: str = "--data") -> pd.DataFrame:
+    """Read any supported file into a DataFrame of strings (labels keep their type where the format has one)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        if any((path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            return _read_hf(str(path), flag)
+        raise UserError(f"{flag}: '{path}' is a folder but not a saved Hugging Face dataset; pass a data file")
+    if not path.exists():
+        if "/" not in path_or_id and "." not in Path(path_or_id).name:
+            return _read_hf(path_or_id, flag)  # looks like a hub dataset id such as "ag_news" or "ag_news:test"
+        raise UserError(f"{flag}: file '{path}' not found; check the path (data files are usually in ../shared/data)")
+    if not path.is_file():
+        raise UserError(f"{flag}: '{path}' is not a regular file")
+    try:
+        suffix = path.suffix.lower()
+        if suffix in TABLE_SUFFIXES:
+            return _read_delimited(path, TABLE_SUFFIXES[suffix], flag)
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            return _read_jsonl(path, flag)
+        if suffix in (".parquet", ".pq"):
+            try:
+                return pd.read_parquet(path)
+            except Exception as exc:  # pyarrow raises its own error types for corrupt files
+                raise UserError(f"{flag}: '{path}' is not a readable Parquet file ({type(exc).__name__})") from None
+        if suffix in (".pkl", ".pickle"):
+            from .safe_pickle import load_pickle_table
+
+            return load_pickle_table(path, flag)
+    except PermissionError:
+        raise UserError(f"{flag}: cannot read '{path}' (permission denied)") from None
+    raise UserError(f"{flag}: '{path}' has an unknown format '{suffix}'; use .csv, .tsv, .jsonl, .parquet or .pkl")
+
+
+def texts_of(df: pd.DataFrame, cfg: DataConfig, source: str, flag: str) -> list[str]:
+    """The text of every row: the text column, else title + join + description."""
+    cols = [str(c) for c in df.columns]
+    if cfg.text_column in df.columns:
+        col = df[cfg.text_column]
+        return ["" if _missing(v) else str(v) for v in col]
+    if cfg.title_column in df.columns and cfg.description_column in df.columns:
+        titles = ["" if _missing(v) else str(v) for v in df[cfg.title_column]]
+        descs = ["" if _missing(v) else str(v) for v in df[cfg.description_column]]
+        return [(t + cfg.join + d).strip() if t and d else (t or d) for t, d in zip(titles, descs)]
+    hint = did_you_mean(cfg.text_column, cols)
+    raise UserError(
+        f"{flag}: '{source}' has no column '{cfg.text_column}' (nor '{cfg.title_column}' + "
+        f"'{cfg.description_column}'){hint}; its columns are {short_list(cols)}; set data.text_column=NAME"
+    )
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _label_key(v):
+    """Normalise a label value so that 3, 3.0 and "3" are one class, and strings stay strings."""
+    if isinstance(v, (bool, np.bool_)):
+        return int(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    s = str(v).strip()
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        f = float(s)
+        if f.is_integer():
+            return int(f)
+    except ValueError:
+        pass
+    return s
+
+
+def raw_labels(df: pd.DataFrame, cfg: DataConfig, source: str, flag: str) -> list:
+    if cfg.label_column not in df.columns:
+        cols = [str(c) for c in df.columns]
+        raise UserError(
+            f"{flag}: '{source}' has no label column '{cfg.label_column}'{did_you_mean(cfg.label_column, cols)}; "
+            f"its columns are {short_list(cols)}; set data.label_column=NAME"
+        )
+    out = []
+    for row, v in enumerate(df[cfg.label_column], 1):
+        if _missing(v) or (isinstance(v, str) and not v.strip()):
+            raise UserError(
+                f"{flag}: '{source}' row {row}, column '{cfg.label_column}': label is empty; fill it in or remove the row"
+            )
+        out.append(_label_key(v))
+    return out
+
+
+def build_label_map(labels: list, source: str, flag: str) -> list:
+    """Sorted distinct labels (numbers numerically, strings alphabetically); at least two classes."""
+    distinct = set(labels)
+    if len(distinct) < 2:
+        only = next(iter(distinct)) if distinct else None
+        raise UserError(f"{flag}: '{source}' has a single class ({only!r}); a classifier needs at least two labels")
+    numeric = all(isinstance(x, int) for x in distinct)
+    return sorted(distinct) if numeric else sorted(distinct, key=str)
+
+
+def encode_labels(labels: list, label_map: list, source: str, flag: str) -> np.ndarray:
+    index = {v: i for i, v in enumerate(label_map)}
+    # Files may mix string and int spellings of the same label ("1" vs 1): compare by string too.
+    by_str = {str(v): i for i, v in enumerate(label_map)}
+    out = np.empty(len(labels), dtype=np.int64)
+    for row, v in enumerate(labels, 1):
+        i = index.get(v, by_str.get(str(v)))
+        if i is None:
+            raise UserError(
+                f"{flag}: '{source}' row {row} has label {v!r}, which the training file does not have "
+                f"(labels: {short_list(map(str, label_map))}); fix the row or the file"
+            )
+        out[row - 1] = i
+    return out
+
+
+def ids_of(df: pd.DataFrame, cfg: DataConfig) -> list:
+    if cfg.id_column in df.columns:
+        return [_label_key(v) if not _missing(v) else i for i, v in enumerate(df[cfg.id_column])]
+    return list(range(len(df)))
+
+
+def load_texts(path: str, cfg: DataConfig, flag: str, *, label_map: list | None = None, labelled: bool = True):
+    """Read, clean and label a file. Returns (TextSet, label_map); the label map is built when not given."""
+    df = read_table(path, flag)
+    if len(df) == 0:
+        raise UserError(f"{flag}: '{path}' has a header but no data rows; add rows")
+    texts = clean_texts(texts_of(df, cfg, path, flag), cfg.clean)
+    labels = None
+    if labelled:
+        raw = raw_labels(df, cfg, path, flag)
+        if label_map is None:
+            label_map = build_label_map(raw, path, flag)
+        labels = encode_labels(raw, label_map, path, flag)
+    return TextSet(texts, labels, ids_of(df, cfg), path), label_map
+
+
+def drop_empty(ts: TextSet, flag: str) -> tuple[TextSet, int]:
+    keep = [i for i, t in enumerate(ts.texts) if t.strip()]
+    if not keep:
+        raise UserError(f"{flag}: every text in '{ts.source}' is empty after cleaning; check data.text_column")
+    return (ts.subset(keep), len(ts) - len(keep)) if len(keep) < len(ts) else (ts, 0)
+
+
+def stratified_indices(labels: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into (kept, held) with ``size`` rows held (a fraction below 1 or a count), per class."""
+    n = len(labels)
+    n_held = int(round(size * n)) if size < 1 else int(size)
+    if not 1 <= n_held < n:
+        raise UserError(f"data.val_size: {size} leaves {n - n_held} of {n} rows for training; choose a smaller split")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    # Largest-remainder allocation keeps every class's share exact to one row.
+    quota = counts * n_held / n
+    take = np.floor(quota).astype(int)
+    for j in np.argsort(-(quota - take))[: n_held - take.sum()]:
+        take[j] += 1
+    held = []
+    for c, k in zip(classes, take):
+        idx = np.flatnonzero(labels == c)
+        held.extend(rng.permutation(idx)[:k])
+    held = np.sort(np.array(held, dtype=np.int64))
+    mask = np.ones(n, dtype=bool)
+    mask[held] = False
+    return np.flatnonzero(mask), held
+
+
+def length_stats(lengths: np.ndarray) -> dict:
+    q = np.percentile(lengths, [50, 90, 95, 99, 99.5]) if len(lengths) else [0] * 5
+    return {
+        "count": int(len(lengths)),
+        "mean": float(np.mean(lengths)) if len(lengths) else 0.0,
+        "median": float(q[0]), "p90": float(q[1]), "p95": float(q[2]), "p99": float(q[3]), "p99_5": float(q[4]),
+        "max": int(np.max(lengths)) if len(lengths) else 0,
+    }
+
+
+def choose_max_length(lengths: np.ndarray, quantile: float, model_limit: int) -> int:
+    """The smallest multiple of 8 covering ``quantile`` of the texts, capped by the model's position limit."""
+    need = float(np.quantile(lengths, quantile)) if len(lengths) else 8
+    return int(min(model_limit, max(8, math.ceil(need / 8) * 8)))

@@ -1,0 +1,93 @@
+"""Devices, numeric precision, threads and the environment record.
+
+``auto`` picks CUDA, then Apple MPS, then the CPU. Precision ``auto`` means bf16 autocast where the hardware has
+fast bf16 (CUDA GPUs from Ampere on; CPUs with AMX or AVX-512 BF16), fp16 autocast with loss scaling on older CUDA
+GPUs, fp32 elsewhere. Weights and optimizer state stay fp32 in every mode; only matrix products run in low precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+
+import torch
+
+from .errors import UserError
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device: '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device: '{name}' requested but no CUDA GPU is visible; use train.device=cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"train.device: '{name}' requested but MPS is not available; use train.device=cpu")
+    return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has AMX or AVX-512 BF16, where oneDNN runs bf16 matrix products natively."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise UserError("train.precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError("train.precision bf16 is not supported by this GPU; use fp16 or fp32")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """An autocast context for the precision, or a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def environment(device: torch.device, precision: str) -> dict:
+    """Library versions and hardware, recorded in every run folder so results can be traced and repeated."""
+    import peft
+    import transformers
+
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "device": str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu_bf16": cpu_has_fast_bf16(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info

@@ -1,0 +1,154 @@
+"""The run folder: what a run writes, and how a finished run is loaded for evaluation and prediction.
+
+A run folder is self-describing; ``evaluate``, ``predict`` and ``report`` need nothing else::
+
+    run.json             format version, model reference, data summary, token lengths, plan, environment, timings
+    recipe.yaml          the resolved recipe (every default filled in)
+    labels.json          the label map: class index → the training file's label value
+    model.safetensors    trainable weights of the best evaluation (LoRA adapters + head, or more)
+    tokenizer/           the tokenizer files
+    metrics.jsonl        training history: one JSON object per logging step and per evaluation
+    metrics.json         final metrics of the best weights on the evaluation rows
+    confusion_matrix.csv rows = true class, columns = predicted class
+
+The folder also holds ``checkpoints/`` while training (removed when the run completes) and a ``.lock`` while a
+process writes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import FORMAT_VERSION, Recipe, from_dict
+from .errors import UserError
+
+RUN_FILES = ("run.json", "recipe.yaml", "labels.json", "model.safetensors", "tokenizer", "metrics.jsonl",
+             "metrics.json", "confusion_matrix.csv")
+
+
+class MetricsLogger:
+    """Appends one JSON object per line to metrics.jsonl; reports read that file, never training internals."""
+
+    def __init__(self, path: Path, keep_until_step: int | None = None):
+        self.path = path
+        if keep_until_step is not None and path.exists():
+            # On resume, forget what was logged after the checkpoint: it will be logged again, identically.
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= keep_until_step]
+            path.write_text("".join(k + "\n" for k in kept))
+        self.fh = path.open("a", encoding="utf-8")
+
+    def log(self, record: dict) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_run(path: str | Path, flag: str = "RUN") -> Path:
+    run = Path(path)
+    if not run.is_dir():
+        raise UserError(f"{flag}: run folder '{run}' not found; pass the --out folder of a `loraclf train` run")
+    missing = [f for f in ("run.json", "recipe.yaml", "labels.json", "model.safetensors") if not (run / f).exists()]
+    if missing:
+        state = "unfinished (resume it with `loraclf train --resume`)" if (run / "checkpoints").is_dir() else "incomplete"
+        raise UserError(f"{flag}: '{run}' is not a finished run folder: {', '.join(missing)} missing; the run is {state}")
+    info = read_json(run / "run.json")
+    if info.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"{flag}: '{run}' was written by a newer loraclf (format {info['format_version']}); upgrade")
+    return run
+
+
+def load_recipe_of(run: Path) -> Recipe:
+    import yaml
+
+    return from_dict(Recipe, yaml.safe_load((run / "recipe.yaml").read_text()) or {}, source=str(run / "recipe.yaml"))
+
+
+@dataclass
+class Run:
+    """A finished run, ready to predict. Create with :func:`load`."""
+
+    path: Path
+    recipe: Recipe
+    labels: list
+    info: dict
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    precision: str
+
+    @property
+    def max_length(self) -> int:
+        return int(self.info["max_length"])
+
+    @property
+    def trainable(self) -> int:
+        return int(self.info["plan"]["trainable"])
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        from .batching import tokenize
+        from .clean import clean_texts
+
+        return tokenize(self.tokenizer, clean_texts(list(texts), self.recipe.data.clean), self.max_length)
+
+    def predict_proba(self, texts: list[str], batch_size: int | None = None, mc_dropout: int = 0,
+                      progress: bool = False) -> np.ndarray:
+        """Class probabilities, one row per text, columns in the order of ``self.labels``."""
+        from .predict import forward_probs
+
+        ids = self.encode(texts)
+        return forward_probs(self.model, ids, self.tokenizer.pad_token_id, self.device, self.precision,
+                             batch_size or self.recipe.train.eval_batch_size, mc_dropout=mc_dropout,
+                             seed=self.recipe.train.seed, progress=progress)
+
+    def predict(self, texts: list[str], **kwargs) -> list:
+        """Labels in the training file's label space."""
+        probs = self.predict_proba(texts, **kwargs)
+        return [self.labels[i] for i in probs.argmax(1)]
+
+
+def build_trained_model(run: Path, recipe: Recipe, num_labels: int, merge: bool = True) -> torch.nn.Module:
+    """Rebuild the backbone with its pretrained weights, add the adapters, load the trained weights, merge."""
+    from .adapters import apply_adapters
+    from .checkpoint import load_weights
+    from .models import build_model
+
+    torch.manual_seed(recipe.train.seed)
+    model = apply_adapters(build_model(recipe.model.name, num_labels, recipe.model), recipe.adapter)
+    weights = load_weights(run / "model.safetensors")
+    params = dict(model.named_parameters())
+    unknown = [k for k in weights if k not in params]
+    if unknown:
+        raise UserError(f"RUN: '{run}/model.safetensors' does not fit its recipe ({unknown[0]}); the folder is damaged")
+    with torch.no_grad():
+        for k, v in weights.items():
+            params[k].copy_(v)
+    if merge and recipe.adapter.method == "lora":
+        model = model.merge_and_unload()
+    return model
+
+
+def load(path: str | Path, device: str = "auto", precision: str = "auto", merge: bool = True) -> Run:
+    """Load a finished run folder for prediction: ``loraclf.load("runs/x").predict(["some text"])``."""
+    from .hardware import pick_device, pick_precision
+    from .models import load_tokenizer
+
+    run = check_run(path)
+    recipe = load_recipe_of(run)
+    labels = read_json(run / "labels.json")["labels"]
+    info = read_json(run / "run.json")
+    dev = pick_device(device)
+    prec = pick_precision(precision, dev)
+    model = build_trained_model(run, recipe, len(labels), merge=merge).to(dev).eval()
+    tokenizer = load_tokenizer(str(run / "tokenizer"), truncation_side=recipe.data.truncation_side)
+    return Run(run, recipe, labels, info, model, tokenizer, dev, prec)

@@ -1,0 +1,365 @@
+"""Training: one explicit loop built from small named pieces.
+
+``prepare`` reads and checks everything (data, labels, model, budget, tokenisation) *before* a run folder exists,
+so a mistake never leaves a half-written folder. ``train`` then runs AdamW with a warmup schedule over
+length-grouped, dynamically padded batches, evaluates every N optimizer steps, keeps the best weights by the chosen
+metric, stops early when asked, and writes resumable checkpoints. ``loss_step`` is the one place that turns a batch
+into a loss: distillation or R-Drop swap it, they do not fork the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import __version__
+from .adapters import apply_adapters, count_parameters
+from .batching import collate, epoch_batches, token_lengths, tokenize
+from .budget import Plan, check_budget, plan
+from .checkpoint import (
+    RunLock,
+    atomic_write_text,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+    trainable_state,
+)
+from .config import FORMAT_VERSION, Recipe, save_recipe, validate
+from .data import TextSet, choose_max_length, drop_empty, length_stats, load_texts, stratified_indices
+from .errors import UserError
+from .evaluate import metrics, summary_line
+from .hardware import autocast, environment, pick_device, pick_precision, set_threads
+from .models import build_model, load_tokenizer
+from .predict import forward_probs
+from .runs import MetricsLogger, load_recipe_of, read_json
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, checked and tokenised, before anything is written."""
+
+    recipe: Recipe
+    label_map: list
+    train: TextSet
+    eval: TextSet
+    train_ids: list
+    eval_ids: list
+    max_length: int
+    lengths: dict
+    plan: Plan
+    tokenizer: object
+    notes: dict = field(default_factory=dict)
+
+
+def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
+    """Load, clean, split, sample, plan and tokenise; raise UserError on any problem, write nothing."""
+    validate(recipe)
+    d, seed = recipe.data, recipe.train.seed
+    train_set, label_map = load_texts(train_path, d, "--train")
+    train_set, dropped = drop_empty(train_set, "--train")
+    notes = {"train_file": _absolute(train_path), "eval_file": _absolute(eval_path), "dropped_empty_train": dropped}
+    if dropped:
+        say(f"--train: dropped {dropped:,} rows with empty text")
+    if eval_path:
+        eval_set, _ = load_texts(eval_path, d, "--eval", label_map=label_map)
+        eval_set, dropped_eval = drop_empty(eval_set, "--eval")
+        notes["dropped_empty_eval"] = dropped_eval
+        if dropped_eval:
+            say(f"--eval: dropped {dropped_eval:,} rows with empty text")
+    else:
+        keep, held = stratified_indices(train_set.labels, d.val_size, seed)
+        train_set, eval_set = train_set.subset(keep), train_set.subset(held)
+        notes["validation"] = f"stratified split of {len(eval_set):,} training rows (seed {seed})"
+    if d.max_train_samples is not None and d.max_train_samples < len(train_set):
+        _, sample = stratified_indices(train_set.labels, d.max_train_samples, seed)
+        train_set = train_set.subset(sample)
+    if len(set(train_set.labels.tolist())) < 2:
+        raise UserError("--train: fewer than two classes remain after splitting/sampling; give more rows")
+    the_plan = plan(recipe, len(label_map))
+    check_budget(the_plan)
+    tokenizer = load_tokenizer(recipe.model.name, recipe.model, d.truncation_side)
+    lengths = token_lengths(tokenizer, train_set.texts)
+    limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
+    cfg_limit = getattr(the_plan, "max_positions", None) or limit
+    max_length = d.max_length or choose_max_length(lengths, d.length_quantile, min(limit, cfg_limit))
+    stats = length_stats(lengths)
+    stats.update({"max_length": max_length, "quantile": d.length_quantile,
+                  "truncated": int((lengths > max_length).sum()), "histogram": np.bincount(lengths).tolist()})
+    train_ids = tokenize(tokenizer, train_set.texts, max_length)
+    eval_ids = tokenize(tokenizer, eval_set.texts, max_length)
+    return Prepared(recipe, label_map, train_set, eval_set, train_ids, eval_ids, max_length, stats, the_plan,
+                    tokenizer, notes)
+
+
+def _absolute(path: str | None) -> str | None:
+    """Files are recorded by absolute path so that `--resume` works from any working directory."""
+    return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+
+def make_optimizer(model, recipe: Recipe, device: torch.device):
+    """AdamW; no weight decay on biases and normalisation weights (the usual transformer practice)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": recipe.train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"  # the fused kernel is one launch per step on GPUs
+    return torch.optim.AdamW(groups, lr=recipe.train.lr, fused=fused)
+
+
+def make_scheduler(optimizer, recipe: Recipe, total_steps: int):
+    from transformers import get_scheduler
+
+    t = recipe.train
+    warmup = t.warmup_steps if t.warmup_steps is not None else int(math.ceil(t.warmup_ratio * total_steps))
+    name = "constant_with_warmup" if t.scheduler == "constant" else t.scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def loss_step(model, input_ids, mask, labels, recipe: Recipe):
+    """Cross-entropy (with optional label smoothing) of one batch; returns (loss, logits)."""
+    logits = model(input_ids=input_ids, attention_mask=mask).logits
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.train.label_smoothing)
+    return loss, logits
+
+
+def evaluate_model(model, ids, labels, label_names, pad_id, device, precision, batch_size, progress=False) -> dict:
+    probs = forward_probs(model, ids, pad_id, device, precision, batch_size, progress=progress, desc="evaluate")
+    preds = probs.argmax(1)
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+    return metrics(labels, preds, label_names, loss)
+
+
+def _better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def create_run_folder(out: Path, p: Prepared) -> None:
+    """Write the static part of a run folder: recipe, label map, tokenizer, run.json (status: training)."""
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out: '{out}' already exists and is not empty; choose a new folder, or resume it with "
+                        "`loraclf train --resume`")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out: cannot create '{out}' ({exc.strerror}); choose a writable location") from None
+
+
+def write_static(out: Path, p: Prepared, env: dict) -> None:
+    save_recipe(p.recipe, out / "recipe.yaml")
+    atomic_write_text(out / "labels.json", json.dumps({"labels": p.label_map}, indent=1))
+    p.tokenizer.save_pretrained(str(out / "tokenizer"))
+    info = {
+        "format_version": FORMAT_VERSION,
+        "loraclf_version": __version__,
+        "status": "training",
+        "model": {"name": p.recipe.model.name},
+        "num_labels": len(p.label_map),
+        "max_length": p.max_length,
+        "token_lengths": p.lengths,
+        "data": {**p.notes, "n_train": len(p.train), "n_eval": len(p.eval),
+                 "train_label_counts": np.bincount(p.train.labels, minlength=len(p.label_map)).tolist(),
+                 "eval_label_counts": np.bincount(p.eval.labels, minlength=len(p.label_map)).tolist()},
+        "plan": p.plan.to_json(),
+        "environment": env,
+    }
+    atomic_write_text(out / "run.json", json.dumps(info, indent=1))
+
+
+def train(p: Prepared, out: Path, resume: bool = False) -> dict:
+    """Run the training loop into ``out``; returns the final metrics."""
+    r, t = p.recipe, p.recipe.train
+    device = pick_device(t.device)
+    precision = pick_precision(t.precision, device)
+    set_threads(t.threads)
+    env = environment(device, precision)
+    if not resume:
+        create_run_folder(out, p)
+    with RunLock(out):
+        if not resume:
+            write_static(out, p, env)
+        return _train_locked(p, out, resume, device, precision)
+
+
+def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) -> dict:
+    r, t = p.recipe, p.recipe.train
+    torch.manual_seed(t.seed)
+    model = apply_adapters(build_model(r.model.name, len(p.label_map), r.model), r.adapter)
+    trainable, total = count_parameters(model)
+    if trainable != p.plan.trainable:  # the plan is exact by construction; a mismatch is a loraclf bug
+        raise RuntimeError(f"plan said {p.plan.trainable:,} trainable parameters, the model has {trainable:,}")
+    model.to(device)
+    fwd = torch.compile(model, dynamic=True) if t.compile else model
+    optimizer = make_optimizer(model, r, device)
+    n_batches = math.ceil(len(p.train_ids) / t.batch_size)
+    steps_per_epoch = math.ceil(n_batches / t.grad_accum)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    scheduler = make_scheduler(optimizer, r, total_steps)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    eval_every = t.eval_every or steps_per_epoch
+    save_every = t.save_every or eval_every
+    lengths = np.array([len(x) for x in p.train_ids])
+    labels_all = torch.from_numpy(p.train.labels)
+    pad_id = p.tokenizer.pad_token_id
+
+    state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_step": None, "bad_evals": 0,
+             "samples": 0, "train_seconds": 0.0}
+    ckpts = list_checkpoints(out)
+    if resume and ckpts:
+        state = load_checkpoint(ckpts[-1], model, optimizer, scheduler, scaler)
+        say(f"resuming from {ckpts[-1].name}: step {state['step']:,} of {total_steps:,}")
+    logger = MetricsLogger(out / "metrics.jsonl", keep_until_step=state["step"] if resume else None)
+    if not resume:
+        say(f"training {trainable:,} of {total:,} parameters ({trainable / total:.3%}) on {device} ({precision}); "
+            f"{len(p.train):,} train / {len(p.eval):,} eval rows, max length {p.max_length}, {total_steps:,} steps")
+
+    bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=not t.progress,
+               dynamic_ncols=True)
+    started = time.perf_counter() - state["train_seconds"]
+    ema_loss, correct, seen, micro, stop = None, 0, 0, 0, False
+    window_start, window_samples = time.perf_counter(), 0
+    model.train()
+    while state["step"] < total_steps and not stop:
+        batches = epoch_batches(lengths, t.batch_size, t.seed, state["epoch"], t.group_by_length)
+        for bi in range(state["batch"], len(batches)):
+            rows = batches[bi]
+            input_ids, mask = collate(p.train_ids, rows, pad_id, device, pin=True)
+            labels = labels_all[rows].to(device, non_blocking=True)
+            with autocast(device, precision):
+                loss, logits = loss_step(fwd, input_ids, mask, labels, r)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise UserError(
+                    f"training diverged: loss is {loss.item()} at step {state['step']:,}; the last good checkpoint "
+                    f"is kept in {out / 'checkpoints'}; lower train.lr or use train.precision=fp32"
+                )
+            (scaler.scale(loss / t.grad_accum) if scaler else loss / t.grad_accum).backward()
+            micro += 1
+            correct += int((logits.argmax(-1) == labels).sum())
+            seen += len(rows)
+            window_samples += len(rows)
+            state["samples"] += len(rows)
+            ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+            last_in_epoch = bi == len(batches) - 1
+            if micro % t.grad_accum and not last_in_epoch:
+                continue
+            _optimizer_step(model, optimizer, scheduler, scaler, t.max_grad_norm)
+            micro = 0
+            state["step"] += 1
+            state["epoch"], state["batch"] = (state["epoch"] + 1, 0) if last_in_epoch else (state["epoch"], bi + 1)
+            now = time.perf_counter()
+            speed = window_samples / max(now - window_start, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema_loss:.4f}", acc=f"{correct / max(seen, 1):.3f}", samples_s=f"{speed:.0f}")
+            step = state["step"]
+            if step % 20 == 0 or step == total_steps:
+                logger.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "split": "train",
+                            "loss": ema_loss, "accuracy": correct / max(seen, 1),
+                            "lr": scheduler.get_last_lr()[0], "samples_per_s": speed})
+                correct = seen = 0
+                window_start, window_samples = now, 0
+            if step % eval_every == 0 or step == total_steps:
+                stop = _evaluate_and_keep(p, model, out, state, logger, device, precision, step, steps_per_epoch)
+                model.train()
+            state["train_seconds"] = time.perf_counter() - started
+            if step % save_every == 0 and step < total_steps and not stop:
+                save_checkpoint(out, step, model, optimizer, scheduler, scaler, state, t.keep_checkpoints)
+            if step >= total_steps or stop:
+                break
+    bar.close()
+    logger.close()
+    return _finish(p, model, out, state, device, precision, time.perf_counter() - started)
+
+
+def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
+    params = [q for q in model.parameters() if q.requires_grad]
+    if scaler:
+        scaler.unscale_(optimizer)
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, steps_per_epoch) -> bool:
+    """Evaluate, log, save the weights when they are the best so far; return True to stop early."""
+    t = p.recipe.train
+    m = evaluate_model(model, p.eval_ids, p.eval.labels, p.label_map, p.tokenizer.pad_token_id, device,
+                       precision, t.eval_batch_size)
+    value = m[t.metric]
+    improved = _better(t.metric, value, state["best"])
+    logger.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "split": "eval", "loss": m["loss"],
+                "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "best": improved})
+    tqdm.write(f"step {step:,}: eval {summary_line(m)}{'  *best' if improved else ''}", file=sys.stderr)
+    if improved:
+        state.update(best=value, best_step=step, bad_evals=0)
+        save_weights(trainable_state(model), out / "model.safetensors")
+        return False
+    state["bad_evals"] += 1
+    return t.early_stopping is not None and state["bad_evals"] >= t.early_stopping
+
+
+def _finish(p: Prepared, model, out: Path, state: dict, device, precision: str, seconds: float) -> dict:
+    """Reload the best weights, evaluate them, write final metrics, drop checkpoints, mark the run complete."""
+    from .checkpoint import load_weights
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in load_weights(out / "model.safetensors").items():
+            params[k].copy_(v.to(params[k].device))
+    t = p.recipe.train
+    m = evaluate_model(model, p.eval_ids, p.eval.labels, p.label_map, p.tokenizer.pad_token_id, device,
+                       precision, t.eval_batch_size, progress=t.progress)
+    m.update(best_step=state["best_step"], train_seconds=round(seconds, 2),
+             train_samples_per_s=round(state["samples"] / max(seconds, 1e-9), 2), steps=state["step"])
+    atomic_write_text(out / "metrics.json", json.dumps(m, indent=1))
+    cm = m["confusion_matrix"]
+    header = "true\\predicted," + ",".join(m["labels"])
+    rows = [f"{name}," + ",".join(str(v) for v in row) for name, row in zip(m["labels"], cm)]
+    atomic_write_text(out / "confusion_matrix.csv", "\n".join([header, *rows]) + "\n")
+    info = read_json(out / "run.json")
+    info.update(status="complete", train_seconds=round(seconds, 2),
+                train_samples_per_s=m["train_samples_per_s"], best_step=state["best_step"])
+    atomic_write_text(out / "run.json", json.dumps(info, indent=1))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return m
+
+
+def resume_run(out: Path) -> tuple[Prepared, Path]:
+    """Rebuild the prepared state of an interrupted run from its folder alone."""
+    run = Path(out)
+    if not (run / "run.json").is_file() or not (run / "recipe.yaml").is_file():
+        raise UserError(f"--resume: '{run}' is not a loraclf run folder (no run.json/recipe.yaml)")
+    info = read_json(run / "run.json")
+    if info.get("status") == "complete":
+        raise UserError(f"--resume: run '{run}' is already complete; evaluate or predict with it")
+    recipe = load_recipe_of(run)
+    data = info["data"]
+    if recipe.data.max_length is None:
+        recipe.data.max_length = info["max_length"]
+    p = prepare(recipe, data["train_file"], data.get("eval_file"))
+    return p, run
