@@ -1,8 +1,8 @@
 """loraclf: budget-exact LoRA fine-tuning of transformer text classifiers.
 
-    import loraclf
-    run = loraclf.load("runs/agnews")
-    run.predict(["Stocks rallied after the Fed held rates."])
+import loraclf
+run = loraclf.load("runs/agnews")
+run.predict(["Stocks rallied after the Fed held rates."])
 """
 
 __version__ = "0.1.0"

@@ -100,7 +100,9 @@ def select_targets(model: nn.Module, spec: AdapterConfig) -> list[Target]:
     if spec.layers is not None:
         bad = [i for i in spec.layers if i not in layers]
         if bad:
-            raise UserError(f"adapter.layers: layer(s) {bad} do not exist; the model has layers {layers[0]}..{layers[-1]}")
+            raise UserError(
+                f"adapter.layers: layer(s) {bad} do not exist; the model has layers {layers[0]}..{layers[-1]}"
+            )
     chosen: dict[str, Target] = {}
     for key in spec.targets:
         if key in ("attention", "mlp", "all-linear"):
@@ -117,13 +119,21 @@ def select_targets(model: nn.Module, spec: AdapterConfig) -> list[Target]:
             if spec.layers is None or t.layer in spec.layers:
                 chosen[t.name] = t
     if not chosen:
-        raise UserError("adapter.layers: no targeted module lies in the selected layers; widen adapter.layers")
+        raise UserError(
+            "adapter.layers: no targeted module lies in the selected layers; widen adapter.layers"
+        )
     return list(chosen.values())
 
 
 _OPS = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow, ast.Mod: operator.mod, ast.USub: operator.neg,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Pow: operator.pow,
+    ast.Mod: operator.mod,
+    ast.USub: operator.neg,
 }
 
 
@@ -171,11 +181,15 @@ def layer_ranks(spec: AdapterConfig, num_layers: int) -> dict[int, tuple[int, fl
         else:
             r = spec.r
         if r != int(r) or r < 1:
-            raise UserError(f"adapter.layer_ranks gives rank {r} for layer {i}; ranks must be positive integers")
+            raise UserError(
+                f"adapter.layer_ranks gives rank {r} for layer {i}; ranks must be positive integers"
+            )
         r = int(r)
         if isinstance(spec.layer_alphas, list):
             if len(spec.layer_alphas) != num_layers:
-                raise UserError(f"adapter.layer_alphas: {len(spec.layer_alphas)} values for {num_layers} layers")
+                raise UserError(
+                    f"adapter.layer_alphas: {len(spec.layer_alphas)} values for {num_layers} layers"
+                )
             alpha = float(spec.layer_alphas[i])
         elif isinstance(spec.layer_alphas, str):
             alpha = float(eval_schedule(spec.layer_alphas, i=i, r=r))
@@ -204,24 +218,30 @@ def lora_config(model: nn.Module, spec: AdapterConfig, task_type: str | None):
     base_r, base_alpha = spec.r, float(spec.alpha if spec.alpha is not None else 2 * spec.r)
     rank_pattern, alpha_pattern = {}, {}
     for t in targets:
-        r, alpha = per_layer.get(t.layer, (base_r, base_alpha)) if t.layer is not None else (base_r, base_alpha)
+        r, alpha = (
+            per_layer.get(t.layer, (base_r, base_alpha)) if t.layer is not None else (base_r, base_alpha)
+        )
         # peft matches pattern keys as suffixes of module names; the full name anchored by ^ is unambiguous.
         if r != base_r:
             rank_pattern[f"^{re.escape(t.name)}"] = r
         if alpha != base_alpha:
             alpha_pattern[f"^{re.escape(t.name)}"] = alpha
-    return LoraConfig(
-        task_type=task_type,
-        r=base_r,
-        lora_alpha=base_alpha,
-        lora_dropout=spec.dropout,
-        bias=spec.bias,
-        target_modules=[t.name for t in targets],
-        rank_pattern=rank_pattern,
-        alpha_pattern=alpha_pattern,
-        fan_in_fan_out=any(t.conv1d for t in targets),
-        modules_to_save=[head_name(model)],
-    ), targets, per_layer
+    return (
+        LoraConfig(
+            task_type=task_type,
+            r=base_r,
+            lora_alpha=base_alpha,
+            lora_dropout=spec.dropout,
+            bias=spec.bias,
+            target_modules=[t.name for t in targets],
+            rank_pattern=rank_pattern,
+            alpha_pattern=alpha_pattern,
+            fan_in_fan_out=any(t.conv1d for t in targets),
+            modules_to_save=[head_name(model)],
+        ),
+        targets,
+        per_layer,
+    )
 
 
 def apply_adapters(model: nn.Module, spec: AdapterConfig) -> nn.Module:

@@ -33,7 +33,9 @@ def token_lengths(tokenizer, texts: list[str], cap: int = 100_000) -> np.ndarray
     return np.array([len(x) for x in enc["input_ids"]], dtype=np.int64)
 
 
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group: bool) -> list[np.ndarray]:
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group: bool
+) -> list[np.ndarray]:
     """The batches of one epoch, as arrays of row indices; deterministic in (seed, epoch)."""
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(lengths))

@@ -87,7 +87,9 @@ def breakdown(model, name: str, num_labels: int, spec: AdapterConfig, budget: in
             biases += n
         else:
             other += n
-    return Plan(name, num_labels, spec.method, trainable, total, dict(per_layer), {}, biases, head_n, other, budget)
+    return Plan(
+        name, num_labels, spec.method, trainable, total, dict(per_layer), {}, biases, head_n, other, budget
+    )
 
 
 def plan(recipe: Recipe, num_labels: int) -> Plan:
@@ -119,6 +121,7 @@ class Candidate:
     layer_ranks: str | None
     trainable: int
     adapters: int
+    coverage: int = 0  # adapted matrices
 
     def flags(self) -> str:
         ranks = f"--layer-ranks '{self.layer_ranks}'" if self.layer_ranks else f"--rank {self.r}"
@@ -131,21 +134,20 @@ def _inventory(recipe: Recipe, num_labels: int):
     mods = linear_modules(model)
     head_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith(head + "."))
     all_biases = {
-        n: p.numel() for n, p in model.named_parameters() if n.endswith("bias") and not n.startswith(head + ".")
+        n: p.numel()
+        for n, p in model.named_parameters()
+        if n.endswith("bias") and not n.startswith(head + ".")
     }
     return model, mods, head_params, all_biases
 
 
 def search(recipe: Recipe, num_labels: int, budget: int, top: int = 12) -> list[Candidate]:
     """Configurations under ``budget``, most adapter parameters first (coverage, then rank)."""
-    from .adapters import layer_ranks, num_layers_of, select_targets, short_names
+    from .adapters import layer_ranks, num_layers_of, select_targets
 
     model, mods, head_params, all_biases = _inventory(recipe, num_labels)
     n_layers = num_layers_of(model)
-    names = short_names(mods)
-    leaf = [n for n in names if "." not in n]
-    # Candidate target sets: every attention projection alone and in growing groups, then the aliases.
-    attn = [n for n in leaf if any(n == m.name.rsplit(".", 1)[-1] and _in_attention(m) for m in mods)]
+    attn = _attention_names(mods)
     sets = [[a] for a in attn]
     sets += [list(c) for k in range(2, len(attn) + 1) for c in itertools.combinations(attn, k)]
     sets += [["attention"], ["all-linear"]]
@@ -171,11 +173,29 @@ def search(recipe: Recipe, num_labels: int, budget: int, top: int = 12) -> list[
         key = (tuple(sorted(t.name for t in chosen)), total, sched)
         if total <= budget and key not in seen:
             seen.add(key)
-            out.append(Candidate(tset, r, bias, sched, total, adapters))
-    out.sort(key=lambda c: (-c.adapters, -c.trainable, c.flags()))
+            out.append(Candidate(tset, r, bias, sched, total, adapters, len(chosen)))
+    # More adapter parameters first; among equals, wider coverage, then a uniform rank, then fewer biases.
+    out.sort(key=lambda c: (-c.adapters, -c.coverage, c.layer_ranks is not None, c.trainable, c.flags()))
     return out[:top]
 
 
-def _in_attention(t) -> bool:
-    parts = t.name.split(".")
-    return any(p in ("attention", "attn", "self_attn") for p in parts) and t.layer is not None
+def _attention_names(mods) -> list[str]:
+    """Shortest unambiguous names of the attention projections: ``query``, but ``attention.output.dense``."""
+    attn = [
+        t
+        for t in mods
+        if t.layer is not None and any(p in ("attention", "attn", "self_attn") for p in t.name.split("."))
+    ]
+    names = []
+    for t in attn:
+        tail = t.name.split(f".{t.layer}.", 1)[-1]
+        leaf = tail.rsplit(".", 1)[-1]
+        same_leaf = {
+            m.name.split(f".{m.layer}.", 1)[-1]
+            for m in mods
+            if m.layer is not None and m.name.rsplit(".", 1)[-1] == leaf
+        }
+        name = leaf if len(same_leaf) == 1 else tail
+        if name not in names:
+            names.append(name)
+    return names

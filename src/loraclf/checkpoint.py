@@ -51,6 +51,7 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     """Write tensors to safetensors atomically (contiguous CPU copies; shared storage is not allowed there)."""
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors creates files owner-only; run folders are meant to be shared
     with tmp.open("rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -64,7 +65,9 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, scaler, state: dict, keep: int) -> Path:
+def save_checkpoint(
+    run: Path, step: int, model, optimizer, scheduler, scaler, state: dict, keep: int
+) -> Path:
     """Write checkpoints/step-N atomically, then prune to the newest ``keep``."""
     root = run / CKPT_DIR
     root.mkdir(exist_ok=True)
@@ -72,8 +75,10 @@ def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, scaler, s
     tmp = root / f".tmp-step-{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.to("cpu").contiguous().clone() for k, v in trainable_state(model).items()},
-              str(tmp / "weights.safetensors"))
+    save_file(
+        {k: v.to("cpu").contiguous().clone() for k, v in trainable_state(model).items()},
+        str(tmp / "weights.safetensors"),
+    )
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -102,8 +107,11 @@ def list_checkpoints(run: Path) -> list[Path]:
     root = run / CKPT_DIR
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
-                  and (p / "state.json").is_file())
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()
+    )
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
@@ -112,7 +120,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
     params = dict(model.named_parameters())
     missing = [k for k in weights if k not in params]
     if missing:
-        raise UserError(f"--resume: checkpoint '{path}' does not fit this model ({missing[0]}); was the recipe edited?")
+        raise UserError(
+            f"--resume: checkpoint '{path}' does not fit this model ({missing[0]}); was the recipe edited?"
+        )
     with torch.no_grad():
         for k, v in weights.items():
             params[k].copy_(v.to(params[k].device))
@@ -154,7 +164,9 @@ class RunLock:
                 fh.write(str(os.getpid()))
             self.held = True
             return
-        raise UserError(f"--out: cannot lock run folder '{self.path.parent}'; remove {self.path} if no run is active")
+        raise UserError(
+            f"--out: cannot lock run folder '{self.path.parent}'; remove {self.path} if no run is active"
+        )
 
     def release(self) -> None:
         if self.held:

@@ -44,16 +44,33 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="alias (minilm, mpnet-base), hub id or local folder")
     p.add_argument("--head", help="default | mlp | linear")
     p.add_argument("--method", help="lora | head (feature extraction) | full")
-    p.add_argument("--targets", help="module names, comma separated (query,value; q,v; c_attn) or attention/mlp/all-linear")
+    p.add_argument(
+        "--targets",
+        help="module names, comma separated (query,value; q,v; c_attn) or attention/mlp/all-linear",
+    )
     p.add_argument("--rank", type=int, help="LoRA rank r")
     p.add_argument("--alpha", type=float, help="LoRA alpha (default 2r)")
     p.add_argument("--bias", help="none | all | lora_only")
-    p.add_argument("--layer-ranks", help="per-layer ranks: 8,8,16,… or an expression in i such as '8*2**(i//4)'")
+    p.add_argument(
+        "--layer-ranks", help="per-layer ranks: 8,8,16,… or an expression in i such as '8*2**(i//4)'"
+    )
     p.add_argument("--budget", type=int, help="refuse recipes with more trainable parameters than this")
 
 
+def _recipe_keys() -> str:
+    from .config import describe
+
+    rows = describe()
+    width = max(len(k) + len(d) for k, d, _ in rows) + 3
+    lines = ["recipe keys (set in --config YAML or as key.sub=value overrides):"]
+    lines += [f"  {k}={d}".ljust(width + 2) + f"  {h}" for k, d, h in rows]
+    return "\n".join(lines)
+
+
 def build_parser() -> Parser:
-    parser = Parser(prog="loraclf", description="Budget-exact LoRA text classifiers: plan, train, evaluate, predict.")
+    parser = Parser(
+        prog="loraclf", description="Budget-exact LoRA text classifiers: plan, train, evaluate, predict."
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
 
@@ -61,12 +78,19 @@ def build_parser() -> Parser:
     _recipe_flags(p)
     p.add_argument("--num-labels", type=int, help="classes (default: from --train, else the config's)")
     p.add_argument("--train", help="data file whose label count sets --num-labels")
-    p.add_argument("--search", action="store_true", help="list the strongest configurations that fit --budget")
+    p.add_argument(
+        "--search", action="store_true", help="list the strongest configurations that fit --budget"
+    )
     p.add_argument("--top", type=int, default=12, help="rows of --search")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
 
-    p = sub.add_parser("train", help="train a classifier into a run folder")
+    p = sub.add_parser(
+        "train",
+        help="train a classifier into a run folder",
+        epilog=_recipe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _recipe_flags(p)
     p.add_argument("--train", help="training data file")
     p.add_argument("--eval", help="evaluation data file (default: a stratified split of --train)")
@@ -103,10 +127,7 @@ def resolve_recipe(args) -> object:
     from .config import apply_overrides, load_recipe, validate
     from .defaults import default_recipe
 
-    if args.config:
-        recipe = load_recipe(args.config)
-    else:
-        recipe = default_recipe(args.model or "minilm")
+    recipe = load_recipe(args.config) if args.config else default_recipe(args.model or "minilm")
     pairs = []
     for dest, key in FLAG_KEYS.items():
         value = getattr(args, dest, None)
@@ -140,14 +161,24 @@ def cmd_plan(args) -> int:
             raise UserError("--search needs --budget N (the trainable-parameter limit to search under)")
         found = search(recipe, num_labels, recipe.budget, top=args.top)
         if args.json:
-            print(json.dumps([{"flags": c.flags(), "trainable": c.trainable, "adapters": c.adapters} for c in found],
-                             indent=1))
+            print(
+                json.dumps(
+                    [{"flags": c.flags(), "trainable": c.trainable, "adapters": c.adapters} for c in found],
+                    indent=1,
+                )
+            )
             return 0
-        print(f"Configurations of {recipe.model.name} ({num_labels} labels, head {recipe.model.head}) within "
-              f"{recipe.budget:,} trainable parameters, ranked by parameters spent on adapters "
-              "(more coverage and rank first):")
+        print(
+            f"Configurations of {recipe.model.name} ({num_labels} labels, head {recipe.model.head}) within "
+            f"{recipe.budget:,} trainable parameters, ranked by parameters spent on adapters "
+            "(more coverage and rank first):"
+        )
+        head = f" --head {recipe.model.head}" if recipe.model.head != "default" else ""
         for c in found:
-            print(f"  {c.trainable:>10,}  adapters {c.adapters:>9,}   loraclf train --model {recipe.model.name} {c.flags()}")
+            print(
+                f"  {c.trainable:>10,}  adapters {c.adapters:>9,}   "
+                f"loraclf train --model {recipe.model.name}{head} {c.flags()}"
+            )
         if not found:
             print("  (none: the head alone exceeds the budget; use --head linear or a larger budget)")
         return 0
@@ -165,8 +196,10 @@ def format_plan(p, recipe) -> str:
     lines = [f"model    {p.model}   labels {p.num_labels}   head {recipe.model.head}   method {a.method}"]
     if a.method == "lora":
         ranks = a.layer_ranks if a.layer_ranks is not None else a.r
-        lines.append(f"lora     targets {','.join(a.targets)}   r {ranks}   alpha {a.alpha if a.alpha else '2r'}   "
-                     f"bias {a.bias}")
+        lines.append(
+            f"lora     targets {','.join(a.targets)}   r {ranks}   alpha {a.alpha if a.alpha else '2r'}   "
+            f"bias {a.bias}"
+        )
     lines.append("")
     lines.append(f"{'part':<24}{'trainable':>14}")
     for layer, n in sorted(p.adapters_per_layer.items()):
@@ -202,8 +235,10 @@ def cmd_train(args) -> int:
             raise UserError("train: --out DIR is required (the run folder to create)")
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UserError(f"--out: '{out}' already exists and is not an empty folder; choose a new folder or "
-                            f"resume it with `loraclf train --resume {out}`")
+            raise UserError(
+                f"--out: '{out}' already exists and is not an empty folder; choose a new folder or "
+                f"resume it with `loraclf train --resume {out}`"
+            )
         _check_writable(out)
         recipe = resolve_recipe(args)
         if args.quiet:
@@ -212,7 +247,9 @@ def cmd_train(args) -> int:
         m = train(p, out)
     print(format_report(m))
     print(f"\n{summary_line(m)}")
-    print(f"train time {m['train_seconds']:.1f} s, {m['train_samples_per_s']:.1f} samples/s; run folder: {out}")
+    print(
+        f"train time {m['train_seconds']:.1f} s, {m['train_samples_per_s']:.1f} samples/s; run folder: {out}"
+    )
     return 0
 
 
@@ -245,7 +282,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .data import load_texts
+    from .data import check_unique_ids, load_texts
     from .predict import write_submission
     from .runs import load
 
@@ -260,17 +297,27 @@ def cmd_predict(args) -> int:
     labels = runs[0].labels
     for r in runs[1:]:
         if r.labels != labels:
-            raise UserError(f"predict: run '{r.path}' has labels {r.labels}, '{runs[0].path}' has {labels}; "
-                            "an ensemble needs runs trained on the same label set")
+            raise UserError(
+                f"predict: run '{r.path}' has labels {r.labels}, '{runs[0].path}' has {labels}; "
+                "an ensemble needs runs trained on the same label set"
+            )
     ts, _ = load_texts(args.input, runs[0].recipe.data, "--input", labelled=False)
-    probs = sum(r.predict_proba(ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout,
-                                progress=not args.quiet) for r in runs) / len(runs)
+    check_unique_ids(ts, runs[0].recipe.data, "--input")
+    probs = sum(
+        r.predict_proba(
+            ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet
+        )
+        for r in runs
+    ) / len(runs)
     preds = [labels[i] for i in probs.argmax(1)]
     write_submission(out, ts.ids, preds, probs if args.probabilities else None, labels)
     if len(runs) > 1:
         total = sum(r.trainable for r in runs)
-        print(f"ensemble of {len(runs)} runs: {' + '.join(f'{r.trainable:,}' for r in runs)} = {total:,} "
-              "trainable parameters in total (each member spends one budget)", file=sys.stderr)
+        print(
+            f"ensemble of {len(runs)} runs: {' + '.join(f'{r.trainable:,}' for r in runs)} = {total:,} "
+            "trainable parameters in total (each member spends one budget)",
+            file=sys.stderr,
+        )
     counts = {str(lab): preds.count(lab) for lab in labels}
     print(f"wrote {len(preds):,} predictions to {out}; predicted classes: {counts}")
     return 0

@@ -63,17 +63,29 @@ def _read_delimited(path: Path, sep: str, flag: str) -> pd.DataFrame:
         first = text.split("\n", 1)[0]
         if first.count(",") == 0 and (first.count("\t") or first.count(";")):
             found = "tabs" if first.count("\t") else "semicolons"
-            raise UserError(f"{flag}: '{path}' has no commas in its header but {found}; name it .tsv or use commas")
+            raise UserError(
+                f"{flag}: '{path}' has no commas in its header but {found}; name it .tsv or use commas"
+            )
     try:
         import io
 
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL,
-                         engine="c")
+        df = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            quoting=csv.QUOTE_MINIMAL,
+            engine="c",
+        )
     except pd.errors.ParserError as exc:
         msg = str(exc).strip().split("\n")[0]
-        raise UserError(f"{flag}: '{path}' is malformed ({msg}); check quoting and the number of fields per row") from None
+        raise UserError(
+            f"{flag}: '{path}' is malformed ({msg}); check quoting and the number of fields per row"
+        ) from None
     except pd.errors.EmptyDataError:
-        raise UserError(f"{flag}: file '{path}' is empty; give a file with a header row and data rows") from None
+        raise UserError(
+            f"{flag}: file '{path}' is empty; give a file with a header row and data rows"
+        ) from None
     return df
 
 
@@ -96,9 +108,13 @@ def _read_jsonl(path: Path, flag: str) -> pd.DataFrame:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise UserError(f"{flag}: '{path}' line {n} is not valid JSON ({exc.msg}); one object per line") from None
+                raise UserError(
+                    f"{flag}: '{path}' line {n} is not valid JSON ({exc.msg}); one object per line"
+                ) from None
     if not rows or not all(isinstance(r, dict) for r in rows):
-        raise UserError(f"{flag}: '{path}' holds no JSON objects; write one object per line with text and label keys")
+        raise UserError(
+            f"{flag}: '{path}' holds no JSON objects; write one object per line with text and label keys"
+        )
     return pd.DataFrame(rows)
 
 
@@ -114,8 +130,10 @@ def _read_hf(spec: str, flag: str) -> pd.DataFrame:
             name, _, split = spec.partition(":")
             ds = datasets.load_dataset(name, split=split or "train")
     except Exception as exc:  # datasets raises many types for a missing or unreachable dataset
-        raise UserError(f"{flag}: cannot load dataset '{spec}' ({type(exc).__name__}); give a data file or a "
-                        "saved dataset folder") from None
+        raise UserError(
+            f"{flag}: cannot load dataset '{spec}' ({type(exc).__name__}); give a data file or a "
+            "saved dataset folder"
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         split = "train" if "train" in ds else next(iter(ds))
         ds = ds[split]
@@ -130,11 +148,17 @@ def read_table(path_or_id: str, flag: str = "--data") -> pd.DataFrame:
     if path.is_dir():
         if any((path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return _read_hf(str(path), flag)
-        raise UserError(f"{flag}: '{path}' is a folder but not a saved Hugging Face dataset; pass a data file")
+        raise UserError(
+            f"{flag}: '{path}' is a folder but not a saved Hugging Face dataset; pass a data file"
+        )
     if not path.exists():
         if "/" not in path_or_id and "." not in Path(path_or_id).name:
-            return _read_hf(path_or_id, flag)  # looks like a hub dataset id such as "ag_news" or "ag_news:test"
-        raise UserError(f"{flag}: file '{path}' not found; check the path (data files are usually in ../shared/data)")
+            return _read_hf(
+                path_or_id, flag
+            )  # looks like a hub dataset id such as "ag_news" or "ag_news:test"
+        raise UserError(
+            f"{flag}: file '{path}' not found; check the path (data files are usually in ../shared/data)"
+        )
     if not path.is_file():
         raise UserError(f"{flag}: '{path}' is not a regular file")
     try:
@@ -147,14 +171,18 @@ def read_table(path_or_id: str, flag: str = "--data") -> pd.DataFrame:
             try:
                 return pd.read_parquet(path)
             except Exception as exc:  # pyarrow raises its own error types for corrupt files
-                raise UserError(f"{flag}: '{path}' is not a readable Parquet file ({type(exc).__name__})") from None
+                raise UserError(
+                    f"{flag}: '{path}' is not a readable Parquet file ({type(exc).__name__})"
+                ) from None
         if suffix in (".pkl", ".pickle"):
             from .safe_pickle import load_pickle_table
 
             return load_pickle_table(path, flag)
     except PermissionError:
         raise UserError(f"{flag}: cannot read '{path}' (permission denied)") from None
-    raise UserError(f"{flag}: '{path}' has an unknown format '{suffix}'; use .csv, .tsv, .jsonl, .parquet or .pkl")
+    raise UserError(
+        f"{flag}: '{path}' has an unknown format '{suffix}'; use .csv, .tsv, .jsonl, .parquet or .pkl"
+    )
 
 
 def texts_of(df: pd.DataFrame, cfg: DataConfig, source: str, flag: str) -> list[str]:
@@ -222,7 +250,9 @@ def build_label_map(labels: list, source: str, flag: str) -> list:
     distinct = set(labels)
     if len(distinct) < 2:
         only = next(iter(distinct)) if distinct else None
-        raise UserError(f"{flag}: '{source}' has a single class ({only!r}); a classifier needs at least two labels")
+        raise UserError(
+            f"{flag}: '{source}' has a single class ({only!r}); a classifier needs at least two labels"
+        )
     numeric = all(isinstance(x, int) for x in distinct)
     return sorted(distinct) if numeric else sorted(distinct, key=str)
 
@@ -249,7 +279,9 @@ def ids_of(df: pd.DataFrame, cfg: DataConfig) -> list:
     return list(range(len(df)))
 
 
-def load_texts(path: str, cfg: DataConfig, flag: str, *, label_map: list | None = None, labelled: bool = True):
+def load_texts(
+    path: str, cfg: DataConfig, flag: str, *, label_map: list | None = None, labelled: bool = True
+):
     """Read, clean and label a file. Returns (TextSet, label_map); the label map is built when not given."""
     df = read_table(path, flag)
     if len(df) == 0:
@@ -264,19 +296,35 @@ def load_texts(path: str, cfg: DataConfig, flag: str, *, label_map: list | None 
     return TextSet(texts, labels, ids_of(df, cfg), path), label_map
 
 
+def check_unique_ids(ts: TextSet, cfg: DataConfig, flag: str) -> None:
+    """A submission keyed by a repeated ID is ambiguous: name the first repeated value and its rows."""
+    first: dict = {}
+    for row, rid in enumerate(ts.ids, 1):
+        if rid in first:
+            raise UserError(
+                f"{flag}: '{ts.source}' column '{cfg.id_column}' repeats id {rid!r} (rows {first[rid]} and {row}); "
+                "ids must be unique in a prediction file"
+            )
+        first[rid] = row
+
+
 def drop_empty(ts: TextSet, flag: str) -> tuple[TextSet, int]:
     keep = [i for i, t in enumerate(ts.texts) if t.strip()]
     if not keep:
-        raise UserError(f"{flag}: every text in '{ts.source}' is empty after cleaning; check data.text_column")
+        raise UserError(
+            f"{flag}: every text in '{ts.source}' is empty after cleaning; check data.text_column"
+        )
     return (ts.subset(keep), len(ts) - len(keep)) if len(keep) < len(ts) else (ts, 0)
 
 
 def stratified_indices(labels: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split row indices into (kept, held) with ``size`` rows held (a fraction below 1 or a count), per class."""
     n = len(labels)
-    n_held = int(round(size * n)) if size < 1 else int(size)
+    n_held = round(size * n) if size < 1 else int(size)
     if not 1 <= n_held < n:
-        raise UserError(f"data.val_size: {size} leaves {n - n_held} of {n} rows for training; choose a smaller split")
+        raise UserError(
+            f"data.val_size: {size} leaves {n - n_held} of {n} rows for training; choose a smaller split"
+        )
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
     # Largest-remainder allocation keeps every class's share exact to one row.
@@ -297,9 +345,13 @@ def stratified_indices(labels: np.ndarray, size: float, seed: int) -> tuple[np.n
 def length_stats(lengths: np.ndarray) -> dict:
     q = np.percentile(lengths, [50, 90, 95, 99, 99.5]) if len(lengths) else [0] * 5
     return {
-        "count": int(len(lengths)),
+        "count": len(lengths),
         "mean": float(np.mean(lengths)) if len(lengths) else 0.0,
-        "median": float(q[0]), "p90": float(q[1]), "p95": float(q[2]), "p99": float(q[3]), "p99_5": float(q[4]),
+        "median": float(q[0]),
+        "p90": float(q[1]),
+        "p95": float(q[2]),
+        "p99": float(q[3]),
+        "p99_5": float(q[4]),
         "max": int(np.max(lengths)) if len(lengths) else 0,
     }
 

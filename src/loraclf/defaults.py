@@ -13,10 +13,19 @@ from .config import Recipe
 from .models import load_config
 
 QV_TARGETS = {
-    "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"],
-    "electra": ["query", "value"], "camembert": ["query", "value"], "mpnet": ["q", "v"],
-    "deberta-v2": ["query_proj", "value_proj"], "deberta": ["in_proj"], "distilbert": ["q_lin", "v_lin"],
-    "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"],
+    "camembert": ["query", "value"],
+    "mpnet": ["q", "v"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "deberta": ["in_proj"],
+    "distilbert": ["q_lin", "v_lin"],
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
 }
 
 

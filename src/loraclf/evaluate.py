@@ -17,9 +17,14 @@ def metrics(labels: np.ndarray, preds: np.ndarray, label_names: list, loss: floa
     out = {
         "accuracy": float(accuracy_score(labels, preds)),
         "macro_f1": float(f1_score(labels, preds, labels=classes, average="macro", zero_division=0)),
-        "n": int(len(labels)),
+        "n": len(labels),
         "per_class": {
-            str(name): {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            str(name): {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
             for i, name in enumerate(label_names)
         },
         "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
@@ -42,7 +47,9 @@ def format_report(m: dict) -> str:
     lines = [f"{'class':<{width}}  precision  recall     f1  support"]
     for n in names:
         c = m["per_class"][n]
-        lines.append(f"{n:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}  {c['support']:7d}")
+        lines.append(
+            f"{n:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}  {c['support']:7d}"
+        )
     lines.append("")
     lines.append("confusion matrix (rows = true, columns = predicted)")
     lines.append(" " * (width + 2) + " ".join(f"{n[:8]:>8}" for n in names))

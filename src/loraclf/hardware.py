@@ -27,7 +27,9 @@ def pick_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f"train.device: '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise UserError(
+            f"train.device: '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"train.device: '{name}' requested but no CUDA GPU is visible; use train.device=cpu")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

