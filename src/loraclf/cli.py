@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -303,12 +304,18 @@ def cmd_predict(args) -> int:
             )
     ts, _ = load_texts(args.input, runs[0].recipe.data, "--input", labelled=False)
     check_unique_ids(ts, runs[0].recipe.data, "--input")
+    start = time.perf_counter()
     probs = sum(
         r.predict_proba(
             ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet
         )
         for r in runs
     ) / len(runs)
+    seconds = time.perf_counter() - start
+    print(
+        f"predict: {len(ts):,} rows in {seconds:.2f} s ({len(ts) / max(seconds, 1e-9):.1f} rows/s)",
+        file=sys.stderr,
+    )
     preds = [labels[i] for i in probs.argmax(1)]
     write_submission(out, ts.ids, preds, probs if args.probabilities else None, labels)
     if len(runs) > 1:

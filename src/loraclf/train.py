@@ -245,7 +245,7 @@ def write_static(out: Path, p: Prepared, env: dict) -> None:
 
 def train(p: Prepared, out: Path, resume: bool = False) -> dict:
     """Run the training loop into ``out``; returns the final metrics."""
-    _r, t = p.recipe, p.recipe.train
+    t = p.recipe.train
     device = pick_device(t.device)
     precision = pick_precision(t.precision, device)
     set_threads(t.threads)

@@ -1,0 +1,220 @@
+"""Speed and accuracy of loraclf against the reports' Trainer pipeline, on the same rows, model and epochs.
+
+    python benchmarks/speed.py --data ../shared/data --train-rows 3200 --epochs 1
+
+Runs four commands one after another (never in parallel: they would share the cores) and prints a Markdown table:
+training samples/s, prediction samples/s, peak RSS, accuracy on the same evaluation rows, and the wall time of each
+whole command. The reference is benchmarks/reference_pipeline.py; loraclf runs its CLI with a recipe
+(default recipes/minilm-cpu.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+RUSAGE = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "sys.exit(r.returncode)"
+)
+
+
+def run(cmd: list[str], log: Path) -> tuple[float, float, str]:
+    """Run a command in its own process; return (wall seconds, peak RSS in MB, its stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", RUSAGE, *cmd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
+    wall = time.perf_counter() - start
+    log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if proc.returncode:
+        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
+    rss = (
+        next(int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB"))
+        / 1024
+    )
+    return wall, rss, proc.stdout
+
+
+def result_of(stdout: str) -> dict:
+    return json.loads(next(line[7:] for line in stdout.splitlines() if line.startswith("RESULT ")))
+
+
+def accuracy(pred_file: Path, truth: pd.DataFrame) -> float:
+    pred = pd.read_csv(pred_file)
+    return float((pred["Label"].astype(str).values == truth["label"].astype(str).values).mean())
+
+
+def sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """A stratified random sample of n rows."""
+    if n >= len(df):
+        return df
+    parts = [
+        g.sample(n=max(1, round(n * len(g) / len(df))), random_state=seed) for _, g in df.groupby("label")
+    ]
+    return pd.concat(parts).sample(frac=1, random_state=seed).head(n)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=os.environ.get("LORACLF_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument(
+        "--model", default="minilm", help="loraclf model alias or folder (the reference uses its folder)"
+    )
+    ap.add_argument("--recipe", default=str(ROOT / "recipes" / "minilm-cpu.yaml"))
+    ap.add_argument("--train-rows", type=int, default=3200)
+    ap.add_argument(
+        "--eval-rows", type=int, default=5600, help="rows of ag_news/test.csv to predict and score"
+    )
+    ap.add_argument("--epochs", type=float, default=1)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--workdir", help="keep outputs here (default: a temporary folder)")
+    args = ap.parse_args()
+
+    from loraclf.models import resolve_weights
+
+    model_dir = resolve_weights(args.model)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="loraclf-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    train = sample(pd.read_csv(Path(args.data) / "ag_news" / "train.csv"), args.train_rows, args.seed)
+    test = pd.read_csv(Path(args.data) / "ag_news" / "test.csv").head(args.eval_rows)
+    train.to_csv(work / "train.csv", index=False)
+    test.to_csv(work / "test.csv", index=False)
+    py = sys.executable
+
+    ref_wall, ref_rss, out = run(
+        [
+            py,
+            str(ROOT / "benchmarks" / "reference_pipeline.py"),
+            "train",
+            "--model",
+            model_dir,
+            "--train",
+            str(work / "train.csv"),
+            "--out",
+            str(work / "ref"),
+            "--epochs",
+            str(args.epochs),
+            "--seed",
+            str(args.seed),
+        ],
+        work / "ref_train.log",
+    )
+    ref_train = result_of(out)
+    ref_pwall, ref_prss, out = run(
+        [
+            py,
+            str(ROOT / "benchmarks" / "reference_pipeline.py"),
+            "predict",
+            "--model",
+            model_dir,
+            "--adapter",
+            str(work / "ref"),
+            "--input",
+            str(work / "test.csv"),
+            "--output",
+            str(work / "ref_pred.csv"),
+        ],
+        work / "ref_predict.log",
+    )
+    ref_pred = result_of(out)
+
+    lc_wall, lc_rss, _ = run(
+        [
+            py,
+            "-m",
+            "loraclf",
+            "train",
+            "--config",
+            args.recipe,
+            "--model",
+            args.model,
+            "--train",
+            str(work / "train.csv"),
+            "--out",
+            str(work / "run"),
+            "--epochs",
+            str(args.epochs),
+            "--seed",
+            str(args.seed),
+            "--quiet",
+        ],
+        work / "lc_train.log",
+    )
+    lc_metrics = json.loads((work / "run" / "metrics.json").read_text())
+    lc_pwall, lc_prss, _ = run(
+        [
+            py,
+            "-m",
+            "loraclf",
+            "predict",
+            str(work / "run"),
+            "--input",
+            str(work / "test.csv"),
+            "--output",
+            str(work / "lc_pred.csv"),
+            "--quiet",
+        ],
+        work / "lc_predict.log",
+    )
+    lc_log = (work / "lc_predict.log").read_text()
+    lc_pred_s = float(
+        next(line.split("in ")[1].split(" s")[0] for line in lc_log.splitlines() if "rows in" in line)
+    )
+
+    ref_acc, lc_acc = accuracy(work / "ref_pred.csv", test), accuracy(work / "lc_pred.csv", test)
+    rows = [
+        (
+            "training samples/s",
+            f"{ref_train['train_samples_per_s']:.1f}",
+            f"{lc_metrics['train_samples_per_s']:.1f}",
+            lc_metrics["train_samples_per_s"] / ref_train["train_samples_per_s"],
+        ),
+        (
+            "prediction samples/s",
+            f"{ref_pred['predict_samples_per_s']:.1f}",
+            f"{len(test) / lc_pred_s:.1f}",
+            (len(test) / lc_pred_s) / ref_pred["predict_samples_per_s"],
+        ),
+        ("train command wall time (s)", f"{ref_wall:.1f}", f"{lc_wall:.1f}", lc_wall / ref_wall),
+        ("predict command wall time (s)", f"{ref_pwall:.1f}", f"{lc_pwall:.1f}", lc_pwall / ref_pwall),
+        ("peak RSS training (MB)", f"{ref_rss:.0f}", f"{lc_rss:.0f}", lc_rss / ref_rss),
+        ("peak RSS prediction (MB)", f"{ref_prss:.0f}", f"{lc_prss:.0f}", lc_prss / ref_prss),
+        (
+            f"accuracy on {len(test):,} test.csv rows",
+            f"{ref_acc:.2%}",
+            f"{lc_acc:.2%}",
+            (lc_acc - ref_acc) * 100,
+        ),
+    ]
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {len(train):,} training rows, "
+        f"{args.epochs:g} epoch(s), model {args.model}; workdir {work}\n"
+    )
+    print("| measure | reference (Trainer) | loraclf | ratio / difference |")
+    print("|---|---|---|---|")
+    for name, ref, lc, ratio in rows:
+        unit = " points" if name.startswith("accuracy") else "x"
+        print(
+            f"| {name} | {ref} | {lc} | {ratio:+.2f}{unit} |"
+            if unit == " points"
+            else f"| {name} | {ref} | {lc} | {ratio:.2f}{unit} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
