@@ -12,15 +12,59 @@ of the next batch to resume the exact data order.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
 MEGA = 64
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int, chunk: int = 4096) -> list[np.ndarray]:
-    """Token ids of each text, truncated to max_length (special tokens included), unpadded."""
+def _cache_key(tokenizer, texts: list[str], max_length: int) -> str:
+    """A digest of everything that decides the token ids: tokenizer, settings and the texts themselves."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # The serialised tokenizer minus its call-time truncation/padding state, which tokenising itself changes.
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        h.update(json.dumps(spec, sort_keys=True).encode())
+    else:
+        h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(f"{type(tokenizer).__name__}|{max_length}|{tokenizer.truncation_side}|{len(texts)}".encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int, cache: Path | None = None) -> list[np.ndarray]:
+    """Token ids of each text, truncated to max_length (special tokens included), unpadded.
+
+    With ``cache`` (a folder), the ids are stored once per (tokenizer, settings, texts) digest and reused by later
+    runs: re-running a recipe or resuming skips tokenisation.
+    """
+    if cache is not None:
+        path = Path(cache) / f"{_cache_key(tokenizer, texts, max_length)}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                flat, offsets = z["flat"], z["offsets"]
+            return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+        ids = tokenize(tokenizer, texts, max_length)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(x) for x in ids])
+        flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+        np.savez(tmp, flat=flat, offsets=offsets)
+        os.replace(tmp, path)
+        return ids
     out: list[np.ndarray] = []
+    chunk = 4096
     for start in range(0, len(texts), chunk):
         enc = tokenizer(texts[start : start + chunk], truncation=True, max_length=max_length, padding=False)
         out.extend(np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"])

@@ -141,6 +141,9 @@ class TrainConfig:
     threads: int | None = opt(None, "torch intra-op threads on CPU")
     compile: bool = opt(False, "torch.compile the model (dynamic shapes)")
     progress: bool = opt(True, "progress bars (--quiet turns them off)")
+    tensorboard: bool = opt(
+        False, "also write TensorBoard event files to <run>/tensorboard (needs tensorboard)"
+    )
 
 
 @dataclass

@@ -9,6 +9,7 @@ into a loss: distillation or R-Drop swap it, they do not fork the loop.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -40,7 +41,7 @@ from .data import TextSet, choose_max_length, drop_empty, length_stats, load_tex
 from .errors import UserError
 from .evaluate import metrics, summary_line
 from .hardware import autocast, environment, pick_device, pick_precision, set_threads
-from .models import build_model, load_tokenizer
+from .models import build_model, cache_dir, load_tokenizer
 from .predict import forward_probs
 from .runs import MetricsLogger, load_recipe_of, read_json
 
@@ -69,6 +70,10 @@ class Prepared:
 def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
     """Load, clean, split, sample, plan and tokenise; raise UserError on any problem, write nothing."""
     validate(recipe)
+    if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError(
+            "train.tensorboard needs the tensorboard package: pip install tensorboard (or set it false)"
+        )
     d, seed = recipe.data, recipe.train.seed
     train_set, label_map = load_texts(train_path, d, "--train")
     train_set, dropped = drop_empty(train_set, "--train")
@@ -116,8 +121,9 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
             "histogram": np.bincount(lengths).tolist(),
         }
     )
-    train_ids = tokenize(tokenizer, train_set.texts, max_length)
-    eval_ids = tokenize(tokenizer, eval_set.texts, max_length)
+    cache = cache_dir() / "tokens"
+    train_ids = tokenize(tokenizer, train_set.texts, max_length, cache)
+    eval_ids = tokenize(tokenizer, eval_set.texts, max_length, cache)
     return Prepared(
         recipe,
         label_map,
@@ -243,6 +249,18 @@ def write_static(out: Path, p: Prepared, env: dict) -> None:
     atomic_write_text(out / "run.json", json.dumps(info, indent=1))
 
 
+def nondeterministic_paths(device: torch.device, t) -> list[str]:
+    """Settings under which a fixed seed does not guarantee identical numbers (recorded in run.json)."""
+    reasons = []
+    if device.type in ("cuda", "mps"):
+        reasons.append(
+            f"{device.type} kernels (atomic adds in attention and embedding backward) are nondeterministic"
+        )
+    if t.compile:
+        reasons.append("torch.compile may choose different kernels between runs")
+    return reasons
+
+
 def train(p: Prepared, out: Path, resume: bool = False) -> dict:
     """Run the training loop into ``out``; returns the final metrics."""
     t = p.recipe.train
@@ -250,6 +268,9 @@ def train(p: Prepared, out: Path, resume: bool = False) -> dict:
     precision = pick_precision(t.precision, device)
     set_threads(t.threads)
     env = environment(device, precision)
+    env["nondeterministic"] = nondeterministic_paths(device, t)
+    for why in env["nondeterministic"]:
+        say(f"warning: {why}; the same seed may not give bit-identical results")
     if not resume:
         create_run_folder(out, p)
     with RunLock(out):
@@ -309,7 +330,9 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
     if resume and ckpts:
         state = load_checkpoint(ckpts[-1], model, optimizer, scheduler, scaler)
         say(f"resuming from {ckpts[-1].name}: step {state['step']:,} of {total_steps:,}")
-    logger = MetricsLogger(out / "metrics.jsonl", keep_until_step=state["step"] if resume else None)
+    logger = MetricsLogger(
+        out / "metrics.jsonl", keep_until_step=state["step"] if resume else None, tensorboard=t.tensorboard
+    )
     if not resume:
         say(
             f"training {trainable:,} of {total:,} parameters ({trainable / total:.3%}) on {device} ({precision}); "
