@@ -127,6 +127,7 @@ class TrainConfig:
     max_grad_norm: float | None = opt(1.0, "gradient clipping norm; null disables")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
     class_weights: str = opt("none", "none | balanced (weight classes by inverse frequency in the loss)")
+    rdrop: float = opt(0.0, "R-Drop weight: KL between two dropout passes (0 = off; doubles forward cost)")
     precision: str = opt("auto", "auto (bf16 where the device supports it) | bf16 | fp16 | fp32")
     seed: int = opt(42, "seed of initialisation, data order, splits and sampling")
     eval_every: int | None = opt(None, "optimizer steps between evaluations; None = once per epoch")
@@ -147,6 +148,15 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from finished runs (teachers) into this run (the student)."""
+
+    teachers: list[str] = opt_factory(list, "run folders of teacher models; empty = no distillation")
+    temperature: float = opt(2.0, "softmax temperature T of teacher and student")
+    alpha: float = opt(0.5, "weight of the distillation term; 1 - alpha weighs the cross-entropy")
+
+
+@dataclass
 class Recipe:
     """A complete, resolved description of one run."""
 
@@ -154,6 +164,7 @@ class Recipe:
     adapter: AdapterConfig = opt_factory(AdapterConfig, "what trains")
     data: DataConfig = opt_factory(DataConfig, "data preparation")
     train: TrainConfig = opt_factory(TrainConfig, "optimisation")
+    distill: DistillConfig = opt_factory(DistillConfig, "distillation from teacher runs")
     budget: int | None = opt(None, "refuse to train more trainable parameters than this")
     description: str = opt("", "free text shown in run listings")
 
@@ -399,6 +410,12 @@ def validate(recipe: Recipe) -> Recipe:
             f"train.save_every ({t.save_every}) exceeds train.max_steps ({t.max_steps}): no checkpoint "
             "would ever be written; lower --save-every"
         )
+    if not 0 <= recipe.distill.alpha <= 1:
+        raise UserError(f"distill.alpha must be in [0, 1], got {recipe.distill.alpha}")
+    if recipe.distill.temperature <= 0:
+        raise UserError(f"distill.temperature must be positive, got {recipe.distill.temperature}")
+    if t.rdrop < 0:
+        raise UserError(f"train.rdrop must be 0 or positive, got {t.rdrop}")
     if a.method != "lora" and a.bias == "lora_only":
         raise UserError(
             f"adapter.bias lora_only needs adapter.method lora (got '{a.method}'); use none or all"

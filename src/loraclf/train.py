@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -41,6 +40,7 @@ from .data import TextSet, choose_max_length, drop_empty, length_stats, load_tex
 from .errors import UserError
 from .evaluate import metrics, summary_line
 from .hardware import autocast, environment, pick_device, pick_precision, set_threads
+from .losses import LossStep, balanced_weights, teacher_log_probs
 from .models import build_model, cache_dir, load_tokenizer
 from .predict import forward_probs
 from .runs import MetricsLogger, load_recipe_of, read_json
@@ -65,6 +65,7 @@ class Prepared:
     plan: Plan
     tokenizer: object
     notes: dict = field(default_factory=dict)
+    teacher_log_probs: np.ndarray | None = None
 
 
 def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
@@ -124,6 +125,11 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
     cache = cache_dir() / "tokens"
     train_ids = tokenize(tokenizer, train_set.texts, max_length, cache)
     eval_ids = tokenize(tokenizer, eval_set.texts, max_length, cache)
+    teachers = None
+    if recipe.distill.teachers:
+        say(f"distillation: teacher predictions on {len(train_set):,} training rows")
+        teachers = teacher_log_probs(recipe.distill.teachers, train_set.texts, label_map)
+        notes["teachers"] = [_absolute(t) for t in recipe.distill.teachers]
     return Prepared(
         recipe,
         label_map,
@@ -136,6 +142,7 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
         the_plan,
         tokenizer,
         notes,
+        teachers,
     )
 
 
@@ -165,21 +172,6 @@ def make_scheduler(optimizer, recipe: Recipe, total_steps: int):
     warmup = t.warmup_steps if t.warmup_steps is not None else math.ceil(t.warmup_ratio * total_steps)
     name = "constant_with_warmup" if t.scheduler == "constant" else t.scheduler
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-
-
-def loss_step(model, input_ids, mask, labels, recipe: Recipe, class_weights=None):
-    """Cross-entropy (with optional label smoothing and class weights) of one batch; returns (loss, logits)."""
-    logits = model(input_ids=input_ids, attention_mask=mask).logits
-    loss = F.cross_entropy(
-        logits.float(), labels, weight=class_weights, label_smoothing=recipe.train.label_smoothing
-    )
-    return loss, logits
-
-
-def balanced_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:
-    """Inverse-frequency class weights n / (k · n_c), so every class carries the same total weight."""
-    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
-    return torch.tensor(len(labels) / (num_labels * np.maximum(counts, 1)), dtype=torch.float32)
 
 
 def overlap_count(train_texts: list[str], eval_texts: list[str]) -> int:
@@ -311,6 +303,7 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
         if t.class_weights == "balanced"
         else None
     )
+    loss_step = LossStep(r, weights, p.teacher_log_probs)
     pad_id = p.tokenizer.pad_token_id
 
     state = {
@@ -359,7 +352,7 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
             input_ids, mask = collate(p.train_ids, rows, pad_id, device, pin=True)
             labels = labels_all[rows].to(device, non_blocking=True)
             with autocast(device, precision):
-                loss, logits = loss_step(fwd, input_ids, mask, labels, r, weights)
+                loss, logits = loss_step(fwd, input_ids, mask, labels, rows)
             if not torch.isfinite(loss):
                 bar.close()
                 raise UserError(

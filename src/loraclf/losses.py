@@ -1,0 +1,96 @@
+"""Loss steps: the one place where a batch becomes a loss.
+
+The training loop calls a :class:`LossStep` and never looks inside, so distillation and R-Drop change the loss
+without forking the loop.
+
+* Cross-entropy, with optional label smoothing and inverse-frequency class weights.
+* R-Drop (Liang et al., 2021): two forward passes with different dropout masks; the loss adds
+  ``alpha · ½ (KL(p1‖p2) + KL(p2‖p1))`` to the mean cross-entropy of both, which pulls the two sub-models
+  together and regularises small adapters.
+* Knowledge distillation (Hinton et al., 2015): ``(1 − a) · CE + a · T² · KL(softmax(t/T) ‖ softmax(s/T))`` with
+  the teacher's log-probabilities ``t`` computed once for every training row before training starts. The ``T²``
+  keeps gradient magnitudes comparable across temperatures. Teachers are finished run folders (an ensemble of
+  several averages their probabilities); they do not count against the student's budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Recipe
+from .errors import UserError
+
+
+@dataclass
+class LossStep:
+    """Turns a batch into (loss, logits) according to the recipe."""
+
+    recipe: Recipe
+    class_weights: torch.Tensor | None = None
+    teacher_log_probs: np.ndarray | None = None  # one row per training row, columns = classes
+
+    def ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(),
+            labels,
+            weight=self.class_weights,
+            label_smoothing=self.recipe.train.label_smoothing,
+        )
+
+    def __call__(self, model, input_ids, mask, labels, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        loss = self.ce(logits, labels)
+        rdrop = self.recipe.train.rdrop
+        if rdrop > 0:
+            logits2 = model(input_ids=input_ids, attention_mask=mask).logits
+            loss = 0.5 * (loss + self.ce(logits2, labels)) + rdrop * symmetric_kl(logits, logits2)
+        if self.teacher_log_probs is not None:
+            d = self.recipe.distill
+            teacher = torch.from_numpy(self.teacher_log_probs[rows]).to(logits.device)
+            loss = (1 - d.alpha) * loss + d.alpha * distill_kl(logits, teacher, d.temperature)
+        return loss, logits
+
+
+def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    la, lb = F.log_softmax(a.float(), -1), F.log_softmax(b.float(), -1)
+    return 0.5 * (
+        F.kl_div(la, lb, log_target=True, reduction="batchmean")
+        + F.kl_div(lb, la, log_target=True, reduction="batchmean")
+    )
+
+
+def distill_kl(
+    student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T² · KL(teacher_T ‖ student_T); log-probabilities work as logits since softmax ignores a constant shift."""
+    s = F.log_softmax(student_logits.float() / temperature, -1)
+    t = F.log_softmax(teacher_log_probs.float() / temperature, -1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+
+
+def balanced_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:
+    """Inverse-frequency class weights n / (k · n_c), so every class carries the same total weight."""
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
+    return torch.tensor(len(labels) / (num_labels * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def teacher_log_probs(teachers: list[str], texts: list[str], label_map: list) -> np.ndarray:
+    """Average the teachers' class probabilities on the training texts; return their logarithm."""
+    from .runs import load
+
+    probs = None
+    for path in teachers:
+        run = load(path)
+        if [str(x) for x in run.labels] != [str(x) for x in label_map]:
+            raise UserError(
+                f"distill.teachers: run '{path}' has labels {run.labels}, the training file has {label_map}; "
+                "a teacher must be trained on the same label set"
+            )
+        p = run.predict_proba(texts)
+        probs = p if probs is None else probs + p
+        del run
+    return np.log(np.clip(probs / len(teachers), 1e-8, None)).astype(np.float32)
