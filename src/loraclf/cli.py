@@ -110,6 +110,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("predict", help="write a Kaggle-style ID,Label file; several runs form an ensemble")
     p.add_argument("runs", nargs="+", metavar="RUN")
@@ -119,7 +120,13 @@ def build_parser() -> Parser:
     p.add_argument("--probabilities", action="store_true", help="add prob_<label> columns")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    from .augment_cli import add_command as add_augment
+    from .report_cli import add_commands as add_report
+
+    add_report(sub)
+    add_augment(sub)
     return parser
 
 
@@ -330,14 +337,36 @@ def cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+def _commands() -> dict:
+    from .augment_cli import COMMANDS as AUGMENT
+    from .report_cli import COMMANDS as REPORT
+
+    return {
+        "plan": cmd_plan,
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "predict": cmd_predict,
+        **REPORT,
+        **AUGMENT,
+    }
+
+
+def _parse(parser: Parser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting ``key.sub=value`` overrides sit between flags (argparse alone stops at the first flag)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.overrides = list(args.overrides or []) + extra
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         if args.version:
             from . import __version__
 
@@ -347,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         _quiet_libraries()
-        return COMMANDS[args.command](args)
+        if os.environ.get("LORACLF_QUIET") and hasattr(args, "quiet"):
+            args.quiet = True
+        return _commands()[args.command](args)
     except UserError as exc:
         print(f"loraclf: error: {exc}", file=sys.stderr)
         return UserError.exit_code

@@ -218,7 +218,15 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is float:
         if isinstance(value, bool):
             return False, value
-        return isinstance(value, (int, float)), float(value) if isinstance(value, (int, float)) else value
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        # YAML 1.1 reads "1e-4" (no dot) as a string; a number written that way is still a number.
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
     if tp is str:
         return isinstance(value, str), value
     return True, value

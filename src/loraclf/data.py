@@ -275,7 +275,8 @@ def encode_labels(labels: list, label_map: list, source: str, flag: str) -> np.n
 
 def ids_of(df: pd.DataFrame, cfg: DataConfig) -> list:
     if cfg.id_column in df.columns:
-        return [_label_key(v) if not _missing(v) else i for i, v in enumerate(df[cfg.id_column])]
+        # IDs go back into the submission verbatim: "007" must stay "007".
+        return [i if _missing(v) else v for i, v in enumerate(df[cfg.id_column])]
     return list(range(len(df)))
 
 

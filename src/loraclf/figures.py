@@ -14,7 +14,7 @@ import io
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 # Parameter counts read better as 1,000,000 than as 1.0 with a 1e6 offset.
 THOUSANDS = FuncFormatter(lambda x, _: f"{x:,.0f}")
@@ -37,8 +37,14 @@ def png(fig: Figure) -> bytes:
 
 
 def _short(name: str, width: int = 18) -> str:
-    """Tick labels are truncated so a long class name cannot squeeze the plot; the tables keep full names."""
-    return name if len(name) <= width else name[: width - 1] + "…"
+    """Tick labels are shortened so a long class name cannot squeeze the plot; the tables keep full names.
+
+    The middle goes, not the end: class names often share a prefix ("category 10", "category 11").
+    """
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[-(width - 1 - head) :]
 
 
 def _empty(ax, message: str) -> None:
@@ -57,7 +63,7 @@ def fig_training_curves(history: list[dict], best_step: int | None = None) -> Fi
     mk = "o" if max(len(train), len(evals)) <= 30 else None
 
     def plot(ax, rows, key, label, color, style="-"):
-        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None and "step" in r]
         if pts:
             ax.plot(*zip(*pts), style, marker=mk, color=color, label=label, markersize=4)
 
@@ -186,15 +192,13 @@ def fig_parameter_budget(plan: dict) -> Figure:
         if n:
             ax.barh(["trainable"], [n], left=left, color=PART_COLORS[part], label=f"{part} {n:,}")
             left += n
-    budget = plan.get("budget")
+    budget, trainable, total = plan.get("budget"), plan.get("trainable", left), plan.get("total", 0)
     if budget:
         ax.axvline(budget, color="black", linewidth=2, linestyle="--", label=f"budget {budget:,}")
     ax.set_xlim(0, max(left, budget or 0) * 1.08 or 1)
     ax.set_xlabel("parameters")
     ax.xaxis.set_major_formatter(THOUSANDS)
-    ax.set_title(
-        f"trainable {plan.get('trainable', left):,} of {plan.get('total', 0):,} ({plan.get('ratio', 0):.3%})"
-    )
+    ax.set_title(f"trainable {trainable:,} of {total:,} ({trainable / max(total, 1):.3%})")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, -0.3), ncol=5, frameon=False)
     ax.grid(alpha=0.3, axis="x")
     if per_layer:
@@ -223,4 +227,5 @@ def fig_predicted_distribution(
     ax = fig.subplots()
     _grouped_bars(ax, names, series, "{:.0%}")
     ax.set_ylabel("share of rows")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     return fig

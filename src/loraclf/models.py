@@ -281,3 +281,17 @@ def load_tokenizer(name: str, spec: ModelConfig | None = None, truncation_side: 
         tok.pad_token = tok.eos_token
     tok.truncation_side = truncation_side
     return tok
+
+
+def position_limit(config) -> int | None:
+    """The longest input the architecture can embed, or None when it has no absolute positions.
+
+    RoBERTa-style models reserve ``pad_token_id + 1`` position slots before the first token (514 rows for 512
+    tokens); GPT-2 calls the size ``n_positions``.
+    """
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not n or getattr(config, "position_embedding_type", "absolute") not in ("absolute", None):
+        return None
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text"):
+        n -= (config.pad_token_id or 0) + 1
+    return int(n)

@@ -60,6 +60,8 @@ def forward_probs(
             bar.update(len(rows))
     bar.close()
     model.eval()
+    if out is None:  # no rows: an empty table with one column per class
+        return np.zeros((0, model.config.num_labels))
     return out / passes
 
 

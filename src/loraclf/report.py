@@ -7,8 +7,10 @@ metrics of the kept weights: per-class scores and the confusion matrix). An opti
 adds its predicted class distribution.
 
 Every figure is drawn by its own function in :mod:`loraclf.figures` (Agg canvas, no pyplot state). The PNGs
-are written to ``figures/`` and also embedded in ``report.html`` as base64 ``data:`` URIs, with inline CSS and no scripts, so the page opens offline
-and can be mailed as one file. Every text that comes from the folder goes through ``html.escape``.
+are written to ``figures/`` and also embedded in ``report.html`` as base64 ``data:`` URIs; with inline CSS and no
+scripts, fonts or links, the page opens offline and can be mailed as one file. Every text that comes from the
+folder goes through ``html.escape``. Files are written to a temporary name and moved into place with
+``os.replace``, so a reader never sees half a page.
 
 A run that is still training has no ``metrics.json`` yet; its report says so in the sections that need it instead
 of failing, so the page can be used to watch a run.
@@ -87,7 +89,12 @@ def load_run_files(run_dir: Path) -> dict:
         )
     if not (run / "labels.json").is_file():
         raise UserError(f"RUN: '{run}' has no labels.json; the run folder is damaged, retrain it")
-    labels = [str(x) for x in _read_json(run / "labels.json")["labels"]]
+    labels = _read_json(run / "labels.json")
+    if not isinstance(labels, dict) or not isinstance(labels.get("labels"), list):
+        raise UserError(
+            f"RUN: '{run / 'labels.json'}' has no label list; the run folder is damaged, retrain it"
+        )
+    labels = [str(x) for x in labels["labels"]]
     metrics = _read_json(run / "metrics.json") if (run / "metrics.json").is_file() else None
     return {
         "name": run.resolve().name,
@@ -134,7 +141,8 @@ color:#222;line-height:1.4}
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 table{border-collapse:collapse;margin:.6em 0}th,td{padding:.25em .8em;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f5f5f5}
-.summary td{text-align:left}.summary th{text-align:left;white-space:nowrap;vertical-align:top;background:none;font-weight:600;color:#555}
+.summary td{text-align:left}
+.summary th{text-align:left;white-space:nowrap;vertical-align:top;background:none;font-weight:600;color:#555}
 figure{margin:.8em 0}img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption,.note{color:#666;font-size:.9em}.warn{color:#a33}.over{color:#a33;font-weight:600}
 pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}
@@ -175,7 +183,7 @@ def _summary(r: dict) -> str:
         ["method", plan.get("method", "?")],
         [
             "trainable / total",
-            f"{plan['trainable']:,} / {plan['total']:,} ({plan.get('ratio', 0):.3%}){fits}",
+            f"{plan['trainable']:,} / {plan['total']:,} ({plan['trainable'] / max(plan['total'], 1):.3%}){fits}",
         ],
         ["accuracy", _pct(m.get("accuracy"))],
         ["macro-F1", _pct(m.get("macro_f1"))],
@@ -348,10 +356,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
-    except PermissionError:
+    except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UserError(
-            f"RUN: cannot write '{path}' (permission denied); make the run folder writable"
+            f"RUN: cannot write '{path}' ({exc.strerror}); make the run folder writable"
         ) from None
 
 

@@ -9,6 +9,7 @@ Any other global ends the load before it is called, with a message saying how to
 
 from __future__ import annotations
 
+import _compat_pickle
 import pickle
 from pathlib import Path
 
@@ -37,6 +38,8 @@ ALLOWED = {
     )
 } | {
     ("collections", "OrderedDict"),
+    # Protocol 2 stores bytes as _codecs.encode(text, "latin1"): an encoder, nothing more.
+    ("_codecs", "encode"),
     ("copyreg", "_reconstructor"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
@@ -44,6 +47,9 @@ ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    # numpy >= 2 pickles some arrays through this helper; it only rebuilds an array from bytes.
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("pandas", "DataFrame"),
     ("pandas", "Series"),
     ("pandas", "Index"),
@@ -96,6 +102,10 @@ ALLOWED = {
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        # Protocol 0-2 pickles say "__builtin__.list"; map names the way pickle itself would before checking.
+        # (Python 3 never writes these old names, so mapping them always is safe.)
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) not in ALLOWED:
             raise pickle.UnpicklingError(f"{module}.{name}")
         return super().find_class(module, name)

@@ -41,7 +41,7 @@ from .errors import UserError
 from .evaluate import metrics, summary_line
 from .hardware import autocast, environment, pick_device, pick_precision, set_threads
 from .losses import LossStep, balanced_weights, teacher_log_probs
-from .models import build_model, cache_dir, load_tokenizer
+from .models import build_model, cache_dir, load_config, load_tokenizer, position_limit
 from .predict import forward_probs
 from .runs import MetricsLogger, load_recipe_of, read_json
 
@@ -110,9 +110,15 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
     check_budget(the_plan)
     tokenizer = load_tokenizer(recipe.model.name, recipe.model, d.truncation_side)
     lengths = token_lengths(tokenizer, train_set.texts)
+    # Tokenizers without a saved limit report a huge model_max_length; the position table is the real bound.
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
-    cfg_limit = getattr(the_plan, "max_positions", None) or limit
-    max_length = d.max_length or choose_max_length(lengths, d.length_quantile, min(limit, cfg_limit))
+    limit = min(limit, position_limit(load_config(recipe.model.name, model_cfg=recipe.model)) or limit)
+    if d.max_length is not None and d.max_length > limit:
+        raise UserError(
+            f"data.max_length={d.max_length} is longer than {recipe.model.name} can read ({limit} tokens); "
+            f"set data.max_length to at most {limit}"
+        )
+    max_length = d.max_length or choose_max_length(lengths, d.length_quantile, limit)
     stats = length_stats(lengths)
     stats.update(
         {
@@ -505,6 +511,13 @@ def _finish(p: Prepared, out: Path, state: dict, seconds: float) -> dict:
     )
     atomic_write_text(out / "run.json", json.dumps(info, indent=1))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    from .report import write_report
+
+    try:
+        write_report(out)
+    except (UserError, OSError, ValueError) as exc:
+        # The trained run is complete and usable; a figure that fails to draw must not take it down.
+        say(f"report: not written ({exc}); run `loraclf report {out}` to retry")
     return m
 
 

@@ -1,0 +1,186 @@
+"""Every user mistake ends with exit status 2, exactly one line on stderr, no traceback and no run folder.
+
+Each command runs in its own process with real stdout/stderr file descriptors, as ``python -m loraclf`` (see
+``run_cli_forked`` in conftest: one interpreter pays the torch/transformers start-up once and forks a child per
+command). ``test_real_interpreter`` runs one of them again in a fully fresh ``python -m loraclf`` process.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import cli_env, run_cli_forked, write_text_csv
+
+
+@dataclass
+class Case:
+    args: list[str]
+    out: Path | None  # the --out folder a failed train must not leave behind
+    expect: list[str]  # fragments the one-line message must contain
+    returncode: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+
+def _cases(tmp: Path, bert: Path) -> dict[str, Case]:
+    train_csv = write_text_csv(tmp / "train.csv", 40)
+    nocol = tmp / "nocol.csv"
+    pd.DataFrame({"body": ["a", "b"], "label": [1, 2]}).to_csv(nocol, index=False)
+    existing = tmp / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    not_a_run = tmp / "not-a-run"
+    not_a_run.mkdir()
+    (not_a_run / "notes.txt").write_text("hello")
+    common = ["--model", str(bert), "--quiet", "--epochs", "1"]
+
+    def train(
+        name: str, *extra: str, out: Path | None = None, model: list[str] | None = None, data=train_csv
+    ):
+        out = out or tmp / f"run-{name}"
+        args = ["train", *(model or common), "--train", str(data), "--out", str(out), *extra]
+        return args, out
+
+    cases = {}
+
+    def add(name, expect, *extra, **kw):
+        args, out = train(name, *extra, **kw)
+        cases[name] = Case(args, out, expect)
+
+    add("missing-train-file", ["--train", "nope.csv", "not found"], data=tmp / "nope.csv")
+    add("missing-column", ["nocol.csv", "'text'", "body, label"], data=nocol)
+    add("unknown-model", ["--model", "no-such-model-xyz"], model=["--model", "no-such-model-xyz", "--quiet"])
+    add("unknown-target", ["--targets", "'qury'", 'did you mean "query"'], "--targets", "qury")
+    add("over-budget", ["--budget", "10"], "--budget", "10")
+    add("negative-rank", ["--rank", "-1"], "--rank", "-1")
+    add("unwritable-out-proc", ["--out", "/proc/loraclf-test"], out=Path("/proc/loraclf-test/run"))
+    add("out-under-a-file", ["--out", "train.csv"], out=train_csv / "run")
+    add("existing-out", ["--out", "existing", "already exists"], out=existing)
+    add("unknown-override", ["train.lrr", 'did you mean "lr"'], "train.lrr=1e-3")
+    cases["evaluate-not-a-run"] = Case(
+        ["evaluate", str(not_a_run), "--data", str(train_csv)], None, ["not-a-run", "run.json"]
+    )
+    cases["predict-not-a-run"] = Case(
+        ["predict", str(not_a_run), "--input", str(tmp / "input.csv"), "--output", str(tmp / "p.csv")],
+        None,
+        ["not-a-run"],
+    )
+    cases["plan-search-without-budget"] = Case(
+        ["plan", "--model", "roberta-base", "--search"], None, ["--budget"]
+    )
+    return cases
+
+
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory, tiny_bert_dir) -> dict[str, Case]:
+    tmp = tmp_path_factory.mktemp("cli")
+    cases = _cases(tmp, tiny_bert_dir)
+    logs = tmp / "logs"
+    logs.mkdir()
+    results = run_cli_forked({name: case.args for name, case in cases.items()}, logs)
+    for name, case in cases.items():
+        case.returncode, case.stdout, case.stderr = (
+            results[name].returncode,
+            results[name].stdout,
+            results[name].stderr,
+        )
+    return cases
+
+
+NAMES = [
+    "missing-train-file",
+    "missing-column",
+    "unknown-model",
+    "unknown-target",
+    "over-budget",
+    "negative-rank",
+    "unwritable-out-proc",
+    "out-under-a-file",
+    "existing-out",
+    "unknown-override",
+    "evaluate-not-a-run",
+    "predict-not-a-run",
+    "plan-search-without-budget",
+]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_user_error_is_one_line_exit_2(failures, name):
+    case = failures[name]
+    detail = f"{name}: rc={case.returncode}\nstdout:\n{case.stdout[-2000:]}\nstderr:\n{case.stderr[-4000:]}"
+    assert "Traceback" not in case.stderr, detail
+    assert case.returncode == 2, detail
+    lines = case.stderr.strip().splitlines()
+    assert len(lines) == 1, detail
+    assert lines[0].startswith("loraclf: error: "), detail
+    for fragment in case.expect:
+        assert fragment in lines[0], f"{fragment!r} missing from: {lines[0]}"
+
+
+TRAIN_NAMES = [
+    n
+    for n in NAMES
+    if n not in ("existing-out", "evaluate-not-a-run", "predict-not-a-run", "plan-search-without-budget")
+]
+
+
+@pytest.mark.parametrize("name", TRAIN_NAMES)
+def test_failed_train_leaves_no_run_folder(failures, name):
+    case = failures[name]
+    assert case.args[0] == "train" and case.out is not None
+    assert case.returncode == 2
+    assert not case.out.exists(), f"{name}: {case.out} was left behind"
+
+
+def test_existing_out_folder_is_untouched(failures):
+    case = failures["existing-out"]
+    assert case.returncode == 2
+    assert sorted(p.name for p in case.out.iterdir()) == ["keep.txt"]
+    assert (case.out / "keep.txt").read_text() == "mine"
+
+
+def test_over_budget_message_has_both_numbers(failures):
+    msg = failures["over-budget"].stderr.replace(",", "")
+    assert " 10" in msg
+    counts = [int(n) for n in re.findall(r"\d+", msg)]
+    assert any(n > 10 for n in counts), msg
+
+
+def test_help_lists_recipe_keys():
+    res = subprocess.run(
+        [sys.executable, "-m", "loraclf", "train", "--help"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
+    assert res.returncode == 0
+    for key in ("adapter.r=", "train.lr=", "data.clean.html="):
+        assert key in res.stdout
+
+
+def test_real_interpreter(failures):
+    """A fresh ``python -m loraclf`` process gives the same exit status and message as the forked one."""
+    names = ["missing-column"]
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "loraclf", *failures[name].args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        for name in names
+    }
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-4000:]
+        assert "Traceback" not in err
+        assert err == failures[name].stderr
