@@ -59,7 +59,7 @@ def train(args) -> dict:
         num_train_epochs=args.epochs,
         learning_rate=args.lr,
         weight_decay=0.01,
-        warmup_ratio=0.06,
+        warmup_steps=0.06,  # transformers 5: a float below 1 is a ratio of the total steps
         save_strategy="no",
         eval_strategy="no",
         logging_steps=50,

@@ -90,7 +90,12 @@ def main() -> None:
     model_dir = resolve_weights(args.model)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="loraclf-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    train = sample(pd.read_csv(Path(args.data) / "ag_news" / "train.csv"), args.train_rows, args.seed)
+    full = pd.read_csv(Path(args.data) / "ag_news" / "train.csv")
+    train = sample(full, args.train_rows, args.seed)
+    # loraclf picks its best weights on a validation set; give it separate rows so both pipelines train on the
+    # same rows (the reference does no evaluation while training).
+    dev = sample(full.drop(train.index), max(40, args.train_rows // 20), args.seed)
+    dev.to_csv(work / "dev.csv", index=False)
     test = pd.read_csv(Path(args.data) / "ag_news" / "test.csv").head(args.eval_rows)
     train.to_csv(work / "train.csv", index=False)
     test.to_csv(work / "test.csv", index=False)
@@ -145,6 +150,8 @@ def main() -> None:
             args.model,
             "--train",
             str(work / "train.csv"),
+            "--eval",
+            str(work / "dev.csv"),
             "--out",
             str(work / "run"),
             "--epochs",

@@ -101,9 +101,16 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+PAD_MULTIPLE = 8
+
+
 def collate(ids: list[np.ndarray], rows: np.ndarray, pad_id: int, device: torch.device, pin: bool = False):
     """Pad the chosen rows to their longest and return input_ids and attention_mask tensors on the device."""
     longest = max(len(ids[i]) for i in rows)
+    # Round the padded width up to a multiple of 8: kernels prefer aligned shapes (tensor cores on GPUs), and on
+    # CPU every distinct width makes oneDNN build and cache new primitives; fewer widths measured faster and kept
+    # peak memory about 350 MB lower on MiniLM (benchmarks/README.md).
+    longest = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
     input_ids = np.full((len(rows), longest), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), longest), dtype=np.int64)
     for j, i in enumerate(rows):

@@ -196,8 +196,16 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
         return value is None, value
     if origin is list:
         (inner,) = typing.get_args(tp)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and inner is str:
-            value = [s.strip() for s in str(value).split(",") if s.strip()]
+        # Flags and overrides spell lists as "a,b" or "8,8,16"; a lone value is a one-item list.
+        if isinstance(value, str):
+            value = [s.strip() for s in value.strip("[]").split(",") if s.strip()]
+            if inner in (int, float):
+                try:
+                    value = [float(v) if inner is float else int(v) for v in value]
+                except ValueError:
+                    return False, value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
         if not isinstance(value, (list, tuple)):
             return False, value
         out = []

@@ -321,6 +321,7 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
         "bad_evals": 0,
         "samples": 0,
         "train_seconds": 0.0,
+        "pause_seconds": 0.0,  # evaluation and checkpoint time inside the loop, kept out of samples/s
         "ema_loss": None,
         "correct": 0,
         "seen": 0,
@@ -402,16 +403,19 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
                 )
                 correct = seen = 0
                 window_start, window_samples = now, 0
+            paused = time.perf_counter()
             if step % eval_every == 0 or step == total_steps:
                 stop = _evaluate_and_keep(
                     p, model, out, state, logger, device, precision, step, steps_per_epoch
                 )
                 model.train()
-            state.update(
-                train_seconds=time.perf_counter() - started, ema_loss=ema_loss, correct=correct, seen=seen
-            )
+            now = time.perf_counter()
+            state["pause_seconds"] = state.get("pause_seconds", 0.0) + now - paused
+            state.update(train_seconds=now - started, ema_loss=ema_loss, correct=correct, seen=seen)
             if step % save_every == 0 and step < total_steps and not stop:
                 save_checkpoint(out, step, model, optimizer, scheduler, scaler, state, t.keep_checkpoints)
+                state["pause_seconds"] += time.perf_counter() - now
+            window_start += time.perf_counter() - paused  # the progress bar's speed counts training time only
             if step >= total_steps or stop:
                 break
     bar.close()
@@ -493,7 +497,9 @@ def _finish(p: Prepared, out: Path, state: dict, seconds: float) -> dict:
     m.update(
         best_step=state["best_step"],
         train_seconds=round(seconds, 2),
-        train_samples_per_s=round(state["samples"] / max(seconds, 1e-9), 2),
+        # Training throughput counts the optimisation steps only; evaluation and checkpoints are in eval_seconds.
+        train_samples_per_s=round(state["samples"] / max(seconds - state.get("pause_seconds", 0.0), 1e-9), 2),
+        eval_seconds=round(state.get("pause_seconds", 0.0), 2),
         steps=state["step"],
     )
     atomic_write_text(out / "metrics.json", json.dumps(m, indent=1))

@@ -1,0 +1,41 @@
+"""The speed benchmark runs end to end: reference Trainer pipeline and loraclf, on a tiny model and tiny data.
+
+Only the mechanics are checked here (every command runs, the table has every measure); the speed numbers
+themselves come from running benchmarks/speed.py alone on a real model (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO, cli_env, write_text_csv
+
+
+def test_speed_benchmark_runs_on_tiny_data(tmp_path, tiny_bert_dir):
+    data = tmp_path / "data"
+    (data / "ag_news").mkdir(parents=True)
+    write_text_csv(data / "ag_news" / "train.csv", n=160, seed=1)
+    write_text_csv(data / "ag_news" / "test.csv", n=40, seed=2)
+    res = subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "speed.py"), "--data", str(data), "--model",
+            str(tiny_bert_dir), "--train-rows", "64", "--eval-rows", "40", "--epochs", "1",
+            "--workdir", str(tmp_path / "work"),
+        ],
+        capture_output=True, text=True, env=cli_env(), timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = res.stdout
+    for measure in (
+        "training samples/s",
+        "prediction samples/s",
+        "train command wall time",
+        "predict command wall time",
+        "peak RSS training",
+        "accuracy on 40 test.csv rows",
+    ):
+        assert f"| {measure}" in table, table
+    # Both pipelines predicted every evaluation row.
+    for name in ("ref_pred.csv", "lc_pred.csv"):
+        assert len((tmp_path / "work" / name).read_text().splitlines()) == 41
