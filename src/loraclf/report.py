@@ -45,6 +45,13 @@ FIGURES = (
 # --- reading the run folder ---------------------------------------------------------------------------------------
 
 
+def _env_value(v) -> str:
+    """Lists in run.json's environment (nondeterministic paths) read as prose; an empty one as "none"."""
+    if isinstance(v, list):
+        return "; ".join(map(str, v)) or "none"
+    return str(v)
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -194,7 +201,7 @@ def _summary(r: dict) -> str:
         ["max length", info.get("max_length", "?")],
         ["status", info.get("status", "?")],
         ["validation data", data.get("validation") or data.get("eval_file") or "?"],
-        ["environment", ", ".join(f"{k} {v}" for k, v in env.items()) or "?"],
+        ["environment", ", ".join(f"{k} {_env_value(v)}" for k, v in env.items()) or "?"],
         ["loraclf", info.get("loraclf_version", "?")],
     ]
     note = ""
