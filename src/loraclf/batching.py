@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 MEGA = 64
 
@@ -42,7 +43,9 @@ def _cache_key(tokenizer, texts: list[str], max_length: int) -> str:
     return h.hexdigest()[:32]
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int, cache: Path | None = None) -> list[np.ndarray]:
+def tokenize(
+    tokenizer, texts: list[str], max_length: int, cache: Path | None = None, progress: bool = False
+) -> list[np.ndarray]:
     """Token ids of each text, truncated to max_length (special tokens included), unpadded.
 
     With ``cache`` (a folder), the ids are stored once per (tokenizer, settings, texts) digest and reused by later
@@ -54,7 +57,7 @@ def tokenize(tokenizer, texts: list[str], max_length: int, cache: Path | None = 
             with np.load(path) as z:
                 flat, offsets = z["flat"], z["offsets"]
             return [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-        ids = tokenize(tokenizer, texts, max_length)
+        ids = tokenize(tokenizer, texts, max_length, progress=progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(x) for x in ids])
@@ -64,17 +67,27 @@ def tokenize(tokenizer, texts: list[str], max_length: int, cache: Path | None = 
         os.replace(tmp, path)
         return ids
     out: list[np.ndarray] = []
-    chunk = 4096
-    for start in range(0, len(texts), chunk):
-        enc = tokenizer(texts[start : start + chunk], truncation=True, max_length=max_length, padding=False)
-        out.extend(np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"])
+    chunk = 1024  # large enough for the fast tokenizer's batching, small enough for a moving progress bar
+    with tqdm(total=len(texts), desc="tokenize", unit="text", disable=not progress, leave=False) as bar:
+        for start in range(0, len(texts), chunk):
+            part = texts[start : start + chunk]
+            enc = tokenizer(part, truncation=True, max_length=max_length, padding=False)
+            out.extend(np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"])
+            bar.update(len(part))
     return out
 
 
-def token_lengths(tokenizer, texts: list[str], cap: int = 100_000) -> np.ndarray:
+def token_lengths(tokenizer, texts: list[str], cap: int = 100_000, progress: bool = False) -> np.ndarray:
     """Untruncated token counts (special tokens included); texts longer than ``cap`` chars are measured cut."""
-    enc = tokenizer([t[:cap] for t in texts], truncation=False, padding=False, verbose=False)
-    return np.array([len(x) for x in enc["input_ids"]], dtype=np.int64)
+    lengths: list[int] = []
+    chunk = 1024
+    with tqdm(total=len(texts), desc="token lengths", unit="text", disable=not progress, leave=False) as bar:
+        for start in range(0, len(texts), chunk):
+            part = [t[:cap] for t in texts[start : start + chunk]]
+            enc = tokenizer(part, truncation=False, padding=False, verbose=False)
+            lengths.extend(len(x) for x in enc["input_ids"])
+            bar.update(len(part))
+    return np.array(lengths, dtype=np.int64)
 
 
 def epoch_batches(

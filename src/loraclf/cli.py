@@ -278,7 +278,7 @@ def cmd_evaluate(args) -> int:
 
     run = load(args.run, device=args.device)
     ts, _ = load_texts(args.data, run.recipe.data, "--data", label_map=run.labels)
-    probs = run.predict_proba(ts.texts, batch_size=args.batch_size)
+    probs = run.predict_proba(ts.texts, batch_size=args.batch_size, progress=not args.quiet)
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(ts)), ts.labels], 1e-12, None))))
     m = metrics(ts.labels, probs.argmax(1), run.labels, loss)
     if args.json:

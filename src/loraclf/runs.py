@@ -136,11 +136,12 @@ class Run:
     def trainable(self) -> int:
         return int(self.info["plan"]["trainable"])
 
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
+    def encode(self, texts: list[str], progress: bool = False) -> list[np.ndarray]:
         from .batching import tokenize
         from .clean import clean_texts
 
-        return tokenize(self.tokenizer, clean_texts(list(texts), self.recipe.data.clean), self.max_length)
+        cleaned = clean_texts(list(texts), self.recipe.data.clean)
+        return tokenize(self.tokenizer, cleaned, self.max_length, progress=progress)
 
     def predict_proba(
         self, texts: list[str], batch_size: int | None = None, mc_dropout: int = 0, progress: bool = False
@@ -148,7 +149,7 @@ class Run:
         """Class probabilities, one row per text, columns in the order of ``self.labels``."""
         from .predict import forward_probs
 
-        ids = self.encode(texts)
+        ids = self.encode(texts, progress=progress)
         return forward_probs(
             self.model,
             ids,

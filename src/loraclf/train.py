@@ -109,7 +109,7 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
     the_plan = plan(recipe, len(label_map))
     check_budget(the_plan)
     tokenizer = load_tokenizer(recipe.model.name, recipe.model, d.truncation_side)
-    lengths = token_lengths(tokenizer, train_set.texts)
+    lengths = token_lengths(tokenizer, train_set.texts, progress=recipe.train.progress)
     # Tokenizers without a saved limit report a huge model_max_length; the position table is the real bound.
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
     limit = min(limit, position_limit(load_config(recipe.model.name, model_cfg=recipe.model)) or limit)
@@ -129,8 +129,8 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
         }
     )
     cache = cache_dir() / "tokens"
-    train_ids = tokenize(tokenizer, train_set.texts, max_length, cache)
-    eval_ids = tokenize(tokenizer, eval_set.texts, max_length, cache)
+    train_ids = tokenize(tokenizer, train_set.texts, max_length, cache, progress=recipe.train.progress)
+    eval_ids = tokenize(tokenizer, eval_set.texts, max_length, cache, progress=recipe.train.progress)
     teachers = None
     if recipe.distill.teachers:
         say(f"distillation: teacher predictions on {len(train_set):,} training rows")
