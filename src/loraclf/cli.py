@@ -93,7 +93,11 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _recipe_flags(p)
-    p.add_argument("--train", help="training data file")
+    p.add_argument(
+        "--train",
+        action="append",
+        help="training data file; repeat to train on several (e.g. the original rows plus augmented ones)",
+    )
     p.add_argument("--eval", help="evaluation data file (default: a stratified split of --train)")
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--epochs", type=float)
@@ -104,8 +108,12 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides, e.g. train.lr=1e-4")
 
-    p = sub.add_parser("evaluate", help="accuracy, macro-F1, per-class metrics and confusion matrix of a run")
-    p.add_argument("run")
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy, macro-F1, per-class metrics and confusion matrix of a run (several runs: their ensemble)",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="average N passes with dropout on")
     p.add_argument("--data", required=True, help="labelled data file")
     p.add_argument("--json", action="store_true")
     p.add_argument("--batch-size", type=int)
@@ -124,9 +132,11 @@ def build_parser() -> Parser:
 
     from .augment_cli import add_command as add_augment
     from .report_cli import add_commands as add_report
+    from .toolbox_cli import add_commands as add_toolbox
 
     add_report(sub)
     add_augment(sub)
+    add_toolbox(sub)
     return parser
 
 
@@ -274,13 +284,17 @@ def cmd_evaluate(args) -> int:
 
     from .data import load_texts
     from .evaluate import format_report, metrics, summary_line
-    from .runs import load
+    from .runs import ensemble_proba, load_many, raw_data_config
 
-    run = load(args.run, device=args.device)
-    ts, _ = load_texts(args.data, run.recipe.data, "--data", label_map=run.labels)
-    probs = run.predict_proba(ts.texts, batch_size=args.batch_size, progress=not args.quiet)
+    if args.mc_dropout < 0:
+        raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
+    runs = load_many(args.runs, device=args.device)
+    ts, _ = load_texts(args.data, raw_data_config(runs[0]), "--data", label_map=runs[0].labels)
+    probs = ensemble_proba(
+        runs, ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet
+    )
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(ts)), ts.labels], 1e-12, None))))
-    m = metrics(ts.labels, probs.argmax(1), run.labels, loss)
+    m = metrics(ts.labels, probs.argmax(1), runs[0].labels, loss)
     if args.json:
         print(json.dumps(m, indent=1))
     else:
@@ -292,7 +306,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .data import check_unique_ids, load_texts
     from .predict import write_submission
-    from .runs import load
+    from .runs import ensemble_proba, load_many, raw_data_config
 
     out = Path(args.output)
     if out.is_dir():
@@ -301,23 +315,14 @@ def cmd_predict(args) -> int:
         raise UserError(f"--output: folder '{out.parent}' does not exist; create it first")
     if args.mc_dropout < 0:
         raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
-    runs = [load(r, device=args.device) for r in args.runs]
+    runs = load_many(args.runs, device=args.device)
     labels = runs[0].labels
-    for r in runs[1:]:
-        if r.labels != labels:
-            raise UserError(
-                f"predict: run '{r.path}' has labels {r.labels}, '{runs[0].path}' has {labels}; "
-                "an ensemble needs runs trained on the same label set"
-            )
-    ts, _ = load_texts(args.input, runs[0].recipe.data, "--input", labelled=False)
+    ts, _ = load_texts(args.input, raw_data_config(runs[0]), "--input", labelled=False)
     check_unique_ids(ts, runs[0].recipe.data, "--input")
     start = time.perf_counter()
-    probs = sum(
-        r.predict_proba(
-            ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet
-        )
-        for r in runs
-    ) / len(runs)
+    probs = ensemble_proba(
+        runs, ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet
+    )
     seconds = time.perf_counter() - start
     print(
         f"predict: {len(ts):,} rows in {seconds:.2f} s ({len(ts) / max(seconds, 1e-9):.1f} rows/s)",
@@ -340,6 +345,7 @@ def cmd_predict(args) -> int:
 def _commands() -> dict:
     from .augment_cli import COMMANDS as AUGMENT
     from .report_cli import COMMANDS as REPORT
+    from .toolbox_cli import COMMANDS as TOOLBOX
 
     return {
         "plan": cmd_plan,
@@ -348,6 +354,7 @@ def _commands() -> dict:
         "predict": cmd_predict,
         **REPORT,
         **AUGMENT,
+        **TOOLBOX,
     }
 
 

@@ -47,6 +47,17 @@ class CleanConfig:
 
 
 @dataclass
+class FilterConfig:
+    """Length / vocabulary-richness filter on the training rows (off when every bound is null)."""
+
+    min_words: int | None = opt(None, "drop training rows with fewer words")
+    max_words: int | None = opt(None, "drop training rows with more words")
+    min_unique_ratio: float | None = opt(
+        None, "drop training rows whose distinct/total word ratio is lower (one report used 0.70)"
+    )
+
+
+@dataclass
 class DataConfig:
     """Where texts and labels come from and how they are prepared."""
 
@@ -70,6 +81,7 @@ class DataConfig:
         None, "stratified random sample of the training rows, drawn with the seed"
     )
     clean: CleanConfig = opt_factory(CleanConfig, "text cleaning")
+    filter: FilterConfig = opt_factory(FilterConfig, "length / vocabulary-richness filter on training rows")
 
 
 @dataclass
@@ -389,6 +401,17 @@ def validate(recipe: Recipe) -> Recipe:
             d.max_length is None or d.max_length >= 8,
             "data.max_length",
             f"must be at least 8 tokens, got {d.max_length}",
+        ),
+        (d.filter.min_words is None or d.filter.min_words >= 0, "data.filter.min_words", "must be 0 or more"),
+        (
+            d.filter.max_words is None or d.filter.max_words >= max(1, d.filter.min_words or 0),
+            "data.filter.max_words",
+            f"must be at least 1 and at least data.filter.min_words, got {d.filter.max_words}",
+        ),
+        (
+            d.filter.min_unique_ratio is None or 0 < d.filter.min_unique_ratio <= 1,
+            "data.filter.min_unique_ratio",
+            f"must be in (0, 1], got {d.filter.min_unique_ratio}",
         ),
         (0 < d.length_quantile <= 1, "data.length_quantile", f"must be in (0, 1], got {d.length_quantile}"),
         (

@@ -33,6 +33,11 @@ class TextSet:
     labels: np.ndarray | None
     ids: list
     source: str
+    # Which file of a multi-file training set each row came from (0 = the first); None for one file.
+    part: np.ndarray | None = None
+    # With several files: a first-file row's own row number, or for a later file's row the first-file row it was
+    # derived from (the `parent` column `loraclf augment` writes), else -1.
+    parent: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -44,6 +49,8 @@ class TextSet:
             None if self.labels is None else self.labels[idx],
             [self.ids[i] for i in idx],
             self.source,
+            None if self.part is None else self.part[idx],
+            None if self.parent is None else self.parent[idx],
         )
 
 
@@ -295,6 +302,60 @@ def load_texts(
             label_map = build_label_map(raw, path, flag)
         labels = encode_labels(raw, label_map, path, flag)
     return TextSet(texts, labels, ids_of(df, cfg), path), label_map
+
+
+def load_train_texts(paths: list[str], cfg: DataConfig, flag: str) -> tuple[TextSet, list]:
+    """Read one or several labelled files as one training set (e.g. the original rows plus augmented or
+    pseudo-labelled ones); the label map is built over all of them so a class missing from one file is kept."""
+    if len(paths) == 1:
+        return load_texts(paths[0], cfg, flag)
+    frames = []
+    for path in paths:
+        df = read_table(path, flag)
+        if len(df) == 0:
+            raise UserError(f"{flag}: '{path}' has a header but no data rows; add rows or leave the file out")
+        frames.append((path, df, raw_labels(df, cfg, path, flag)))
+    source = " + ".join(paths)
+    label_map = build_label_map([x for _, _, raw in frames for x in raw], source, flag)
+    texts, labels, ids, part, parent = [], [], [], [], []
+    for k, (path, df, raw) in enumerate(frames):
+        texts += clean_texts(texts_of(df, cfg, path, flag), cfg.clean)
+        labels.append(encode_labels(raw, label_map, path, flag))
+        ids += [f"{Path(path).name}:{i}" for i in ids_of(df, cfg)]
+        part.append(np.full(len(df), k, dtype=np.int64))
+        if k == 0:
+            parent.append(np.arange(len(df), dtype=np.int64))
+        elif "parent" in df.columns:
+            parent.append(pd.to_numeric(df["parent"], errors="coerce").fillna(-1).to_numpy(np.int64))
+        else:
+            parent.append(np.full(len(df), -1, dtype=np.int64))
+    ts = TextSet(texts, np.concatenate(labels), ids, source, np.concatenate(part), np.concatenate(parent))
+    return ts, label_map
+
+
+def richness_filter(ts: TextSet, f) -> tuple[TextSet, int]:
+    """Keep rows whose word count lies in [min_words, max_words] and whose vocabulary richness (distinct words /
+    words, lower-cased) is at least min_unique_ratio: one report's domain-shift filter, which makes the training
+    rows look like a test set of longer, less repetitive texts. Returns the kept rows and how many were dropped."""
+    if f.min_words is None and f.max_words is None and f.min_unique_ratio is None:
+        return ts, 0
+    keep = []
+    for i, text in enumerate(ts.texts):
+        words = text.lower().split()
+        n = len(words)
+        if f.min_words is not None and n < f.min_words:
+            continue
+        if f.max_words is not None and n > f.max_words:
+            continue
+        if f.min_unique_ratio is not None and (n == 0 or len(set(words)) / n < f.min_unique_ratio):
+            continue
+        keep.append(i)
+    if not keep:
+        raise UserError(
+            f"data.filter: no training row of '{ts.source}' passes (min_words={f.min_words}, "
+            f"max_words={f.max_words}, min_unique_ratio={f.min_unique_ratio}); loosen the filter"
+        )
+    return ts.subset(keep), len(ts) - len(keep)
 
 
 def check_unique_ids(ts: TextSet, cfg: DataConfig, flag: str) -> None:

@@ -208,3 +208,30 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", merge:
         model.to(torch.bfloat16)
     tokenizer = load_tokenizer(str(run / "tokenizer"), truncation_side=recipe.data.truncation_side)
     return Run(run, recipe, labels, info, model, tokenizer, dev, prec)
+
+
+def load_many(paths: list[str], device: str = "auto") -> list[Run]:
+    """Load the members of an ensemble; they must share one label set (same classes, same order)."""
+    runs = [load(p, device=device) for p in paths]
+    for r in runs[1:]:
+        if r.labels != runs[0].labels:
+            raise UserError(
+                f"RUN: '{r.path}' has labels {r.labels}, '{runs[0].path}' has {runs[0].labels}; "
+                "an ensemble needs runs trained on the same label set"
+            )
+    return runs
+
+
+def raw_data_config(run: Run):
+    """The run's data settings with cleaning off: each ensemble member then cleans the raw texts its own way."""
+    from dataclasses import replace
+
+    from .config import CleanConfig
+
+    off = CleanConfig(**{name: False for name in CleanConfig.__dataclass_fields__})
+    return replace(run.recipe.data, clean=off)
+
+
+def ensemble_proba(runs: list[Run], texts: list[str], progress: bool = False, **kwargs) -> np.ndarray:
+    """Average the members' class probabilities (soft voting): a cheap, reliable gain when members differ."""
+    return sum(r.predict_proba(texts, progress=progress, **kwargs) for r in runs) / len(runs)

@@ -36,7 +36,16 @@ from .checkpoint import (
     trainable_state,
 )
 from .config import FORMAT_VERSION, Recipe, save_recipe, validate
-from .data import TextSet, choose_max_length, drop_empty, length_stats, load_texts, stratified_indices
+from .data import (
+    TextSet,
+    choose_max_length,
+    drop_empty,
+    length_stats,
+    load_texts,
+    load_train_texts,
+    richness_filter,
+    stratified_indices,
+)
 from .errors import UserError
 from .evaluate import metrics, summary_line
 from .hardware import autocast, environment, pick_device, pick_precision, set_threads
@@ -68,7 +77,7 @@ class Prepared:
     teacher_log_probs: np.ndarray | None = None
 
 
-def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
+def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) -> Prepared:
     """Load, clean, split, sample, plan and tokenise; raise UserError on any problem, write nothing."""
     validate(recipe)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -76,10 +85,13 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
             "train.tensorboard needs the tensorboard package: pip install tensorboard (or set it false)"
         )
     d, seed = recipe.data, recipe.train.seed
-    train_set, label_map = load_texts(train_path, d, "--train")
+    train_paths = [train_path] if isinstance(train_path, str) else list(train_path)
+    train_set, label_map = load_train_texts(train_paths, d, "--train")
     train_set, dropped = drop_empty(train_set, "--train")
     notes = {
-        "train_file": _absolute(train_path),
+        "train_file": _absolute(train_paths[0])
+        if len(train_paths) == 1
+        else [_absolute(x) for x in train_paths],
         "eval_file": _absolute(eval_path),
         "dropped_empty_train": dropped,
     }
@@ -92,9 +104,26 @@ def prepare(recipe: Recipe, train_path: str, eval_path: str | None) -> Prepared:
         if dropped_eval:
             say(f"--eval: dropped {dropped_eval:,} rows with empty text")
     else:
-        keep, held = stratified_indices(train_set.labels, d.val_size, seed)
+        # With several training files the validation rows come from the first (the real labelled data), so
+        # augmented or pseudo-labelled rows never decide which checkpoint is kept.
+        first = np.arange(len(train_set)) if train_set.part is None else np.flatnonzero(train_set.part == 0)
+        keep, held = stratified_indices(train_set.labels[first], d.val_size, seed)
+        held = first[held]
+        keep = np.setdiff1d(np.arange(len(train_set)), held)
+        if train_set.part is not None:
+            # Augmented copies of validation rows would leak them into training: drop them too.
+            derived = np.isin(train_set.parent[keep], train_set.parent[held]) & (train_set.part[keep] > 0)
+            if derived.any():
+                say(f"--train: left out {int(derived.sum()):,} augmented rows derived from validation rows")
+                notes["dropped_derived_from_validation"] = int(derived.sum())
+            keep = keep[~derived]
         train_set, eval_set = train_set.subset(keep), train_set.subset(held)
         notes["validation"] = f"stratified split of {len(eval_set):,} training rows (seed {seed})"
+    # The filter runs after the split so that validation keeps the full distribution it is meant to measure.
+    train_set, filtered = richness_filter(train_set, d.filter)
+    if filtered:
+        notes["filtered_train"] = filtered
+        say(f"data.filter: dropped {filtered:,} training rows; {len(train_set):,} remain")
     if d.max_train_samples is not None and d.max_train_samples < len(train_set):
         _, sample = stratified_indices(train_set.labels, d.max_train_samples, seed)
         train_set = train_set.subset(sample)
