@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -126,7 +127,14 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
     with torch.no_grad():
         for k, v in weights.items():
             params[k].copy_(v.to(params[k].device))
-    blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    try:
+        # weights_only: a tampered checkpoint can hold tensors and plain containers, never code to run.
+        blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise UserError(
+            f"--resume: '{path / 'trainer.pt'}' is not a loraclf checkpoint ({type(exc).__name__}); "
+            "delete that checkpoint folder to resume from an older one"
+        ) from None
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     if scaler is not None and blob.get("scaler"):

@@ -300,10 +300,32 @@ def train(p: Prepared, out: Path, resume: bool = False) -> dict:
         say(f"warning: {why}; the same seed may not give bit-identical results")
     if not resume:
         create_run_folder(out, p)
-    with RunLock(out):
-        if not resume:
-            write_static(out, p, env)
-        return _train_locked(p, out, resume, device, precision)
+    try:
+        with RunLock(out):
+            if not resume:
+                write_static(out, p, env)
+            return _train_locked(p, out, resume, device, precision)
+    except Diverged as exc:
+        if not exc.checkpoint and not resume:
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no half-written run folder
+        raise
+
+
+class Diverged(UserError):
+    """A NaN or infinite loss. The newest checkpoint (written before the fault) stays for inspection or resume."""
+
+    def __init__(self, out: Path, loss: float, step: int):
+        ckpts = list_checkpoints(out)
+        self.checkpoint = ckpts[-1] if ckpts else None
+        kept = (
+            f"the last good checkpoint is kept in {self.checkpoint}"
+            if self.checkpoint
+            else "no checkpoint was written yet, so the run folder is removed"
+        )
+        super().__init__(
+            f"training diverged: loss is {loss} at step {step + 1:,}; {kept}; "
+            "lower train.lr, raise train.warmup_ratio or use train.precision=fp32"
+        )
 
 
 def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) -> dict:
@@ -391,10 +413,7 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
                 loss, logits = loss_step(fwd, input_ids, mask, labels, rows)
             if not torch.isfinite(loss):
                 bar.close()
-                raise UserError(
-                    f"training diverged: loss is {loss.item()} at step {state['step']:,}; the last good checkpoint "
-                    f"is kept in {out / 'checkpoints'}; lower train.lr or use train.precision=fp32"
-                )
+                raise Diverged(out, loss.item(), state["step"])
             (scaler.scale(loss / t.grad_accum) if scaler else loss / t.grad_accum).backward()
             micro += 1
             correct += int((logits.argmax(-1) == labels).sum())
