@@ -156,8 +156,10 @@ def _grouped_bars(ax, labels: list[str], series: list[tuple[str, list[float], st
     long = len(labels) > 8 or max(map(len, ticks)) > 8
     ax.set_xticks(x, ticks, rotation=45 if long else 0, ha="right" if long else "center")
     ax.margins(y=0.15)
+    # Headroom above the tallest bar so the legend never covers a bar's value label.
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.2)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend()
+    ax.legend(loc="upper center", ncol=len(series), fontsize=8, frameon=False)
 
 
 def fig_label_distribution(data: dict, labels: list[str]) -> Figure:
