@@ -387,3 +387,22 @@ def test_resume_of_a_complete_run_is_refused(runs):
     res = run_cli("train", "--resume", runs["a"])
     assert res.returncode == 2
     assert "already complete" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "best", "loss", "best_loss", "expected"),
+    [
+        ("accuracy", 0.9, None, 0.3, None, True),  # the first evaluation is always kept
+        ("accuracy", 0.91, 0.9, 0.5, 0.3, True),  # higher accuracy wins even with a higher loss
+        ("accuracy", 0.89, 0.9, 0.1, 0.3, False),
+        ("accuracy", 0.9, 0.9, 0.27, 0.31, True),  # a tie goes to the lower validation loss
+        ("accuracy", 0.9, 0.9, 0.35, 0.31, False),
+        ("macro_f1", 0.8, 0.8, 0.2, 0.3, True),
+        ("loss", 0.2, 0.3, 0.2, 0.3, True),
+        ("loss", 0.3, 0.3, 0.3, 0.3, False),
+    ],
+)
+def test_best_checkpoint_choice(metric, value, best, loss, best_loss, expected):
+    from loraclf.train import _better
+
+    assert _better(metric, value, best, loss, best_loss) is expected

@@ -143,7 +143,9 @@ class TrainConfig:
     precision: str = opt("auto", "auto (bf16 where the device supports it) | bf16 | fp16 | fp32")
     seed: int = opt(42, "seed of initialisation, data order, splits and sampling")
     eval_every: int | None = opt(None, "optimizer steps between evaluations; None = once per epoch")
-    metric: str = opt("accuracy", "accuracy | macro_f1 | loss: selects the best checkpoint")
+    metric: str = opt(
+        "accuracy", "accuracy | macro_f1 | loss: selects the best checkpoint (ties: lower loss)"
+    )
     early_stopping: int | None = opt(None, "evaluations without improvement before stopping")
     save_every: int | None = opt(
         None, "optimizer steps between resumable checkpoints; None = at each evaluation"

@@ -230,10 +230,14 @@ def evaluate_model(
     return metrics(labels, preds, label_names, loss)
 
 
-def _better(metric: str, value: float, best: float | None) -> bool:
+def _better(metric: str, value: float, best: float | None, loss: float, best_loss: float | None) -> bool:
+    """Whether an evaluation beats the best so far. Accuracy on a few hundred rows ties often; a tie goes to the
+    lower validation loss, so the later, better-calibrated weights are not thrown away for an equal count."""
     if best is None:
         return True
-    return value < best if metric == "loss" else value > best
+    if metric == "loss" or value != best:
+        return value < best if metric == "loss" else value > best
+    return best_loss is not None and loss < best_loss
 
 
 def create_run_folder(out: Path, p: Prepared) -> None:
@@ -368,6 +372,7 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
         "epoch": 0,
         "batch": 0,
         "best": None,
+        "best_loss": None,
         "best_step": None,
         "bad_evals": 0,
         "samples": 0,
@@ -502,7 +507,7 @@ def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, st
         t.eval_batch_size,
     )
     value = m[t.metric]
-    improved = _better(t.metric, value, state["best"])
+    improved = _better(t.metric, value, state["best"], m["loss"], state.get("best_loss"))
     logger.log(
         {
             "step": step,
@@ -516,7 +521,7 @@ def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, st
     )
     tqdm.write(f"step {step:,}: eval {summary_line(m)}{'  *best' if improved else ''}", file=sys.stderr)
     if improved:
-        state.update(best=value, best_step=step, bad_evals=0)
+        state.update(best=value, best_loss=m["loss"], best_step=step, bad_evals=0)
         save_weights(trainable_state(model), out / "model.safetensors")
         return False
     state["bad_evals"] += 1
