@@ -342,10 +342,13 @@ def _kill_after_checkpoint(args: list[str], run: Path, min_step: int, log: Path)
         )
 
 
-def test_resume_after_kill_matches_uninterrupted_run(files, tmp_path):
+@pytest.mark.parametrize(
+    "extra", [[], ["adapter.layers=1"]], ids=["all-layers", "frozen-layer-cache"]
+)  # the second adapts layer 1 only: layer 0 is cached, and the cache is rebuilt on resume
+def test_resume_after_kill_matches_uninterrupted_run(files, tmp_path, extra):
     common = [
         "train", "--model", files["bert"], "--train", files["train"], "--eval", files["eval"],
-        "--epochs", "1", "--save-every", "5", *TINY, *RESUME,
+        "--epochs", "1", "--save-every", "5", *TINY, *RESUME, *extra,
     ]  # fmt: skip
     reference = tmp_path / "reference"
     ok(run_cli(*common, "--out", reference))

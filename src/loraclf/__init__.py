@@ -9,7 +9,10 @@ __version__ = "0.1.0"
 
 
 def load(path, device: str = "auto", precision: str = "auto"):
-    """Load a finished run folder for prediction (see :class:`loraclf.runs.Run`)."""
+    """Load a finished run folder for prediction (see :class:`loraclf.runs.Run`).
+
+    ``precision="auto"`` predicts in int8 through ONNX Runtime on a CPU (``"bf16"`` or ``"fp32"`` for PyTorch).
+    """
     from .runs import load as _load
 
     return _load(path, device=device, precision=precision)

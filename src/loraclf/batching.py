@@ -117,19 +117,27 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 PAD_MULTIPLE = 8
 
 
-def collate(ids: list[np.ndarray], rows: np.ndarray, pad_id: int, device: torch.device, pin: bool = False):
-    """Pad the chosen rows to their longest and return input_ids and attention_mask tensors on the device."""
+def pad_batch(
+    ids: list[np.ndarray], rows: np.ndarray, pad_id: int, multiple: int = PAD_MULTIPLE
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen rows padded to their longest (rounded up to ``multiple``): input_ids and attention_mask arrays."""
     longest = max(len(ids[i]) for i in rows)
-    # Round the padded width up to a multiple of 8: kernels prefer aligned shapes (tensor cores on GPUs), and on
-    # CPU every distinct width makes oneDNN build and cache new primitives; fewer widths measured faster and kept
-    # peak memory about 350 MB lower on MiniLM (benchmarks/README.md).
-    longest = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+    longest = -(-longest // multiple) * multiple
     input_ids = np.full((len(rows), longest), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), longest), dtype=np.int64)
     for j, i in enumerate(rows):
         n = len(ids[i])
         input_ids[j, :n] = ids[i]
         mask[j, :n] = 1
+    return input_ids, mask
+
+
+def collate(ids: list[np.ndarray], rows: np.ndarray, pad_id: int, device: torch.device, pin: bool = False):
+    """Pad the chosen rows to their longest and return input_ids and attention_mask tensors on the device."""
+    # The padded width is rounded up to a multiple of 8: kernels prefer aligned shapes (tensor cores on GPUs), and
+    # on CPU every distinct width makes oneDNN build and cache new primitives; fewer widths measured faster and
+    # kept peak memory about 350 MB lower on MiniLM (benchmarks/README.md).
+    input_ids, mask = pad_batch(ids, rows, pad_id)
     t_ids, t_mask = torch.from_numpy(input_ids), torch.from_numpy(mask)
     if pin and device.type == "cuda":
         t_ids, t_mask = t_ids.pin_memory(), t_mask.pin_memory()

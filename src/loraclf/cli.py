@@ -118,6 +118,11 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (int8 via ONNX Runtime on a CPU, else bf16/fp16) | int8 | bf16 | fp16 | fp32",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("predict", help="write a Kaggle-style ID,Label file; several runs form an ensemble")
@@ -128,6 +133,11 @@ def build_parser() -> Parser:
     p.add_argument("--probabilities", action="store_true", help="add prob_<label> columns")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (int8 via ONNX Runtime on a CPU, else bf16/fp16) | int8 | bf16 | fp16 | fp32",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     from .augment_cli import add_command as add_augment
@@ -288,7 +298,7 @@ def cmd_evaluate(args) -> int:
 
     if args.mc_dropout < 0:
         raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
-    runs = load_many(args.runs, device=args.device)
+    runs = load_many(args.runs, device=args.device, precision=args.precision)
     ts, _ = load_texts(args.data, raw_data_config(runs[0]), "--data", label_map=runs[0].labels)
     probs = ensemble_proba(
         runs, ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet
@@ -315,7 +325,7 @@ def cmd_predict(args) -> int:
         raise UserError(f"--output: folder '{out.parent}' does not exist; create it first")
     if args.mc_dropout < 0:
         raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
-    runs = load_many(args.runs, device=args.device)
+    runs = load_many(args.runs, device=args.device, precision=args.precision)
     labels = runs[0].labels
     ts, _ = load_texts(args.input, raw_data_config(runs[0]), "--input", labelled=False)
     check_unique_ids(ts, runs[0].recipe.data, "--input")
@@ -325,7 +335,8 @@ def cmd_predict(args) -> int:
     )
     seconds = time.perf_counter() - start
     print(
-        f"predict: {len(ts):,} rows in {seconds:.2f} s ({len(ts) / max(seconds, 1e-9):.1f} rows/s)",
+        f"predict: {len(ts):,} rows in {seconds:.2f} s ({len(ts) / max(seconds, 1e-9):.1f} rows/s, "
+        f"{_engine(runs[0], args.mc_dropout)})",
         file=sys.stderr,
     )
     preds = [labels[i] for i in probs.argmax(1)]
@@ -340,6 +351,13 @@ def cmd_predict(args) -> int:
     counts = {str(lab): preds.count(lab) for lab in labels}
     print(f"wrote {len(preds):,} predictions to {out}; predicted classes: {counts}")
     return 0
+
+
+def _engine(run, mc_dropout: int) -> str:
+    """How predictions were computed, for the throughput line."""
+    if run.engine is not None and not mc_dropout:
+        return "int8, ONNX Runtime"
+    return f"{run.torch_precision}, PyTorch on {run.device}"
 
 
 def _commands() -> dict:

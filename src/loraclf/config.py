@@ -155,6 +155,10 @@ class TrainConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     threads: int | None = opt(None, "torch intra-op threads on CPU")
     compile: bool = opt(False, "torch.compile the model (dynamic shapes)")
+    cache_frozen: bool = opt(
+        True,
+        "adapters from layer k up: run layers below k once and reuse their output each epoch (dropout off there)",
+    )
     progress: bool = opt(True, "progress bars (--quiet turns them off)")
     tensorboard: bool = opt(
         False, "also write TensorBoard event files to <run>/tensorboard (needs tensorboard)"

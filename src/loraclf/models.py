@@ -222,15 +222,17 @@ class PooledClassifier(nn.Module):
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return SequenceClassifierOutput(logits=self.head(self.pool(states, attention_mask)))
+
+    def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One vector per row: the first token, the last real token, or the mean over real tokens."""
         if self.pooling == "cls":
-            pooled = states[:, 0]
-        elif self.pooling == "last":
+            return states[:, 0]
+        if self.pooling == "last":
             last = attention_mask.sum(1).clamp(min=1) - 1
-            pooled = states[torch.arange(states.size(0), device=states.device), last]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return SequenceClassifierOutput(logits=self.head(pooled))
+            return states[torch.arange(states.size(0), device=states.device), last]
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 def head_module_name(model: nn.Module) -> str:
@@ -241,9 +243,17 @@ def head_module_name(model: nn.Module) -> str:
     raise UserError(f"model {type(model).__name__} has no classification head named head/classifier/score")
 
 
-def build_model(name: str, num_labels: int, spec: ModelConfig, *, meta: bool = False) -> nn.Module:
-    """Build the classifier: from the config alone on the meta device (no weights), or with pretrained weights."""
+def build_model(
+    name: str, num_labels: int, spec: ModelConfig, *, meta: bool = False, pad_token_id: int | None = None
+) -> nn.Module:
+    """Build the classifier: from the config alone on the meta device (no weights), or with pretrained weights.
+
+    ``pad_token_id`` is the tokenizer's: GPT-2's own head finds each row's last real token by it, so the config
+    must use the id the tokenizer pads with, or the head would read a padding position.
+    """
     config = load_config(name, num_labels, spec, prefer_shipped=meta)
+    if pad_token_id is not None:
+        config.pad_token_id = pad_token_id
     pooling = spec.pooling if spec.pooling != "auto" else ("last" if is_causal_lm(config) else "mean")
     extra = {} if spec.attention == "auto" else {"attn_implementation": spec.attention}
     if meta:

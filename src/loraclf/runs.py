@@ -117,16 +117,22 @@ def load_recipe_of(run: Path) -> Recipe:
 
 @dataclass
 class Run:
-    """A finished run, ready to predict. Create with :func:`load`."""
+    """A finished run, ready to predict. Create with :func:`load`.
+
+    ``precision`` is how predictions are computed: ``int8`` runs the run's quantised ONNX graph (``engine``) with
+    ONNX Runtime; ``bf16``/``fp16``/``fp32`` run the merged PyTorch model. The PyTorch model is built on first use,
+    so the int8 path never loads it, except for Monte Carlo dropout, which needs dropout layers to switch on.
+    """
 
     path: Path
     recipe: Recipe
     labels: list
     info: dict
-    model: torch.nn.Module
     tokenizer: object
     device: torch.device
     precision: str
+    engine: object | None = None
+    _model: torch.nn.Module | None = None
 
     @property
     def max_length(self) -> int:
@@ -135,6 +141,22 @@ class Run:
     @property
     def trainable(self) -> int:
         return int(self.info["plan"]["trainable"])
+
+    @property
+    def torch_precision(self) -> str:
+        """The precision of the PyTorch model (int8 runs fall back to it for Monte Carlo dropout)."""
+        from .hardware import pick_precision
+
+        return pick_precision("auto", self.device) if self.precision == "int8" else self.precision
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            pad = self.tokenizer.pad_token_id
+            self._model = torch_model(
+                self.path, self.recipe, len(self.labels), pad, self.device, self.torch_precision
+            )
+        return self._model
 
     def encode(self, texts: list[str], progress: bool = False) -> list[np.ndarray]:
         from .batching import tokenize
@@ -147,19 +169,33 @@ class Run:
         self, texts: list[str], batch_size: int | None = None, mc_dropout: int = 0, progress: bool = False
     ) -> np.ndarray:
         """Class probabilities, one row per text, columns in the order of ``self.labels``."""
+        return self.probs_of_ids(self.encode(texts, progress=progress), batch_size, mc_dropout, progress)
+
+    def probs_of_ids(
+        self,
+        ids: list[np.ndarray],
+        batch_size: int | None = None,
+        mc_dropout: int = 0,
+        progress: bool = False,
+        desc: str = "predict",
+    ) -> np.ndarray:
+        """Class probabilities of already tokenised rows (see :meth:`encode`)."""
         from .predict import forward_probs
 
-        ids = self.encode(texts, progress=progress)
+        pad_id = self.tokenizer.pad_token_id
+        if self.engine is not None and not mc_dropout:
+            return self.engine.probs(ids, pad_id, len(self.labels), batch_size, progress=progress, desc=desc)
         return forward_probs(
             self.model,
             ids,
-            self.tokenizer.pad_token_id,
+            pad_id,
             self.device,
-            self.precision,
+            self.torch_precision,
             batch_size or self.recipe.train.eval_batch_size,
             mc_dropout=mc_dropout,
             seed=self.recipe.train.seed,
             progress=progress,
+            desc=desc,
         )
 
     def predict(self, texts: list[str], **kwargs) -> list:
@@ -168,14 +204,17 @@ class Run:
         return [self.labels[i] for i in probs.argmax(1)]
 
 
-def build_trained_model(run: Path, recipe: Recipe, num_labels: int, merge: bool = True) -> torch.nn.Module:
+def build_trained_model(
+    run: Path, recipe: Recipe, num_labels: int, pad_token_id: int | None = None, merge: bool = True
+) -> torch.nn.Module:
     """Rebuild the backbone with its pretrained weights, add the adapters, load the trained weights, merge."""
     from .adapters import apply_adapters
     from .checkpoint import load_weights
     from .models import build_model
 
     torch.manual_seed(recipe.train.seed)
-    model = apply_adapters(build_model(recipe.model.name, num_labels, recipe.model), recipe.adapter)
+    model = build_model(recipe.model.name, num_labels, recipe.model, pad_token_id=pad_token_id)
+    model = apply_adapters(model, recipe.adapter)
     weights = load_weights(run / "model.safetensors")
     params = dict(model.named_parameters())
     unknown = [k for k in weights if k not in params]
@@ -191,9 +230,34 @@ def build_trained_model(run: Path, recipe: Recipe, num_labels: int, merge: bool 
     return model
 
 
-def load(path: str | Path, device: str = "auto", precision: str = "auto", merge: bool = True) -> Run:
-    """Load a finished run folder for prediction: ``loraclf.load("runs/x").predict(["some text"])``."""
-    from .hardware import pick_device, pick_precision
+def torch_model(
+    run: Path, recipe: Recipe, num_labels: int, pad_token_id: int, device, precision: str
+) -> torch.nn.Module:
+    """The merged PyTorch classifier on ``device``, in bf16 when predicting in bf16."""
+    model = build_trained_model(run, recipe, num_labels, pad_token_id).to(device).eval()
+    if precision == "bf16":
+        # Inference only: bf16 weights halve memory traffic and skip autocast's per-call weight casts.
+        model.to(torch.bfloat16)
+    return model
+
+
+def _causal(info: dict, recipe: Recipe) -> bool:
+    """Whether the run's backbone is a causal LM (recorded in run.json; older runs: read from its config)."""
+    causal = info.get("model", {}).get("causal")
+    if causal is None:
+        from .models import is_causal_lm, load_config
+
+        causal = is_causal_lm(load_config(recipe.model.name, model_cfg=recipe.model, prefer_shipped=True))
+    return bool(causal)
+
+
+def load(path: str | Path, device: str = "auto", precision: str = "auto") -> Run:
+    """Load a finished run folder for prediction: ``loraclf.load("runs/x").predict(["some text"])``.
+
+    ``precision``: ``auto`` (int8 through ONNX Runtime on a CPU, else the device's fastest float type), ``int8``,
+    ``bf16``, ``fp16`` or ``fp32``.
+    """
+    from .hardware import pick_device, pick_inference_precision, pick_precision
     from .models import load_tokenizer
 
     run = check_run(path)
@@ -201,18 +265,31 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", merge:
     labels = read_json(run / "labels.json")["labels"]
     info = read_json(run / "run.json")
     dev = pick_device(device)
-    prec = pick_precision(precision, dev)
-    model = build_trained_model(run, recipe, len(labels), merge=merge).to(dev).eval()
-    if prec == "bf16" and merge:
-        # Inference only: bf16 weights halve memory traffic and skip autocast's per-call weight casts.
-        model.to(torch.bfloat16)
+    prec = pick_inference_precision(precision, dev)
+    if prec == "int8" and precision == "auto" and _causal(info, recipe):
+        # GPT-2-style models carry a few huge activation channels that one int8 scale per tensor cannot hold
+        # (a tiny GPT-2 moved class probabilities by 0.3); they predict with PyTorch unless int8 is asked for.
+        prec = pick_precision("auto", dev)
     tokenizer = load_tokenizer(str(run / "tokenizer"), truncation_side=recipe.data.truncation_side)
-    return Run(run, recipe, labels, info, model, tokenizer, dev, prec)
+    loaded = Run(run, recipe, labels, info, tokenizer, dev, prec)
+    if prec == "int8":
+        from .onnx_int8 import int8_classifier
+
+        threads = recipe.train.threads or torch.get_num_threads()
+        loaded.engine = int8_classifier(
+            run,
+            lambda: build_trained_model(run, recipe, len(labels), tokenizer.pad_token_id),
+            tokenizer.pad_token_id,
+            threads,
+        )
+        if loaded.engine is None:  # the export failed (and said why): the PyTorch model predicts instead
+            loaded.precision = loaded.torch_precision
+    return loaded
 
 
-def load_many(paths: list[str], device: str = "auto") -> list[Run]:
+def load_many(paths: list[str], device: str = "auto", precision: str = "auto") -> list[Run]:
     """Load the members of an ensemble; they must share one label set (same classes, same order)."""
-    runs = [load(p, device=device) for p in paths]
+    runs = [load(p, device=device, precision=precision) for p in paths]
     for r in runs[1:]:
         if r.labels != runs[0].labels:
             raise UserError(

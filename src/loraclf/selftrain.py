@@ -56,7 +56,7 @@ def pseudo_label(args) -> int:
         raise UserError(
             f"--output: '{out}' is a folder or its folder does not exist; give a file in a folder"
         )
-    runs = load_many(args.runs, device=args.device)
+    runs = load_many(args.runs, device=args.device, precision=args.precision)
     ts, _ = load_texts(args.input, raw_data_config(runs[0]), "--input", labelled=False)
     probs = ensemble_proba(runs, ts.texts, mc_dropout=args.mc_dropout, progress=not args.quiet)
     chosen = select_confident(probs, args.threshold, args.balance, runs[0].recipe.train.seed)

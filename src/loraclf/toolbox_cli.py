@@ -43,6 +43,11 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="average N passes with dropout on")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (int8 via ONNX Runtime on a CPU, else bf16/fp16) | int8 | bf16 | fp16 | fp32",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser(

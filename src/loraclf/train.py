@@ -9,6 +9,7 @@ into a loss: distillation or R-Drop swap it, they do not fork the loop.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -263,7 +264,7 @@ def write_static(out: Path, p: Prepared, env: dict) -> None:
         "format_version": FORMAT_VERSION,
         "loraclf_version": __version__,
         "status": "training",
-        "model": {"name": p.recipe.model.name},
+        "model": _model_record(p.recipe),
         "num_labels": len(p.label_map),
         "max_length": p.max_length,
         "token_lengths": p.lengths,
@@ -278,6 +279,14 @@ def write_static(out: Path, p: Prepared, env: dict) -> None:
         "environment": env,
     }
     atomic_write_text(out / "run.json", json.dumps(info, indent=1))
+
+
+def _model_record(recipe: Recipe) -> dict:
+    """The backbone's name and kind; prediction picks its engine by the kind (causal LMs stay off int8)."""
+    from .models import is_causal_lm
+
+    config = load_config(recipe.model.name, model_cfg=recipe.model)
+    return {"name": recipe.model.name, "type": config.model_type, "causal": is_causal_lm(config)}
 
 
 def nondeterministic_paths(device: torch.device, t) -> list[str]:
@@ -335,7 +344,8 @@ class Diverged(UserError):
 def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) -> dict:
     r, t = p.recipe, p.recipe.train
     torch.manual_seed(t.seed)
-    model = apply_adapters(build_model(r.model.name, len(p.label_map), r.model), r.adapter)
+    model = build_model(r.model.name, len(p.label_map), r.model, pad_token_id=p.tokenizer.pad_token_id)
+    model = apply_adapters(model, r.adapter)
     trainable, total = count_parameters(model)
     if trainable != p.plan.trainable:  # the plan is exact by construction; a mismatch is a loraclf bug
         raise RuntimeError(
@@ -348,6 +358,7 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
         for prm in model.parameters():
             if not prm.requires_grad and prm.is_floating_point():
                 prm.data = prm.data.to(torch.bfloat16)
+    cache, cache_seconds = _frozen_cache(p, model, device, precision)
     fwd = torch.compile(model, dynamic=True) if t.compile else model
     optimizer = make_optimizer(model, r, device)
     n_batches = math.ceil(len(p.train_ids) / t.batch_size)
@@ -403,7 +414,8 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
         disable=not t.progress,
         dynamic_ncols=True,
     )
-    started = time.perf_counter() - state["train_seconds"]
+    # The frozen-layer cache replaces forward compute, so building it counts as training time.
+    started = time.perf_counter() - state["train_seconds"] - cache_seconds
     # Running training statistics live in the checkpointed state so a resumed run logs exactly the same numbers.
     ema_loss, correct, seen, micro, stop = state["ema_loss"], state["correct"], state["seen"], 0, False
     window_start, window_samples = time.perf_counter(), 0
@@ -413,6 +425,8 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
         for bi in range(state["batch"], len(batches)):
             rows = batches[bi]
             input_ids, mask = collate(p.train_ids, rows, pad_id, device, pin=True)
+            if cache is not None:
+                cache.select(rows, input_ids.shape[1])
             labels = labels_all[rows].to(device, non_blocking=True)
             with autocast(device, precision):
                 loss, logits = loss_step(fwd, input_ids, mask, labels, rows)
@@ -458,9 +472,10 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
                 window_start, window_samples = now, 0
             paused = time.perf_counter()
             if step % eval_every == 0 or step == total_steps:
-                stop = _evaluate_and_keep(
-                    p, model, out, state, logger, device, precision, step, steps_per_epoch
-                )
+                with cache.bypassed() if cache is not None else contextlib.nullcontext():
+                    stop = _evaluate_and_keep(
+                        p, model, out, state, logger, device, precision, step, steps_per_epoch
+                    )
                 model.train()
             now = time.perf_counter()
             state["pause_seconds"] = state.get("pause_seconds", 0.0) + now - paused
@@ -476,6 +491,32 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
     seconds = time.perf_counter() - started
     del model, fwd, optimizer  # free the training copy before the inference copy loads
     return _finish(p, out, state, seconds)
+
+
+def _frozen_cache(p: Prepared, model, device, precision: str):
+    """The frozen-layer cache when adapters start above layer 0 (see frozen.py), installed; and its build time."""
+    from . import frozen
+    from .models import head_module_name
+
+    t = p.recipe.train
+    if not t.cache_frozen or p.recipe.adapter.method != "lora" or t.compile:
+        return None, 0.0
+    start = time.perf_counter()
+    head = head_module_name(model.base_model.model if hasattr(model, "peft_config") else model)
+    cache = frozen.build(
+        model,
+        head,
+        p.train_ids,
+        p.tokenizer.pad_token_id,
+        device,
+        precision,
+        t.eval_batch_size,
+        t.progress,
+        say,
+    )
+    if cache is not None:
+        cache.install()
+    return cache, time.perf_counter() - start
 
 
 def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
@@ -533,17 +574,9 @@ def _finish(p: Prepared, out: Path, state: dict, seconds: float) -> dict:
     from .runs import load
 
     t = p.recipe.train
+    # The inference precision follows the training one when it was chosen; "auto" is int8 on a CPU, as in predict.
     run = load(out, device=t.device, precision=t.precision)
-    probs = forward_probs(
-        run.model,
-        p.eval_ids,
-        p.tokenizer.pad_token_id,
-        run.device,
-        run.precision,
-        t.eval_batch_size,
-        progress=t.progress,
-        desc="evaluate",
-    )
+    probs = run.probs_of_ids(p.eval_ids, progress=t.progress, desc="evaluate")
     labels = p.eval.labels
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
     m = metrics(labels, probs.argmax(1), p.label_map, loss)

@@ -1,0 +1,154 @@
+"""The int8 ONNX Runtime prediction path: export, checks, cache, fallback, and agreement with PyTorch.
+
+Tiny BERT (linear head over mean pooling), RoBERTa (its own head) and GPT-2 (its own last-token head, a causal
+mask) runs are trained for a few steps; their int8 graphs must give the PyTorch model's answers, handle padding the
+way the PyTorch model does, and be built once per set of weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import loraclf
+from conftest import make_rows, run_cli, write_text_csv
+from loraclf import onnx_int8
+from loraclf.errors import UserError
+from loraclf.hardware import pick_inference_precision
+
+TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "train.threads=1", "--epochs", "3"]
+ARCHS = {
+    "bert": ["model.head=linear"],
+    "roberta": ["model.head=default", "adapter.targets=query,value"],
+    "gpt2": ["model.head=default", "adapter.targets=c_attn"],
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dirs) -> dict:
+    d = tmp_path_factory.mktemp("int8")
+    train_csv = write_text_csv(d / "train.csv", 80, seed=0)
+    eval_csv = write_text_csv(d / "eval.csv", 40, seed=5)
+    runs = {}
+    for name, extra in ARCHS.items():
+        model = tiny_model_dirs[name]
+        if name != "bert":  # RoBERTa and GPT-2 dirs hold no tokenizer: reuse the BERT word-level one
+            for f in tiny_model_dirs["bert"].iterdir():
+                if "token" in f.name or f.name == "vocab.txt":
+                    (model / f.name).write_bytes(f.read_bytes())
+        out = d / f"run-{name}"
+        res = run_cli(
+            "train", "--model", model, "--train", train_csv, "--eval", eval_csv, "--out", out, *TINY, *extra
+        )  # fmt: skip
+        assert res.returncode == 0, res
+        runs[name] = out
+    texts = [f"{r[1]} {r[2]}" for r in make_rows(40, seed=3)]
+    return {"runs": runs, "texts": texts, "eval": eval_csv}
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_int8_graph_gives_the_pytorch_answers(trained, arch):
+    run = trained["runs"][arch]
+    fast = loraclf.load(run, precision="int8")
+    exact = loraclf.load(run, precision="fp32")
+    assert fast.precision == "int8" and fast.engine is not None, "the export fell back to PyTorch"
+    assert exact.engine is None
+    p8, p32 = fast.predict_proba(trained["texts"]), exact.predict_proba(trained["texts"])
+    assert p8.shape == p32.shape == (40, 4)
+    np.testing.assert_allclose(p8.sum(1), 1.0, atol=1e-6)
+    assert np.abs(p8 - p32).max() < 0.05
+    assert (p8.argmax(1) == p32.argmax(1)).mean() >= 0.95
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_padding_does_not_change_a_rows_answer(trained, arch):
+    """A short row alone and the same row padded beside a long one: the mask must hide the padding.
+
+    int8 activations take one scale per batch, so batch-mates move a row's probabilities a little (below 1e-3
+    here); a padding leak moves them by far more.
+    """
+    fast = loraclf.load(trained["runs"][arch], precision="int8")
+    exact = loraclf.load(trained["runs"][arch], precision="fp32")
+    ids = fast.encode(["stocks profit bank", " ".join(["football goal coach league match"] * 6)])
+    assert len(ids[0]) < len(ids[1])
+    together = fast.engine.probs(ids, fast.tokenizer.pad_token_id, 4, batch_size=2)
+    alone = fast.engine.probs(ids[:1], fast.tokenizer.pad_token_id, 4, batch_size=1)
+    reference = exact.probs_of_ids(ids[:1])
+    np.testing.assert_allclose(together[0], alone[0], atol=3e-3)
+    np.testing.assert_allclose(together[0], reference[0], atol=3e-3)
+
+
+def test_causal_lms_stay_on_pytorch_unless_int8_is_asked_for(trained):
+    """GPT-2's outlier activations do not survive per-tensor int8; `auto` keeps it on PyTorch.
+
+    Its graph still exports (the export checks the fp32 graph against PyTorch on padded rows, causal mask included).
+    """
+    run = trained["runs"]["gpt2"]
+    assert loraclf.load(run).engine is None
+    assert loraclf.load(run).precision in ("bf16", "fp32")
+    assert loraclf.load(run, precision="int8").engine is not None
+
+
+def test_graph_is_exported_once_per_weights(trained, monkeypatch):
+    run = trained["runs"]["bert"]
+    loraclf.load(run, precision="int8")  # exported (or found) here
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("exported again although the cache holds this run's graph")
+
+    monkeypatch.setattr(onnx_int8, "export", refuse)
+    again = loraclf.load(run, precision="int8")
+    assert again.engine is not None
+    assert onnx_int8.digest(run) != onnx_int8.digest(trained["runs"]["roberta"])
+
+
+def test_failed_export_falls_back_to_pytorch_with_a_note(trained, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("LORACLF_CACHE", str(tmp_path / "empty-cache"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(onnx_int8, "export", broken)
+    run = loraclf.load(trained["runs"]["bert"], precision="auto")
+    assert run.engine is None and run.precision in ("bf16", "fp32")
+    assert "int8 export" in capsys.readouterr().err
+    assert len(run.predict(trained["texts"][:5])) == 5
+
+
+def test_monte_carlo_dropout_uses_the_pytorch_model(trained):
+    run = loraclf.load(trained["runs"]["bert"], precision="int8")
+    a = run.predict_proba(trained["texts"][:8], mc_dropout=3)
+    assert a.shape == (8, 4) and run._model is not None  # built on demand for the dropout passes
+
+
+def test_predict_and_evaluate_name_the_engine(trained, tmp_path):
+    run = trained["runs"]["bert"]
+    res = run_cli("predict", run, "--input", trained["eval"], "--output", tmp_path / "p.csv", "--quiet")
+    assert res.returncode == 0, res
+    assert "int8, ONNX Runtime" in res.stderr
+    res = run_cli(
+        "predict", run, "--input", trained["eval"], "--output", tmp_path / "q.csv", "--quiet", "--precision", "fp32"
+    )  # fmt: skip
+    assert res.returncode == 0 and "fp32, PyTorch on cpu" in res.stderr
+    for precision in ("int8", "fp32"):
+        res = run_cli("evaluate", run, "--data", trained["eval"], "--json", "--precision", precision)
+        assert res.returncode == 0, res
+
+
+def test_bad_precision_is_one_line_exit_2(trained, tmp_path):
+    res = run_cli(
+        "predict", trained["runs"]["bert"], "--input", trained["eval"], "--output", tmp_path / "p.csv",
+        "--precision", "fp64",
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "--precision" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_int8_needs_a_cpu_and_onnxruntime(monkeypatch):
+    with pytest.raises(UserError, match="CPU"):
+        pick_inference_precision("int8", torch.device("cuda"))
+    monkeypatch.setattr(onnx_int8, "available", lambda: False)
+    with pytest.raises(UserError, match="pip install onnxruntime"):
+        pick_inference_precision("int8", torch.device("cpu"))
+    assert pick_inference_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
