@@ -141,12 +141,14 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     from .augment_cli import add_command as add_augment
+    from .export import add_command as add_export
     from .report_cli import add_commands as add_report
     from .toolbox_cli import add_commands as add_toolbox
 
     add_report(sub)
     add_augment(sub)
     add_toolbox(sub)
+    add_export(sub)
     return parser
 
 
@@ -362,6 +364,7 @@ def _engine(run, mc_dropout: int) -> str:
 
 def _commands() -> dict:
     from .augment_cli import COMMANDS as AUGMENT
+    from .export import COMMANDS as EXPORT
     from .report_cli import COMMANDS as REPORT
     from .toolbox_cli import COMMANDS as TOOLBOX
 
@@ -373,6 +376,7 @@ def _commands() -> dict:
         **REPORT,
         **AUGMENT,
         **TOOLBOX,
+        **EXPORT,
     }
 
 
@@ -389,6 +393,10 @@ def _parse(parser: Parser, argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():
+        # Redirected to a log file, a progress bar redraws into it several times a second; once every 20 s is
+        # enough there. tqdm reads TQDM_* defaults when it is first imported, which is after this line.
+        os.environ.setdefault("TQDM_MININTERVAL", "20")
     try:
         parser = build_parser()
         args = _parse(parser, argv)

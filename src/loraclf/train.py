@@ -451,10 +451,13 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
             )
             now = time.perf_counter()
             speed = window_samples / max(now - window_start, 1e-9)
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{ema_loss:.4f}", acc=f"{correct / max(seen, 1):.3f}", samples_s=f"{speed:.0f}"
+            bar.set_postfix(  # refresh=False: the bar redraws at its own pace (update), not at every step
+                loss=f"{ema_loss:.4f}",
+                acc=f"{correct / max(seen, 1):.3f}",
+                samples_s=f"{speed:.0f}",
+                refresh=False,
             )
+            bar.update(1)
             step = state["step"]
             if step % 20 == 0 or step == total_steps:
                 logger.log(
