@@ -232,3 +232,33 @@ def test_compare_validates_every_entry_before_training(files, tmp_path):
     )  # fmt: skip
     assert res.returncode == 2 and "nosuch.yaml" in res.stderr
     assert not (out / "head").exists()
+
+
+def test_compare_over_seeds_reports_mean_and_spread(files, tmp_path):
+    out = tmp_path / "cmp"
+    args = [
+        "compare", "head", "lora", "--model", files["bert"], "--train", files["train"], "--out", out,
+        "--epochs", 1, "--seeds", "3,4", "--json", "--quiet",
+        "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "train.threads=1",
+    ]  # fmt: skip
+    rows = json.loads(ok(run_cli(*args)).stdout)
+    for r in rows:
+        assert r["seeds"] == [3, 4]
+        per_seed = [json.loads((out / r["name"] / f"seed-{s}" / "metrics.json").read_text()) for s in (3, 4)]
+        accs = [m["accuracy"] for m in per_seed]
+        assert r["val_accuracy"] == pytest.approx(np.mean(accs))
+        assert r["val_accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+    text = ok(run_cli(*[a for a in args if a != "--json"])).stdout
+    assert "±" in text and "mean ± standard deviation over seeds 3, 4" in text
+    res = run_cli(*args[:-5], "--seed", "1", "--seeds", "1,2")
+    assert res.returncode == 2 and "--seeds" in res.stderr
+
+
+def test_compare_checks_the_test_file_before_training(files, tmp_path):
+    out = tmp_path / "cmp"
+    res = run_cli(
+        "compare", "head", "--model", files["bert"], "--train", files["train"], "--test", tmp_path / "nope.csv",
+        "--out", out, "--quiet",
+    )  # fmt: skip
+    assert res.returncode == 2 and "nope.csv" in res.stderr
+    assert not out.exists()

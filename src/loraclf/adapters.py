@@ -11,6 +11,7 @@ in the layer index ``i`` such as ``8*2**(i//4)``) become an exact per-module ``r
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
 from dataclasses import dataclass
@@ -157,7 +158,11 @@ def eval_schedule(expr: str, **names: float) -> float:
 
     try:
         return walk(ast.parse(expr, mode="eval"))
-    except (SyntaxError, ValueError, ZeroDivisionError, TypeError):
+    except ZeroDivisionError:
+        raise UserError(f"schedule expression '{expr}' divides by zero; fix the expression") from None
+    except OverflowError:
+        raise UserError(f"schedule expression '{expr}' gives a number too large for a rank; fix it") from None
+    except (SyntaxError, ValueError, TypeError):
         allowed = ", ".join(names)
         raise UserError(
             f"schedule expression '{expr}' is not arithmetic in {allowed} (+ - * / // ** %, min, max); "
@@ -180,9 +185,10 @@ def layer_ranks(spec: AdapterConfig, num_layers: int) -> dict[int, tuple[int, fl
             r = eval_schedule(spec.layer_ranks, i=i)
         else:
             r = spec.r
-        if r != int(r) or r < 1:
+        if (isinstance(r, float) and not math.isfinite(r)) or r != int(r) or not 1 <= r <= 2**31:
             raise UserError(
-                f"adapter.layer_ranks gives rank {r} for layer {i}; ranks must be positive integers"
+                f"{'adapter.layer_ranks' if spec.layer_ranks is not None else 'adapter.r (--rank)'} gives rank "
+                f"{r} for layer {i}; ranks must be whole numbers from 1 to 2^31"
             )
         r = int(r)
         if isinstance(spec.layer_alphas, list):
@@ -221,6 +227,12 @@ def lora_config(model: nn.Module, spec: AdapterConfig, task_type: str | None):
         r, alpha = (
             per_layer.get(t.layer, (base_r, base_alpha)) if t.layer is not None else (base_r, base_alpha)
         )
+        if r > min(t.d_in, t.d_out):
+            # B·A then has more parameters than the full update it stands for, and peft would try to allocate it.
+            raise UserError(
+                f"LoRA rank {r} exceeds the smaller side ({min(t.d_in, t.d_out)}) of {t.name} "
+                f"({t.d_out}×{t.d_in}); use a rank of at most {min(t.d_in, t.d_out)}"
+            )
         # peft matches pattern keys as suffixes of module names; the full name anchored by ^ is unambiguous.
         if r != base_r:
             rank_pattern[f"^{re.escape(t.name)}"] = r

@@ -310,7 +310,13 @@ def target_texts(args, texts: list[str]) -> list[str]:
     if not args.target:
         return [t for t in texts if t.strip()]
     df = read_table(args.target, "--target")
-    raw = texts_of(df, DataConfig(text_column=args.text_column), args.target, "--target")
+    raw = texts_of(
+        df,
+        DataConfig(text_column=args.text_column),
+        args.target,
+        "--target",
+        "name it with --text-column NAME",
+    )
     target = [t for t in clean_texts(raw, CleanConfig()) if t.strip()]
     if not target:
         raise UserError(
@@ -331,8 +337,8 @@ def run_augment(args) -> int:
     df = read_table(args.input, "--input")
     if len(df) == 0:
         raise UserError(f"--input: '{args.input}' has a header but no data rows; add rows")
-    raw = texts_of(df, cfg, args.input, "--input")
-    labels = raw_labels(df, cfg, args.input, "--input")
+    raw = texts_of(df, cfg, args.input, "--input", "name it with --text-column NAME")
+    labels = raw_labels(df, cfg, args.input, "--input", "name it with --label-column NAME")
     texts = clean_texts(raw, CleanConfig())
     if method == "generate":
         from .generate import run_generate

@@ -189,6 +189,8 @@ def cmd_plan(args) -> int:
     if args.search:
         if not recipe.budget:
             raise UserError("--search needs --budget N (the trainable-parameter limit to search under)")
+        if args.top < 1:
+            raise UserError(f"--top must be at least 1 (rows of --search), got {args.top}")
         found = search(recipe, num_labels, recipe.budget, top=args.top)
         if args.json:
             print(
@@ -254,6 +256,18 @@ def cmd_train(args) -> int:
     from .train import prepare, resume_run, train
 
     if args.resume:
+        # A resumed run continues exactly as recorded; a changed setting would silently mix two recipes.
+        given = [
+            f"--{k.replace('_', '-')}"
+            for k in (*FLAG_KEYS, "config", "train", "eval", "out")
+            if getattr(args, k, None)
+        ]
+        given += list(args.overrides or [])
+        if given:
+            raise UserError(
+                f"--resume continues the run with its recorded recipe and data; drop {', '.join(given)} "
+                "(or start a new run with --out)"
+            )
         p, out = resume_run(Path(args.resume))
         if args.quiet:
             p.recipe.train.progress = False
@@ -264,7 +278,9 @@ def cmd_train(args) -> int:
         if not args.out:
             raise UserError("train: --out DIR is required (the run folder to create)")
         out = Path(args.out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out: '{out}' is a file; give a folder name for the run")
+        if out.exists() and any(out.iterdir()):
             raise UserError(
                 f"--out: '{out}' already exists and is not an empty folder; choose a new folder or "
                 f"resume it with `loraclf train --resume {out}`"
@@ -296,7 +312,7 @@ def cmd_evaluate(args) -> int:
 
     from .data import load_texts
     from .evaluate import format_report, metrics, summary_line
-    from .runs import ensemble_proba, load_many, raw_data_config
+    from .runs import ensemble_budget, ensemble_proba, load_many, raw_data_config
 
     if args.mc_dropout < 0:
         raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
@@ -307,6 +323,12 @@ def cmd_evaluate(args) -> int:
     )
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(ts)), ts.labels], 1e-12, None))))
     m = metrics(ts.labels, probs.argmax(1), runs[0].labels, loss)
+    if ensemble_budget(runs):
+        print(ensemble_budget(runs), file=sys.stderr)
+        m["ensemble"] = {
+            "runs": [str(r.path) for r in runs],
+            "trainable_total": sum(r.trainable for r in runs),
+        }
     if args.json:
         print(json.dumps(m, indent=1))
     else:
@@ -318,11 +340,15 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .data import check_unique_ids, load_texts
     from .predict import write_submission
-    from .runs import ensemble_proba, load_many, raw_data_config
+    from .runs import ensemble_budget, ensemble_proba, load_many, raw_data_config
 
     out = Path(args.output)
     if out.is_dir():
         raise UserError(f"--output: '{out}' is a folder; give a file name such as predictions.csv")
+    if out.exists() and Path(args.input).exists() and out.resolve() == Path(args.input).resolve():
+        raise UserError(
+            f"--output: '{out}' is the --input file; writing there would destroy it, choose another"
+        )
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise UserError(f"--output: folder '{out.parent}' does not exist; create it first")
     if args.mc_dropout < 0:
@@ -343,13 +369,8 @@ def cmd_predict(args) -> int:
     )
     preds = [labels[i] for i in probs.argmax(1)]
     write_submission(out, ts.ids, preds, probs if args.probabilities else None, labels)
-    if len(runs) > 1:
-        total = sum(r.trainable for r in runs)
-        print(
-            f"ensemble of {len(runs)} runs: {' + '.join(f'{r.trainable:,}' for r in runs)} = {total:,} "
-            "trainable parameters in total (each member spends one budget)",
-            file=sys.stderr,
-        )
+    if ensemble_budget(runs):
+        print(ensemble_budget(runs), file=sys.stderr)
     counts = {str(lab): preds.count(lab) for lab in labels}
     print(f"wrote {len(preds):,} predictions to {out}; predicted classes: {counts}")
     return 0

@@ -8,7 +8,9 @@ frozen, only the head trains), ``lora`` (the model's default LoRA recipe) and ``
 the budget does not apply and the learning rate drops to 5e-5, as full fine-tuning needs).
 
 Every recipe is resolved and validated before the first one trains, so a typo in the last entry does not cost
-the hours spent on the first. Entries whose run folder already holds finished metrics are read, not retrained:
+the hours spent on the first. ``--seeds 42,1,2`` trains every entry once per seed (each seed its own split, shared
+by all entries) and reports each metric as mean ± standard deviation: a technique beats another only when the gap
+is larger than the seed-to-seed spread. Entries whose run folder already holds finished metrics are read, not retrained:
 re-running the same command after an interruption finishes the comparison.
 """
 
@@ -65,57 +67,107 @@ def parse_entries(specs: list[str], model: str, shared: list[str]) -> list[Entry
     return entries
 
 
-def leaderboard_rows(out: Path, names: list[str], test_scores: dict) -> list[dict]:
+METRICS = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "train_seconds")
+
+
+def _row_of(run: Path, name: str, seed: int, test: dict | None) -> dict:
     from .runs import load_recipe_of, read_json
 
+    m, info = read_json(run / "metrics.json"), read_json(run / "run.json")
+    recipe = load_recipe_of(run)
+    row = {
+        "name": name,
+        "seed": seed,
+        "model": recipe.model.name,
+        "method": recipe.adapter.method,
+        "trainable": int(info["plan"]["trainable"]),
+        "val_accuracy": m["accuracy"],
+        "val_macro_f1": m["macro_f1"],
+        "train_seconds": m["train_seconds"],
+    }
+    if test is not None:
+        row["test_accuracy"], row["test_macro_f1"] = test["accuracy"], test["macro_f1"]
+    return row
+
+
+def leaderboard_rows(runs: list[tuple[str, int, Path]], test_scores: dict) -> list[dict]:
+    """One row per entry, best first; with several seeds each metric is the mean, with its standard deviation."""
+    import numpy as np
+
+    by_name: dict[str, list[dict]] = {}
+    for name, seed, run in runs:
+        by_name.setdefault(name, []).append(_row_of(run, name, seed, test_scores.get((name, seed))))
     rows = []
-    for name in names:
-        run = out / name
-        m, info = read_json(run / "metrics.json"), read_json(run / "run.json")
-        recipe = load_recipe_of(run)
-        row = {
-            "name": name,
-            "model": recipe.model.name,
-            "method": recipe.adapter.method,
-            "trainable": int(info["plan"]["trainable"]),
-            "val_accuracy": m["accuracy"],
-            "val_macro_f1": m["macro_f1"],
-            "train_seconds": m["train_seconds"],
-        }
-        if name in test_scores:
-            row["test_accuracy"] = test_scores[name]["accuracy"]
-            row["test_macro_f1"] = test_scores[name]["macro_f1"]
+    for per_seed in by_name.values():
+        row = {k: per_seed[0][k] for k in ("name", "model", "method", "trainable")}
+        row["seeds"] = [r["seed"] for r in per_seed]
+        for key in METRICS:
+            if key in per_seed[0]:
+                values = np.array([r[key] for r in per_seed], dtype=float)
+                row[key] = float(values.mean())
+                if len(per_seed) > 1:
+                    row[f"{key}_std"] = float(values.std(ddof=1))  # sample std: a handful of seeds
         rows.append(row)
     key = "test_accuracy" if test_scores else "val_accuracy"
     return sorted(rows, key=lambda r: -r[key])
 
 
+def _pm(row: dict, key: str, width: int, percent: bool = True) -> str:
+    value, std = row[key], row.get(f"{key}_std")
+    text = f"{value:.2%}" if percent else f"{value:.1f}"
+    if std is not None:
+        text += f"±{std * 100:.2f}" if percent else f"±{std:.1f}"
+    return f"{text:>{width}}"
+
+
 def format_leaderboard(rows: list[dict]) -> str:
     test = "test_accuracy" in rows[0]
-    head = f"{'#':>2}  {'name':<24}{'model':<14}{'method':<8}{'trainable':>12}{'val acc':>9}{'val F1':>8}"
-    head += f"{'test acc':>10}{'test F1':>9}" if test else ""
-    head += f"{'train s':>9}"
+    spread = "val_accuracy_std" in rows[0]
+    w = 15 if spread else 9
+    head = f"{'#':>2}  {'name':<24}{'model':<14}{'method':<8}{'trainable':>12}{'val acc':>{w}}{'val F1':>{w}}"
+    head += f"{'test acc':>{w}}{'test F1':>{w}}" if test else ""
+    head += f"{'train s':>{w}}"
     lines = [head]
     for i, r in enumerate(rows, 1):
-        line = (
-            f"{i:>2}  {r['name']:<24}{r['model']:<14}{r['method']:<8}{r['trainable']:>12,}"
-            f"{r['val_accuracy']:>9.2%}{r['val_macro_f1']:>8.2%}"
-        )
+        model = Path(str(r["model"])).name[:13]  # a folder path would run into the next column
+        line = f"{i:>2}  {r['name'][:23]:<24}{model:<14}{r['method']:<8}{r['trainable']:>12,}"
+        line += _pm(r, "val_accuracy", w) + _pm(r, "val_macro_f1", w)
         if test:
-            line += f"{r['test_accuracy']:>10.2%}{r['test_macro_f1']:>9.2%}"
-        lines.append(line + f"{r['train_seconds']:>9.0f}")
+            line += _pm(r, "test_accuracy", w) + _pm(r, "test_macro_f1", w)
+        lines.append(line + _pm(r, "train_seconds", w, percent=False))
+    if spread:
+        lines.append(f"mean ± standard deviation over seeds {', '.join(map(str, rows[0]['seeds']))}")
     return "\n".join(lines)
 
 
+def _seeds(args) -> list[int | None]:
+    if args.seeds is None:
+        return [args.seed]
+    if args.seed is not None:
+        raise UserError("compare: give --seed or --seeds, not both")
+    try:
+        seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
+    except ValueError:
+        raise UserError(
+            f"--seeds: '{args.seeds}' is not a comma-separated list of integers, e.g. 42,1,2"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds: give distinct seeds, e.g. 42,1,2 (got '{args.seeds}')")
+    return seeds
+
+
 def run_compare(args) -> int:
+    import copy
+
     import pandas as pd
+
+    from .data import load_texts
 
     specs = [e for e in args.entries if not OVERRIDE.match(e)]
     shared = [e for e in args.entries if OVERRIDE.match(e)] + list(args.overrides or [])
     if not specs:
         raise UserError("compare: name at least one recipe file or preset (head, lora, full)")
-    if args.seed is not None:
-        shared.append(f"train.seed={args.seed}")
+    seeds = _seeds(args)
     if args.val_size is not None:
         shared.append(f"data.val_size={args.val_size}")
     if args.epochs is not None:
@@ -129,43 +181,54 @@ def run_compare(args) -> int:
     first = entries[0].recipe
     for e in entries[1:]:
         e.recipe.train.seed, e.recipe.data.val_size = first.train.seed, first.data.val_size
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    test_scores = {}
+    if args.test:  # a bad --test file must fail now, not after the first entry has trained
+        load_texts(args.test, first.data, "--test")
+    jobs = []
+    for seed in seeds:
+        for e in entries:
+            recipe = copy.deepcopy(e.recipe)
+            if seed is not None:
+                recipe.train.seed = seed
+            folder = (
+                Path(args.out) / e.name if args.seeds is None else Path(args.out) / e.name / f"seed-{seed}"
+            )
+            jobs.append((e, recipe, recipe.train.seed, folder))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    test_scores: dict = {}
     # With --json, stdout carries only the JSON; progress and training summaries go to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        _run_entries(entries, out, args, test_scores)
-    rows = leaderboard_rows(out, [e.name for e in entries], test_scores)
-    pd.DataFrame(rows).to_csv(out / "leaderboard.csv", index=False)
+        _run_entries(jobs, args, test_scores)
+    rows = leaderboard_rows([(e.name, seed, run) for e, _, seed, run in jobs], test_scores)
+    pd.DataFrame(rows).drop(columns=["seeds"]).to_csv(Path(args.out) / "leaderboard.csv", index=False)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         print(format_leaderboard(rows))
-        print(f"leaderboard: {out / 'leaderboard.csv'}")
+        print(f"leaderboard: {Path(args.out) / 'leaderboard.csv'}")
     return 0
 
 
-def _run_entries(entries, out: Path, args, test_scores: dict) -> None:
-    """Train each entry that has no finished run in `out`, and score it on --test when given."""
+def _run_entries(jobs, args, test_scores: dict) -> None:
+    """Train each (entry, seed) that has no finished run yet, and score it on --test when given."""
     from .data import load_texts
     from .evaluate import metrics
     from .runs import load, raw_data_config
     from .train import prepare, train
 
-    for e in entries:
-        run = out / e.name
+    for e, recipe, seed, run in jobs:
+        label = f"{e.name} (seed {seed})" if args.seeds is not None else e.name
         if (run / "metrics.json").is_file():
-            print(f"compare: {e.name}: finished run found in {run}; not retrained")
+            print(f"compare: {label}: finished run found in {run}; not retrained")
         else:
             if run.exists() and any(run.iterdir()):
                 raise UserError(
                     f"compare: '{run}' holds an unfinished run; finish it with `loraclf train --resume {run}` "
                     "or delete it"
                 )
-            print(f"compare: training {e.name} ({e.recipe.description or e.recipe.model.name})")
-            train(prepare(e.recipe, args.train, args.eval), run)
+            print(f"compare: training {label}: {recipe.description or recipe.model.name}")
+            train(prepare(recipe, args.train, args.eval), run)
         if args.test:
             r = load(run)
             ts, _ = load_texts(args.test, raw_data_config(r), "--test", label_map=r.labels)
             probs = r.predict_proba(ts.texts, progress=not args.quiet)
-            test_scores[e.name] = metrics(ts.labels, probs.argmax(1), r.labels)
+            test_scores[(e.name, seed)] = metrics(ts.labels, probs.argmax(1), r.labels)

@@ -325,7 +325,10 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
             where = ".".join(parts[: i + 1])
             if not isinstance(node, dict) or part not in node:
                 choices = node.keys() if isinstance(node, dict) else []
-                raise UserError(f"override: unknown key '{where}'{did_you_mean(part, choices)}")
+                raise UserError(
+                    f"override: unknown key '{where}'{did_you_mean(part, choices)}; "
+                    "`loraclf train --help` lists every key"
+                )
             if i == len(parts) - 1:
                 try:
                     value = yaml.safe_load(raw) if raw.strip() else ""
@@ -399,10 +402,11 @@ def validate(recipe: Recipe) -> Recipe:
         (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1 (the newest is always kept)"),
         (t.threads is None or t.threads >= 1, "train.threads", "must be at least 1 or null"),
         (
-            d.val_size > 0,
+            d.val_size > 0 and (d.val_size < 1 or float(d.val_size).is_integer()),
             "data.val_size",
-            f"must be positive (a fraction below 1 or a row count), got {d.val_size}",
+            f"must be a fraction below 1 or a whole row count, got {d.val_size}",
         ),
+        (0 <= t.seed < 2**32, "train.seed (--seed)", f"must be in [0, 2^32), got {t.seed}"),
         (
             d.max_length is None or d.max_length >= 8,
             "data.max_length",

@@ -10,8 +10,12 @@ predictions come back in the training file's label space whatever layout the pre
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import re
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +58,24 @@ class TextSet:
         )
 
 
+COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
+def _raw_bytes(path: Path, flag: str) -> bytes:
+    """The file's bytes, decompressed when it ends in .gz, .bz2 or .xz."""
+    kind = COMPRESSED.get(path.suffix.lower())
+    if kind is None:
+        return path.read_bytes()
+    import importlib
+
+    try:
+        return importlib.import_module(kind).decompress(path.read_bytes())
+    except (OSError, EOFError, ValueError) as exc:
+        raise UserError(f"{flag}: '{path}' is not a readable {path.suffix} file ({exc})") from None
+
+
 def _read_delimited(path: Path, sep: str, flag: str) -> pd.DataFrame:
-    raw = path.read_bytes()
+    raw = _raw_bytes(path, flag)
     if not raw.strip():
         raise UserError(f"{flag}: file '{path}' is empty; give a file with a header row and data rows")
     try:
@@ -66,24 +86,36 @@ def _read_delimited(path: Path, sep: str, flag: str) -> pd.DataFrame:
             f"{flag}: '{path}' is not UTF-8 (byte {exc.start}, line {line}); re-save it as UTF-8, "
             "e.g. `iconv -f latin1 -t utf-8`"
         ) from None
-    if sep == "," and path.suffix.lower() == ".csv":
+    if sep == "," and ".csv" in [x.lower() for x in path.suffixes]:
         first = text.split("\n", 1)[0]
         if first.count(",") == 0 and (first.count("\t") or first.count(";")):
             found = "tabs" if first.count("\t") else "semicolons"
             raise UserError(
                 f"{flag}: '{path}' has no commas in its header but {found}; name it .tsv or use commas"
             )
+    # Blank lines at the end of a file are an editor's doing, not rows.
+    text = re.sub(r"(\r?\n[ \t]*)+\Z", "\n", text)
     try:
-        import io
-
-        df = pd.read_csv(
-            io.StringIO(text),
-            sep=sep,
-            dtype=str,
-            keep_default_na=False,
-            quoting=csv.QUOTE_MINIMAL,
-            engine="c",
-        )
+        with warnings.catch_warnings():
+            # pandas takes a first data row with one field too many for an index column and shifts every
+            # column by one (a header-length warning with index_col=False): a malformed row, not a layout.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                io.StringIO(text),
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                quoting=csv.QUOTE_MINIMAL,
+                engine="c",
+                index_col=False,
+                skip_blank_lines=False,  # in a one-column file a blank line is a row with an empty text
+            )
+    except pd.errors.ParserWarning:
+        row = _first_long_row(text, sep)
+        raise UserError(
+            f"{flag}: '{path}' is malformed (row {row} has more fields than the header); quote fields that "
+            f"contain '{sep}'"
+        ) from None
     except pd.errors.ParserError as exc:
         msg = str(exc).strip().split("\n")[0]
         raise UserError(
@@ -93,13 +125,32 @@ def _read_delimited(path: Path, sep: str, flag: str) -> pd.DataFrame:
         raise UserError(
             f"{flag}: file '{path}' is empty; give a file with a header row and data rows"
         ) from None
+    if df.shape[1] > 1:
+        # With several columns a blank line holds no field at all: skip it, and say so.
+        blank = (df.apply(lambda c: c.str.strip()) == "").all(axis=1).to_numpy()
+        if blank.any():
+            print(
+                f"loraclf: note: {flag}: skipped {int(blank.sum()):,} blank line{'s' if blank.sum() > 1 else ''} of '{path}'",
+                file=sys.stderr,
+            )
+            df = df[~blank].reset_index(drop=True)
     return df
+
+
+def _first_long_row(text: str, sep: str) -> int:
+    """The 1-based data row that has more fields than the header (for the error message)."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    width = len(next(reader, []))
+    for n, row in enumerate(reader, 1):
+        if len(row) > width:
+            return n
+    return 1
 
 
 def _read_jsonl(path: Path, flag: str) -> pd.DataFrame:
     rows = []
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = _raw_bytes(path, flag).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UserError(f"{flag}: '{path}' is not UTF-8 (byte {exc.start}); re-save it as UTF-8") from None
     stripped = text.lstrip()
@@ -170,6 +221,8 @@ def read_table(path_or_id: str, flag: str = "--data") -> pd.DataFrame:
         raise UserError(f"{flag}: '{path}' is not a regular file")
     try:
         suffix = path.suffix.lower()
+        if suffix in COMPRESSED:  # data.csv.gz: the format is the suffix before the compression's
+            suffix = Path(path.stem).suffix.lower()
         if suffix in TABLE_SUFFIXES:
             return _read_delimited(path, TABLE_SUFFIXES[suffix], flag)
         if suffix in (".jsonl", ".json", ".ndjson"):
@@ -188,11 +241,14 @@ def read_table(path_or_id: str, flag: str = "--data") -> pd.DataFrame:
     except PermissionError:
         raise UserError(f"{flag}: cannot read '{path}' (permission denied)") from None
     raise UserError(
-        f"{flag}: '{path}' has an unknown format '{suffix}'; use .csv, .tsv, .jsonl, .parquet or .pkl"
+        f"{flag}: '{path}' has an unknown format '{suffix}'; use .csv, .tsv, .jsonl, .parquet or .pkl "
+        "(.csv, .tsv and .jsonl may be compressed: .gz, .bz2, .xz)"
     )
 
 
-def texts_of(df: pd.DataFrame, cfg: DataConfig, source: str, flag: str) -> list[str]:
+def texts_of(
+    df: pd.DataFrame, cfg: DataConfig, source: str, flag: str, fix: str = "set data.text_column=NAME"
+) -> list[str]:
     """The text of every row: the text column, else title + join + description."""
     cols = [str(c) for c in df.columns]
     if cfg.text_column in df.columns:
@@ -205,7 +261,7 @@ def texts_of(df: pd.DataFrame, cfg: DataConfig, source: str, flag: str) -> list[
     hint = did_you_mean(cfg.text_column, cols)
     raise UserError(
         f"{flag}: '{source}' has no column '{cfg.text_column}' (nor '{cfg.title_column}' + "
-        f"'{cfg.description_column}'){hint}; its columns are {short_list(cols)}; set data.text_column=NAME"
+        f"'{cfg.description_column}'){hint}; its columns are {short_list(cols)}; {fix}"
     )
 
 
@@ -235,12 +291,14 @@ def _label_key(v):
     return s
 
 
-def raw_labels(df: pd.DataFrame, cfg: DataConfig, source: str, flag: str) -> list:
+def raw_labels(
+    df: pd.DataFrame, cfg: DataConfig, source: str, flag: str, fix: str = "set data.label_column=NAME"
+) -> list:
     if cfg.label_column not in df.columns:
         cols = [str(c) for c in df.columns]
         raise UserError(
             f"{flag}: '{source}' has no label column '{cfg.label_column}'{did_you_mean(cfg.label_column, cols)}; "
-            f"its columns are {short_list(cols)}; set data.label_column=NAME"
+            f"its columns are {short_list(cols)}; {fix}"
         )
     out = []
     for row, v in enumerate(df[cfg.label_column], 1):
@@ -362,6 +420,11 @@ def check_unique_ids(ts: TextSet, cfg: DataConfig, flag: str) -> None:
     """A submission keyed by a repeated ID is ambiguous: name the first repeated value and its rows."""
     first: dict = {}
     for row, rid in enumerate(ts.ids, 1):
+        if isinstance(rid, str) and not rid.strip():
+            raise UserError(
+                f"{flag}: '{ts.source}' row {row}, column '{cfg.id_column}': the id is empty; fill it in, or drop "
+                "the column to number rows from 0"
+            )
         if rid in first:
             raise UserError(
                 f"{flag}: '{ts.source}' column '{cfg.id_column}' repeats id {rid!r} (rows {first[rid]} and {row}); "

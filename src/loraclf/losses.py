@@ -78,19 +78,21 @@ def balanced_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:
     return torch.tensor(len(labels) / (num_labels * np.maximum(counts, 1)), dtype=torch.float32)
 
 
-def teacher_log_probs(teachers: list[str], texts: list[str], label_map: list) -> np.ndarray:
-    """Average the teachers' class probabilities on the training texts; return their logarithm."""
+def teacher_log_probs(teachers: list[str], texts: list[str], label_map: list, say=None) -> np.ndarray:
+    """Average the teachers' class probabilities on the training texts; return their logarithm.
+
+    Every teacher is checked (finished, same label set) before the first one predicts.
+    """
     from .runs import load
 
-    probs = None
-    for path in teachers:
-        run = load(path)
+    runs = [load(path) for path in teachers]
+    for path, run in zip(teachers, runs):
         if [str(x) for x in run.labels] != [str(x) for x in label_map]:
             raise UserError(
                 f"distill.teachers: run '{path}' has labels {run.labels}, the training file has {label_map}; "
                 "a teacher must be trained on the same label set"
             )
-        p = run.predict_proba(texts)
-        probs = p if probs is None else probs + p
-        del run
-    return np.log(np.clip(probs / len(teachers), 1e-8, None)).astype(np.float32)
+    if say is not None:
+        say(f"distillation: predictions of {len(runs)} teacher run(s) on {len(texts):,} training rows")
+    probs = sum(run.predict_proba(texts) for run in runs)
+    return np.log(np.clip(probs / len(runs), 1e-8, None)).astype(np.float32)

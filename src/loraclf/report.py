@@ -117,8 +117,9 @@ def _read_text(path: Path) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
-def read_predictions(path: Path) -> list[str]:
-    """The Label column of an ``ID,Label`` CSV (as written by ``loraclf predict``), as strings."""
+def read_predictions(path: Path, labels: list[str]) -> list[str]:
+    """The Label column of an ``ID,Label`` CSV (as written by ``loraclf predict``), as strings; a file without an
+    ID column, or with no label in the run's ``labels``, is not a prediction of this run and is refused."""
     path = Path(path)
     hint = "pass the ID,Label CSV written by `loraclf predict --output`"
     if not path.is_file():
@@ -137,7 +138,14 @@ def read_predictions(path: Path) -> list[str]:
         raise UserError(f"--predictions: '{path}' is not a UTF-8 text file; {hint}") from None
     if not values:
         raise UserError(f"--predictions: '{path}' has a header but no rows; {hint}")
-    return values
+    if not any(h.strip().lower() == "id" for h in header):
+        raise UserError(f"--predictions: '{path}' has no ID column, so it is not a prediction file; {hint}")
+    if not set(values) & set(labels):
+        raise UserError(
+            f"--predictions: no label of '{path}' is one of this run's ({short_list(labels)}); it was written by "
+            f"a run with another label set; {hint}"
+        )
+    return values  # a few labels outside the run's set are shown and counted in the report, not hidden
 
 
 # --- HTML -------------------------------------------------------------------------------------------------------------
@@ -385,7 +393,7 @@ def write_report(run_dir: Path, predictions: Path | None = None) -> Path:
             Label column.
     """
     r = load_run_files(Path(run_dir))
-    preds = read_predictions(Path(predictions)) if predictions is not None else None
+    preds = read_predictions(Path(predictions), r["labels"]) if predictions is not None else None
     pngs = build_figures(r, preds)
     run = Path(run_dir)
     try:

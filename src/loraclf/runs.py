@@ -81,7 +81,8 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def check_run(path: str | Path, flag: str = "RUN") -> Path:
+def check_run(path: str | Path, flag: str = "RUN", finished: bool = True) -> Path:
+    """The run folder, checked: its files are there, its format is known, and (``finished``) it completed."""
     run = Path(path)
     if not run.is_dir():
         raise UserError(
@@ -100,6 +101,12 @@ def check_run(path: str | Path, flag: str = "RUN") -> Path:
             f"{flag}: '{run}' is not a finished run folder: {', '.join(missing)} missing; the run is {state}"
         )
     info = read_json(run / "run.json")
+    if finished and info.get("status", "complete") != "complete":
+        # Weights of an interrupted run are its best so far, not its result: resuming finishes it properly.
+        raise UserError(
+            f"{flag}: run '{run}' is unfinished (status {info.get('status')}); finish it with "
+            f"`loraclf train --resume {run}`"
+        )
     if info.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(
             f"{flag}: '{run}' was written by a newer loraclf (format {info['format_version']}); upgrade"
@@ -168,7 +175,12 @@ class Run:
     def predict_proba(
         self, texts: list[str], batch_size: int | None = None, mc_dropout: int = 0, progress: bool = False
     ) -> np.ndarray:
-        """Class probabilities, one row per text, columns in the order of ``self.labels``."""
+        """Class probabilities, one row per text, columns in the order of ``self.labels``.
+
+        ``texts`` is a list of strings; a single string is taken as one text.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
         return self.probs_of_ids(self.encode(texts, progress=progress), batch_size, mc_dropout, progress)
 
     def probs_of_ids(
@@ -251,7 +263,7 @@ def _causal(info: dict, recipe: Recipe) -> bool:
     return bool(causal)
 
 
-def load(path: str | Path, device: str = "auto", precision: str = "auto") -> Run:
+def load(path: str | Path, device: str = "auto", precision: str = "auto", finished: bool = True) -> Run:
     """Load a finished run folder for prediction: ``loraclf.load("runs/x").predict(["some text"])``.
 
     ``precision``: ``auto`` (int8 through ONNX Runtime on a CPU, else the device's fastest float type), ``int8``,
@@ -260,7 +272,7 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto") -> Run
     from .hardware import pick_device, pick_inference_precision, pick_precision
     from .models import load_tokenizer
 
-    run = check_run(path)
+    run = check_run(path, finished=finished)
     recipe = load_recipe_of(run)
     labels = read_json(run / "labels.json")["labels"]
     info = read_json(run / "run.json")
@@ -297,6 +309,17 @@ def load_many(paths: list[str], device: str = "auto", precision: str = "auto") -
                 "an ensemble needs runs trained on the same label set"
             )
     return runs
+
+
+def ensemble_budget(runs: list[Run]) -> str | None:
+    """The line every ensemble prints: k members spend k budgets, and the total is never hidden."""
+    if len(runs) < 2:
+        return None
+    total = sum(r.trainable for r in runs)
+    return (
+        f"ensemble of {len(runs)} runs: {' + '.join(f'{r.trainable:,}' for r in runs)} = {total:,} "
+        "trainable parameters in total (each member spends one budget)"
+    )
 
 
 def raw_data_config(run: Run):

@@ -100,6 +100,10 @@ ALLOWED = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle asks for a callable outside the allowlist (the only way a pickle runs code)."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         # Protocol 0-2 pickles say "__builtin__.list"; map names the way pickle itself would before checking.
@@ -107,7 +111,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) not in ALLOWED:
-            raise pickle.UnpicklingError(f"{module}.{name}")
+            raise _Refused(f"{module}.{name}")
         return super().find_class(module, name)
 
 
@@ -120,9 +124,13 @@ def load_pickle_table(path: Path, flag: str) -> pd.DataFrame:
     try:
         with Path(path).open("rb") as fh:
             obj = _RestrictedUnpickler(fh).load()
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise UserError(
             f"{flag}: '{path}' is a pickle that needs {exc}, which loraclf will not run; {convert}"
+        ) from None
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"{flag}: '{path}' is not a pickle (or is damaged); give a CSV, TSV, JSONL or Parquet file"
         ) from None
     except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError) as exc:
         raise UserError(

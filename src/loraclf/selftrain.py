@@ -13,6 +13,7 @@ to pass as a second ``--train`` file.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def pseudo_label(args) -> int:
     """``loraclf pseudo-label RUN [RUN ...] --input FILE --output FILE``."""
     from .augment import write_table
     from .data import load_texts
-    from .runs import ensemble_proba, load_many, raw_data_config
+    from .runs import ensemble_budget, ensemble_proba, load_many, raw_data_config
 
     if not 0 < args.threshold <= 1:
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
@@ -58,6 +59,8 @@ def pseudo_label(args) -> int:
         )
     runs = load_many(args.runs, device=args.device, precision=args.precision)
     ts, _ = load_texts(args.input, raw_data_config(runs[0]), "--input", labelled=False)
+    if ensemble_budget(runs):
+        print(ensemble_budget(runs), file=sys.stderr)
     probs = ensemble_proba(runs, ts.texts, mc_dropout=args.mc_dropout, progress=not args.quiet)
     chosen = select_confident(probs, args.threshold, args.balance, runs[0].recipe.train.seed)
     if len(chosen) == 0:

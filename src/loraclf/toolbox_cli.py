@@ -70,6 +70,9 @@ def add_commands(sub) -> None:
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--seeds", metavar="S,S,…", help="train every entry once per seed; report mean ± std (e.g. 42,1,2)"
+    )
     p.add_argument("--val-size", type=float)
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -125,6 +125,12 @@ def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) 
     if filtered:
         notes["filtered_train"] = filtered
         say(f"data.filter: dropped {filtered:,} training rows; {len(train_set):,} remain")
+    n_classes = len(set(train_set.labels.tolist()))
+    if d.max_train_samples is not None and d.max_train_samples < n_classes:
+        raise UserError(
+            f"--max-train-samples {d.max_train_samples} is fewer than the {n_classes} classes of the training "
+            "rows; sample at least one row per class"
+        )
     if d.max_train_samples is not None and d.max_train_samples < len(train_set):
         _, sample = stratified_indices(train_set.labels, d.max_train_samples, seed)
         train_set = train_set.subset(sample)
@@ -163,8 +169,7 @@ def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) 
     eval_ids = tokenize(tokenizer, eval_set.texts, max_length, cache, progress=recipe.train.progress)
     teachers = None
     if recipe.distill.teachers:
-        say(f"distillation: teacher predictions on {len(train_set):,} training rows")
-        teachers = teacher_log_probs(recipe.distill.teachers, train_set.texts, label_map)
+        teachers = teacher_log_probs(recipe.distill.teachers, train_set.texts, label_map, say)
         notes["teachers"] = [_absolute(t) for t in recipe.distill.teachers]
     return Prepared(
         recipe,
@@ -578,7 +583,7 @@ def _finish(p: Prepared, out: Path, state: dict, seconds: float) -> dict:
 
     t = p.recipe.train
     # The inference precision follows the training one when it was chosen; "auto" is int8 on a CPU, as in predict.
-    run = load(out, device=t.device, precision=t.precision)
+    run = load(out, device=t.device, precision=t.precision, finished=False)  # marked complete below
     probs = run.probs_of_ids(p.eval_ids, progress=t.progress, desc="evaluate")
     labels = p.eval.labels
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))

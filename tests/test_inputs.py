@@ -1,0 +1,168 @@
+"""Input mistakes found by a contract audit: each is one line on stderr with exit status 2, or (blank lines,
+compressed files, a single string) handled the way a user expects; never a silently wrong submission."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+import loraclf
+from conftest import LABELS, run_cli, write_text_csv
+
+TINY = [
+    "--quiet",
+    "train.batch_size=8",
+    "train.lr=2e-2",
+    "model.head=linear",
+    "train.threads=1",
+    "--epochs",
+    "2",
+]
+
+
+def fails(res, *fragments):
+    """Exit status 2, one line on stderr naming the fragments, no traceback."""
+    assert res.returncode == 2, res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("loraclf: error: ") and "Traceback" not in res.stderr, res
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_bert_dir):
+    d = tmp_path_factory.mktemp("inputs")
+    train_csv = write_text_csv(d / "train.csv", 64, seed=0)
+    out = d / "run"
+    res = run_cli("train", "--model", tiny_bert_dir, "--train", train_csv, "--out", out, *TINY)
+    assert res.returncode == 0, res
+    return {"dir": out, "train": train_csv, "tmp": d, "bert": tiny_bert_dir}
+
+
+def _predict(run, path, tmp_path):
+    out = tmp_path / "pred.csv"
+    res = run_cli("predict", run["dir"], "--input", path, "--output", out, "--quiet")
+    return res, out
+
+
+def test_a_blank_line_in_a_one_column_file_is_a_row(run, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("text\nstocks profit bank\n\nfootball goal coach\n   \nchip software\n\n\n")
+    res, out = _predict(run, src, tmp_path)
+    assert res.returncode == 0, res
+    pred = pd.read_csv(out)
+    assert pred["ID"].tolist() == [0, 1, 2, 3, 4]  # trailing blank lines are not rows; interior ones are
+    assert set(pred["Label"]) <= set(LABELS)
+
+
+def test_blank_lines_between_rows_of_several_columns_are_skipped_with_a_note(run, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\na1,stocks profit bank\n\na3,chip software\n")
+    res, out = _predict(run, src, tmp_path)
+    assert res.returncode == 0 and "skipped 1 blank line" in res.stderr
+    assert pd.read_csv(out)["ID"].tolist() == ["a1", "a3"]
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("id,text\na1,stocks rose, bank fell\na2,football goal\n", "row 1 has more fields than the header"),
+        ("id,text\na1,stocks\na2,football, goal\n", "Expected 2 fields in line 3"),
+        ("id,text\na1,stocks\n,football goal\n", "row 2, column 'id': the id is empty"),
+    ],
+    ids=["extra-field-first-row", "extra-field-later-row", "empty-id"],
+)
+def test_malformed_prediction_files_are_refused(run, tmp_path, content, fragment):
+    src = tmp_path / "in.csv"
+    src.write_text(content)
+    res, out = _predict(run, src, tmp_path)
+    fails(res, fragment)
+    assert not out.exists()
+
+
+def test_output_over_the_input_is_refused(run, tmp_path):
+    src = tmp_path / "in.csv"
+    shutil.copy(run["train"], src)
+    before = src.read_bytes()
+    fails(run_cli("predict", run["dir"], "--input", src, "--output", src), "is the --input file")
+    assert src.read_bytes() == before
+
+
+def test_compressed_files_are_read(run, tmp_path):
+    src = tmp_path / "in.csv.gz"
+    src.write_bytes(gzip.compress(run["train"].read_bytes()))
+    res = run_cli("evaluate", run["dir"], "--data", src, "--json")
+    assert res.returncode == 0, res
+    assert json.loads(res.stdout)["n"] == 64
+
+
+def test_a_file_that_is_not_a_pickle(run, tmp_path):
+    src = tmp_path / "in.pkl"
+    src.write_text("not a pickle at all")
+    fails(_predict(run, src, tmp_path)[0], "is not a pickle")
+
+
+def test_ensemble_evaluation_states_its_total_budget(run):
+    res = run_cli("evaluate", run["dir"], run["dir"], "--data", run["train"], "--json")
+    assert res.returncode == 0, res
+    each = json.loads((run["dir"] / "run.json").read_text())["plan"]["trainable"]
+    assert f"= {2 * each:,} trainable parameters in total" in res.stderr
+    assert json.loads(res.stdout)["ensemble"]["trainable_total"] == 2 * each
+
+
+def test_unfinished_runs_do_not_predict(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run["dir"], copy)
+    info = json.loads((copy / "run.json").read_text())
+    info["status"] = "training"
+    (copy / "run.json").write_text(json.dumps(info))
+    fails(
+        run_cli("predict", copy, "--input", run["train"], "--output", tmp_path / "p.csv"),
+        "unfinished",
+        "--resume",
+    )
+
+
+def test_report_refuses_files_that_are_not_predictions_of_the_run(run, tmp_path):
+    other = tmp_path / "other.csv"
+    pd.DataFrame({"ID": [0, 1], "Label": [1, 2]}).to_csv(other, index=False)
+    fails(run_cli("report", run["dir"], "--predictions", other), "no label of", "another label set")
+    fails(run_cli("report", run["dir"], "--predictions", run["train"]), "no ID column")
+
+
+def test_resume_with_new_settings_is_refused(run):
+    fails(run_cli("train", "--resume", run["dir"], "--epochs", "3", "train.lr=1"), "--epochs", "train.lr=1")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--seed", "-1"], "train.seed"),
+        (["--rank", "99999999999999999999"], "adapter.r (--rank)"),
+        (["--rank", "1000"], "exceeds the smaller side"),
+        (["--layer-ranks", "8*2**(i*100)"], "ranks must be whole numbers"),
+        (["--max-train-samples", "3"], "fewer than the 4 classes"),
+        (["data.val_size=1.5"], "whole row count"),
+    ],
+)
+def test_bad_numbers_are_refused(run, tmp_path, extra, fragment):
+    out = tmp_path / "new"
+    res = run_cli("train", "--model", run["bert"], "--train", run["train"], "--out", out, *TINY, *extra)
+    fails(res, fragment)
+    assert not out.exists()
+
+
+def test_plan_search_top_must_be_positive():
+    fails(
+        run_cli("plan", "--model", "roberta-base", "--search", "--budget", "1000000", "--top", "0"), "--top"
+    )
+
+
+def test_predict_takes_a_single_string_as_one_text(run):
+    labels = loraclf.load(run["dir"]).predict("stocks profit bank")
+    assert len(labels) == 1 and labels[0] in LABELS
