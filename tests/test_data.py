@@ -422,3 +422,14 @@ def test_csv_round_trip_of_arbitrary_text(tmp_path, rows):
     ts, label_map = load(p, RAW)
     assert ts.texts == [r[0] for r in rows]
     assert decoded(ts, label_map) == [r[1] for r in rows]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.one_of(CSV_TEXT, st.sampled_from(["", " ", "   ", "\t"])), min_size=1, max_size=12))
+def test_one_column_files_keep_every_row(tmp_path, texts):
+    """A prediction file of texts only: every row comes back, blank and whitespace-only ones included, in order."""
+    p = tmp_path / "texts.csv"
+    pd.DataFrame({"text": texts}).to_csv(p, index=False, lineterminator="\r\n")
+    ts, _ = load_texts(str(p), RAW, "--input", labelled=False)
+    assert ts.texts == texts
+    assert ts.ids == list(range(len(texts)))

@@ -93,8 +93,8 @@ def _read_delimited(path: Path, sep: str, flag: str) -> pd.DataFrame:
             raise UserError(
                 f"{flag}: '{path}' has no commas in its header but {found}; name it .tsv or use commas"
             )
-    # Blank lines at the end of a file are an editor's doing, not rows.
-    text = re.sub(r"(\r?\n[ \t]*)+\Z", "\n", text)
+    # Empty lines at the end of a file are an editor's doing, not rows (a line of spaces is a row of spaces).
+    text = re.sub(r"(\r?\n)+\Z", "\n", text)
     try:
         with warnings.catch_warnings():
             # pandas takes a first data row with one field too many for an index column and shifts every
