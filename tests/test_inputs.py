@@ -166,3 +166,15 @@ def test_plan_search_top_must_be_positive():
 def test_predict_takes_a_single_string_as_one_text(run):
     labels = loraclf.load(run["dir"]).predict("stocks profit bank")
     assert len(labels) == 1 and labels[0] in LABELS
+
+
+def test_unusable_cache_folder_falls_back_with_a_note(run, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("LORACLF_CACHE", str(blocker / "cache"))  # a folder cannot be made under a file
+    import loraclf.models
+
+    monkeypatch.setattr(loraclf.models.cache_dir, "warned", False, raising=False)
+    res, out = _predict(run, run["train"], tmp_path)
+    assert res.returncode == 0, res
+    assert "is not writable; using" in res.stderr and len(pd.read_csv(out)) == 64
