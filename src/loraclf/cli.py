@@ -253,7 +253,8 @@ def format_plan(p, recipe) -> str:
 
 def cmd_train(args) -> int:
     from .evaluate import format_report, summary_line
-    from .train import prepare, resume_run, train
+    from .prepare import prepare, resume_run
+    from .train import train
 
     if args.resume:
         # A resumed run continues exactly as recorded; a changed setting would silently mix two recipes.

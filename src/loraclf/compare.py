@@ -212,8 +212,9 @@ def _run_entries(jobs, args, test_scores: dict) -> None:
     """Train each (entry, seed) that has no finished run yet, and score it on --test when given."""
     from .data import load_texts
     from .evaluate import metrics
+    from .prepare import prepare
     from .runs import load, raw_data_config
-    from .train import prepare, train
+    from .train import train
 
     for e, recipe, seed, run in jobs:
         label = f"{e.name} (seed {seed})" if args.seeds is not None else e.name

@@ -9,6 +9,7 @@ do about it.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
 
 
@@ -33,3 +34,8 @@ def short_list(items: Iterable[str], limit: int = 12) -> str:
     items = list(items)
     shown = ", ".join(str(i) for i in items[:limit])
     return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def say(msg: str) -> None:
+    """A note for the user on stderr (progress, counts, warnings); errors are UserError instead."""
+    print(msg, file=sys.stderr, flush=True)

@@ -1,7 +1,7 @@
 """Training: one explicit loop built from small named pieces.
 
-``prepare`` reads and checks everything (data, labels, model, budget, tokenisation) *before* a run folder exists,
-so a mistake never leaves a half-written folder. ``train`` then runs AdamW with a warmup schedule over
+``prepare`` (prepare.py) reads and checks everything (data, labels, model, budget, tokenisation) *before* a run
+folder exists, so a mistake never leaves a half-written folder. ``train`` then runs AdamW with a warmup schedule over
 length-grouped, dynamically padded batches, evaluates every N optimizer steps, keeps the best weights by the chosen
 metric, stops early when asked, and writes resumable checkpoints. ``loss_step`` is the one place that turns a batch
 into a loss: distillation or R-Drop swap it, they do not fork the loop.
@@ -10,13 +10,11 @@ into a loss: distillation or R-Drop swap it, they do not fork the loop.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +23,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .adapters import apply_adapters, count_parameters
-from .batching import collate, epoch_batches, token_lengths, tokenize
-from .budget import Plan, check_budget, plan
+from .batching import collate, epoch_batches
 from .checkpoint import (
     RunLock,
     atomic_write_text,
@@ -36,160 +33,15 @@ from .checkpoint import (
     save_weights,
     trainable_state,
 )
-from .config import FORMAT_VERSION, Recipe, save_recipe, validate
-from .data import (
-    TextSet,
-    choose_max_length,
-    drop_empty,
-    length_stats,
-    load_texts,
-    load_train_texts,
-    richness_filter,
-    stratified_indices,
-)
-from .errors import UserError
+from .config import FORMAT_VERSION, Recipe, save_recipe
+from .errors import UserError, say
 from .evaluate import metrics, summary_line
 from .hardware import autocast, environment, pick_device, pick_precision, set_threads
-from .losses import LossStep, balanced_weights, teacher_log_probs
-from .models import build_model, cache_dir, load_config, load_tokenizer, position_limit
+from .losses import LossStep, balanced_weights
+from .models import build_model, load_config
 from .predict import forward_probs
-from .runs import MetricsLogger, load_recipe_of, read_json
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass
-class Prepared:
-    """Everything a run needs, checked and tokenised, before anything is written."""
-
-    recipe: Recipe
-    label_map: list
-    train: TextSet
-    eval: TextSet
-    train_ids: list
-    eval_ids: list
-    max_length: int
-    lengths: dict
-    plan: Plan
-    tokenizer: object
-    notes: dict = field(default_factory=dict)
-    teacher_log_probs: np.ndarray | None = None
-
-
-def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) -> Prepared:
-    """Load, clean, split, sample, plan and tokenise; raise UserError on any problem, write nothing."""
-    validate(recipe)
-    if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UserError(
-            "train.tensorboard needs the tensorboard package: pip install tensorboard (or set it false)"
-        )
-    d, seed = recipe.data, recipe.train.seed
-    train_paths = [train_path] if isinstance(train_path, str) else list(train_path)
-    train_set, label_map = load_train_texts(train_paths, d, "--train")
-    train_set, dropped = drop_empty(train_set, "--train")
-    notes = {
-        "train_file": _absolute(train_paths[0])
-        if len(train_paths) == 1
-        else [_absolute(x) for x in train_paths],
-        "eval_file": _absolute(eval_path),
-        "dropped_empty_train": dropped,
-    }
-    if dropped:
-        say(f"--train: dropped {dropped:,} rows with empty text")
-    if eval_path:
-        eval_set, _ = load_texts(eval_path, d, "--eval", label_map=label_map)
-        eval_set, dropped_eval = drop_empty(eval_set, "--eval")
-        notes["dropped_empty_eval"] = dropped_eval
-        if dropped_eval:
-            say(f"--eval: dropped {dropped_eval:,} rows with empty text")
-    else:
-        # With several training files the validation rows come from the first (the real labelled data), so
-        # augmented or pseudo-labelled rows never decide which checkpoint is kept.
-        first = np.arange(len(train_set)) if train_set.part is None else np.flatnonzero(train_set.part == 0)
-        keep, held = stratified_indices(train_set.labels[first], d.val_size, seed)
-        held = first[held]
-        keep = np.setdiff1d(np.arange(len(train_set)), held)
-        if train_set.part is not None:
-            # Augmented copies of validation rows would leak them into training: drop them too.
-            derived = np.isin(train_set.parent[keep], train_set.parent[held]) & (train_set.part[keep] > 0)
-            if derived.any():
-                say(f"--train: left out {int(derived.sum()):,} augmented rows derived from validation rows")
-                notes["dropped_derived_from_validation"] = int(derived.sum())
-            keep = keep[~derived]
-        train_set, eval_set = train_set.subset(keep), train_set.subset(held)
-        notes["validation"] = f"stratified split of {len(eval_set):,} training rows (seed {seed})"
-    # The filter runs after the split so that validation keeps the full distribution it is meant to measure.
-    train_set, filtered = richness_filter(train_set, d.filter)
-    if filtered:
-        notes["filtered_train"] = filtered
-        say(f"data.filter: dropped {filtered:,} training rows; {len(train_set):,} remain")
-    n_classes = len(set(train_set.labels.tolist()))
-    if d.max_train_samples is not None and d.max_train_samples < n_classes:
-        raise UserError(
-            f"--max-train-samples {d.max_train_samples} is fewer than the {n_classes} classes of the training "
-            "rows; sample at least one row per class"
-        )
-    if d.max_train_samples is not None and d.max_train_samples < len(train_set):
-        _, sample = stratified_indices(train_set.labels, d.max_train_samples, seed)
-        train_set = train_set.subset(sample)
-    if len(set(train_set.labels.tolist())) < 2:
-        raise UserError("--train: fewer than two classes remain after splitting/sampling; give more rows")
-    notes["eval_texts_seen_in_train"] = overlap_count(train_set.texts, eval_set.texts)
-    if notes["eval_texts_seen_in_train"]:
-        say(
-            f"leakage check: {notes['eval_texts_seen_in_train']:,} of {len(eval_set):,} evaluation texts also occur "
-            "in the training rows (ignoring case and punctuation); evaluation scores will be optimistic"
-        )
-    the_plan = plan(recipe, len(label_map))
-    check_budget(the_plan)
-    tokenizer = load_tokenizer(recipe.model.name, recipe.model, d.truncation_side)
-    lengths = token_lengths(tokenizer, train_set.texts, progress=recipe.train.progress)
-    # Tokenizers without a saved limit report a huge model_max_length; the position table is the real bound.
-    limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
-    limit = min(limit, position_limit(load_config(recipe.model.name, model_cfg=recipe.model)) or limit)
-    if d.max_length is not None and d.max_length > limit:
-        raise UserError(
-            f"data.max_length={d.max_length} is longer than {recipe.model.name} can read ({limit} tokens); "
-            f"set data.max_length to at most {limit}"
-        )
-    max_length = d.max_length or choose_max_length(lengths, d.length_quantile, limit)
-    stats = length_stats(lengths)
-    stats.update(
-        {
-            "max_length": max_length,
-            "quantile": d.length_quantile,
-            "truncated": int((lengths > max_length).sum()),
-            "histogram": np.bincount(lengths).tolist(),
-        }
-    )
-    cache = cache_dir() / "tokens"
-    train_ids = tokenize(tokenizer, train_set.texts, max_length, cache, progress=recipe.train.progress)
-    eval_ids = tokenize(tokenizer, eval_set.texts, max_length, cache, progress=recipe.train.progress)
-    teachers = None
-    if recipe.distill.teachers:
-        teachers = teacher_log_probs(recipe.distill.teachers, train_set.texts, label_map, say)
-        notes["teachers"] = [_absolute(t) for t in recipe.distill.teachers]
-    return Prepared(
-        recipe,
-        label_map,
-        train_set,
-        eval_set,
-        train_ids,
-        eval_ids,
-        max_length,
-        stats,
-        the_plan,
-        tokenizer,
-        notes,
-        teachers,
-    )
-
-
-def _absolute(path: str | None) -> str | None:
-    """Files are recorded by absolute path so that `--resume` works from any working directory."""
-    return str(Path(path).resolve()) if path and Path(path).exists() else path
+from .prepare import Prepared
+from .runs import MetricsLogger, read_json
 
 
 def make_optimizer(model, recipe: Recipe, device: torch.device):
@@ -213,16 +65,6 @@ def make_scheduler(optimizer, recipe: Recipe, total_steps: int):
     warmup = t.warmup_steps if t.warmup_steps is not None else math.ceil(t.warmup_ratio * total_steps)
     name = "constant_with_warmup" if t.scheduler == "constant" else t.scheduler
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-
-
-def overlap_count(train_texts: list[str], eval_texts: list[str]) -> int:
-    """Evaluation texts that also occur in training, after case and punctuation are ignored (a leakage check)."""
-
-    def norm(t: str) -> str:
-        return " ".join("".join(c.lower() if c.isalnum() else " " for c in t).split())
-
-    seen = {norm(t) for t in train_texts}
-    return sum(norm(t) in seen for t in eval_texts)
 
 
 def evaluate_model(
@@ -619,19 +461,3 @@ def _finish(p: Prepared, out: Path, state: dict, seconds: float) -> dict:
         # The trained run is complete and usable; a figure that fails to draw must not take it down.
         say(f"report: not written ({exc}); run `loraclf report {out}` to retry")
     return m
-
-
-def resume_run(out: Path) -> tuple[Prepared, Path]:
-    """Rebuild the prepared state of an interrupted run from its folder alone."""
-    run = Path(out)
-    if not (run / "run.json").is_file() or not (run / "recipe.yaml").is_file():
-        raise UserError(f"--resume: '{run}' is not a loraclf run folder (no run.json/recipe.yaml)")
-    info = read_json(run / "run.json")
-    if info.get("status") == "complete":
-        raise UserError(f"--resume: run '{run}' is already complete; evaluate or predict with it")
-    recipe = load_recipe_of(run)
-    data = info["data"]
-    if recipe.data.max_length is None:
-        recipe.data.max_length = info["max_length"]
-    p = prepare(recipe, data["train_file"], data.get("eval_file"))
-    return p, run
