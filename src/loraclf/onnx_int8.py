@@ -40,6 +40,8 @@ DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 BATCH_SIZE = 16
 # Largest difference in class probabilities tolerated between the exported fp32 graph and PyTorch.
 TOLERANCE = 1e-3
+# Part of the cache key: raise it whenever the export or the quantisation changes, so old graphs are not reused.
+GRAPH_VERSION = 1
 
 
 def available() -> bool:
@@ -59,6 +61,7 @@ def digest(run: Path) -> str:
     for name in ("model.safetensors", "recipe.yaml", "labels.json"):
         h.update((run / name).read_bytes())
     versions = (
+        str(GRAPH_VERSION),
         __version__,
         torch.__version__,
         transformers.__version__,
