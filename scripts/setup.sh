@@ -9,6 +9,8 @@ PY=${PYTHON:-python3}
 stamp=.venv/.loraclf-installed
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
-python -c "import torch" 2>/dev/null || pip install --quiet "torch==2.13.0"
-pip install --quiet -e ".[dev,offline-models]"
+# Some machines' pip configuration names index folders that do not exist; pip then warns once per package.
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }; }
+python -c "import torch" 2>/dev/null || quiet pip install --quiet "torch==2.13.0"
+quiet pip install --quiet -e ".[dev,offline-models]"
 echo "$want" > "$stamp"

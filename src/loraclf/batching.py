@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from .progress import bar as progress_bar
 
 MEGA = 64
 
@@ -68,7 +69,7 @@ def tokenize(
         return ids
     out: list[np.ndarray] = []
     chunk = 1024  # large enough for the fast tokenizer's batching, small enough for a moving progress bar
-    with tqdm(total=len(texts), desc="tokenize", unit="text", disable=not progress, leave=False) as bar:
+    with progress_bar(len(texts), "tokenize", progress) as bar:
         for start in range(0, len(texts), chunk):
             part = texts[start : start + chunk]
             enc = tokenizer(part, truncation=True, max_length=max_length, padding=False)
@@ -81,7 +82,7 @@ def token_lengths(tokenizer, texts: list[str], cap: int = 100_000, progress: boo
     """Untruncated token counts (special tokens included); texts longer than ``cap`` chars are measured cut."""
     lengths: list[int] = []
     chunk = 1024
-    with tqdm(total=len(texts), desc="token lengths", unit="text", disable=not progress, leave=False) as bar:
+    with progress_bar(len(texts), "token lengths", progress) as bar:
         for start in range(0, len(texts), chunk):
             part = [t[:cap] for t in texts[start : start + chunk]]
             enc = tokenizer(part, truncation=False, padding=False, verbose=False)

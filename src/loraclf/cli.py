@@ -37,7 +37,9 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit status 2."""
 
     def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}; see `{self.prog} --help`")
+        # main() prints "loraclf: error: …"; name the subcommand only when there is one.
+        where = self.prog.removeprefix("loraclf").strip()
+        raise UserError(f"{where + ': ' if where else ''}{message}; see `{self.prog} --help`")
 
 
 def _recipe_flags(p: argparse.ArgumentParser) -> None:
@@ -58,12 +60,38 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, help="refuse recipes with more trainable parameters than this")
 
 
+def _column_flags(p: argparse.ArgumentParser, label: bool) -> None:
+    """Column names of the file to score, when they differ from the training file's."""
+    p.add_argument("--text-column", metavar="NAME", help="text column (default: the run's, e.g. text)")
+    if label:
+        p.add_argument("--label-column", metavar="NAME", help="label column (default: the run's, e.g. label)")
+    else:
+        p.add_argument("--id-column", metavar="NAME", help="id column (default: id; absent = row numbers)")
+
+
+def _columns(cfg, args):
+    """The run's data settings with the column flags applied."""
+    from dataclasses import replace
+
+    names = {
+        f"{k}_column": getattr(args, f"{k}_column", None)
+        for k in ("text", "label", "id")
+        if getattr(args, f"{k}_column", None)
+    }
+    return replace(cfg, **names)
+
+
 def _recipe_keys() -> str:
     from .config import describe
 
     rows = describe()
     width = max(len(k) + len(d) for k, d, _ in rows) + 3
-    lines = ["recipe keys (set in --config YAML or as key.sub=value overrides):"]
+    lines = [
+        "recipe keys (set in --config YAML or as key.sub=value overrides). The defaults shown are the generic",
+        "ones; without --config, the model's default recipe applies first (minilm and mpnet-base: LoRA on every",
+        "linear layer, an MLP head over mean pooling, base dropout off; see recipes/minilm-cpu.yaml), and its",
+        "resolved values are written to RUN/recipe.yaml.",
+    ]
     lines += [f"  {k}={d}".ljust(width + 2) + f"  {h}" for k, d, h in rows]
     return "\n".join(lines)
 
@@ -100,9 +128,11 @@ def build_parser() -> Parser:
     )
     p.add_argument("--eval", help="evaluation data file (default: a stratified split of --train)")
     p.add_argument("--out", help="run folder to create")
-    p.add_argument("--epochs", type=float)
+    p.add_argument("--epochs", type=float, help="passes over the training rows (train.epochs)")
     p.add_argument("--max-train-samples", type=int, help="stratified random sample of N training rows")
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--seed", type=int, help="seed of initialisation, data order, split and sampling (train.seed)"
+    )
     p.add_argument("--save-every", type=int, help="optimizer steps between resumable checkpoints")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -115,6 +145,7 @@ def build_parser() -> Parser:
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="average N passes with dropout on")
     p.add_argument("--data", required=True, help="labelled data file")
+    _column_flags(p, label=True)
     p.add_argument("--json", action="store_true")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
@@ -128,6 +159,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("predict", help="write a Kaggle-style ID,Label file; several runs form an ensemble")
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--input", required=True, help="data file (labels not needed)")
+    _column_flags(p, label=False)
     p.add_argument("--output", required=True, help="CSV to write")
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="average N passes with dropout on")
     p.add_argument("--probabilities", action="store_true", help="add prob_<label> columns")
@@ -295,7 +327,8 @@ def cmd_train(args) -> int:
     print(format_report(m))
     print(f"\n{summary_line(m)}")
     print(
-        f"train time {m['train_seconds']:.1f} s, {m['train_samples_per_s']:.1f} samples/s; run folder: {out}"
+        f"train time {m['train_seconds']:.1f} s ({m.get('eval_seconds', 0):.1f} s of it evaluating and saving), "
+        f"{m['train_samples_per_s']:.1f} samples/s while optimising; run folder: {out}"
     )
     return 0
 
@@ -311,16 +344,27 @@ def _check_writable(out: Path) -> None:
 def cmd_evaluate(args) -> int:
     import numpy as np
 
-    from .data import load_texts
+    from .data import COLUMN_FLAGS, load_texts
     from .evaluate import format_report, metrics, summary_line
     from .runs import ensemble_budget, ensemble_proba, load_many, raw_data_config
 
     if args.mc_dropout < 0:
         raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
     runs = load_many(args.runs, device=args.device, precision=args.precision)
-    ts, _ = load_texts(args.data, raw_data_config(runs[0]), "--data", label_map=runs[0].labels)
+    ts, _ = load_texts(
+        args.data,
+        _columns(raw_data_config(runs[0]), args),
+        "--data",
+        label_map=runs[0].labels,
+        fixes=COLUMN_FLAGS,
+    )
     probs = ensemble_proba(
-        runs, ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet
+        runs,
+        ts.texts,
+        batch_size=args.batch_size,
+        mc_dropout=args.mc_dropout,
+        progress=not args.quiet,
+        desc="evaluate",
     )
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(ts)), ts.labels], 1e-12, None))))
     m = metrics(ts.labels, probs.argmax(1), runs[0].labels, loss)
@@ -339,7 +383,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .data import check_unique_ids, load_texts
+    from .data import COLUMN_FLAGS, check_unique_ids, load_texts
     from .predict import write_submission
     from .runs import ensemble_budget, ensemble_proba, load_many, raw_data_config
 
@@ -356,8 +400,9 @@ def cmd_predict(args) -> int:
         raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
     runs = load_many(args.runs, device=args.device, precision=args.precision)
     labels = runs[0].labels
-    ts, _ = load_texts(args.input, raw_data_config(runs[0]), "--input", labelled=False)
-    check_unique_ids(ts, runs[0].recipe.data, "--input")
+    cfg = _columns(raw_data_config(runs[0]), args)
+    ts, _ = load_texts(args.input, cfg, "--input", labelled=False, fixes=COLUMN_FLAGS)
+    check_unique_ids(ts, cfg, "--input")
     start = time.perf_counter()
     probs = ensemble_proba(
         runs, ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet
@@ -408,17 +453,17 @@ def _parse(parser: Parser, argv: list[str] | None) -> argparse.Namespace:
     if extra:
         stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
         if stray:
-            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+            command = f" {args.command}" if getattr(args, "command", None) else ""
+            raise UserError(
+                f"{(args.command + ': ') if command else ''}unrecognized arguments: {' '.join(stray)}; "
+                f"see `loraclf{command} --help`"
+            )
         args.overrides = list(args.overrides or []) + extra
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not sys.stderr.isatty():
-        # Redirected to a log file, a progress bar redraws into it several times a second; once every 20 s is
-        # enough there. tqdm reads TQDM_* defaults when it is first imported, which is after this line.
-        os.environ.setdefault("TQDM_MININTERVAL", "20")
     try:
         parser = build_parser()
         args = _parse(parser, argv)

@@ -345,17 +345,30 @@ def ids_of(df: pd.DataFrame, cfg: DataConfig) -> list:
     return list(range(len(df)))
 
 
+COLUMN_KEYS = ("set data.text_column=NAME", "set data.label_column=NAME")
+COLUMN_FLAGS = ("name it with --text-column NAME", "name it with --label-column NAME")
+
+
 def load_texts(
-    path: str, cfg: DataConfig, flag: str, *, label_map: list | None = None, labelled: bool = True
+    path: str,
+    cfg: DataConfig,
+    flag: str,
+    *,
+    label_map: list | None = None,
+    labelled: bool = True,
+    fixes: tuple[str, str] = COLUMN_KEYS,
 ):
-    """Read, clean and label a file. Returns (TextSet, label_map); the label map is built when not given."""
+    """Read, clean and label a file. Returns (TextSet, label_map); the label map is built when not given.
+
+    ``fixes`` are the hints a missing text or label column gets: recipe keys in ``train``, flags elsewhere.
+    """
     df = read_table(path, flag)
     if len(df) == 0:
         raise UserError(f"{flag}: '{path}' has a header but no data rows; add rows")
-    texts = clean_texts(texts_of(df, cfg, path, flag), cfg.clean)
+    texts = clean_texts(texts_of(df, cfg, path, flag, fixes[0]), cfg.clean)
     labels = None
     if labelled:
-        raw = raw_labels(df, cfg, path, flag)
+        raw = raw_labels(df, cfg, path, flag, fixes[1])
         if label_map is None:
             label_map = build_label_map(raw, path, flag)
         labels = encode_labels(raw, label_map, path, flag)

@@ -63,7 +63,8 @@ def _readme(run: Path, kind: str, labels: list) -> str:
             "A Hugging Face backbone (adapters merged; load it with `AutoModel`) and loraclf's classification head "
             "in `head.safetensors`: pool the last hidden states as `head.json` says (mean over the attention mask, "
             "the first token, or the last real token), then apply `head.N.weight`/`head.N.bias` in order "
-            "(Linear, ReLU, Linear for the mlp head; one Linear for the linear head).\n"
+            "(Linear, ReLU, Linear for the mlp head; one Linear for the linear head). transformers reports a BERT "
+            "pooler as missing when it loads the backbone: this head never uses it.\n"
         )
     else:
         body = (

@@ -26,6 +26,7 @@ from torch import nn
 from .adapters import layer_of
 from .batching import collate, sorted_batches
 from .hardware import autocast
+from .progress import bar as progress_bar
 
 # Share of physical memory the cache may take.
 MEMORY_SHARE = 0.35
@@ -145,14 +146,7 @@ def _capture(model, blocks, k, ids, pad_id, device, precision, batch_size, progr
     flat = None
     handle = blocks[k - 1].register_forward_hook(hook)
     try:
-        from tqdm.auto import tqdm
-
-        with (
-            torch.no_grad(),
-            tqdm(
-                total=len(ids), desc=f"cache layers 0-{k - 1}", unit="text", disable=not progress, leave=False
-            ) as bar,
-        ):
+        with torch.no_grad(), progress_bar(len(ids), f"cache layers 0-{k - 1}", progress) as bar:
             for rows in sorted_batches(lengths, batch_size):
                 input_ids, mask = collate(ids, rows, pad_id, device)
                 with autocast(device, precision), contextlib.suppress(_Stop):

@@ -286,6 +286,9 @@ def build_model(
                 backbone, config.hidden_size, num_labels, spec.head, pooling, spec.head_dropout
             )
     source = resolve_weights(name)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load is noise in every command
     try:
         if spec.head == "default":
             return AutoModelForSequenceClassification.from_pretrained(

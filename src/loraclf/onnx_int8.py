@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .batching import pad_batch, sorted_batches
 from .models import PooledClassifier, is_causal_lm
+from .progress import bar as progress_bar
 
 # ONNX Runtime fuses the residual add into its SkipLayerNormalization kernel; on the CPUs measured here the fused
 # kernel was slower than the plain Add + LayerNormalization pair (MiniLM: 618 vs 725 rows/s).
@@ -204,7 +204,7 @@ class Int8Classifier:
         """Class probabilities in input order; rows are run in length-sorted batches padded to their longest."""
         out = np.zeros((len(ids), num_labels), dtype=np.float64)
         lengths = np.array([len(x) for x in ids])
-        with tqdm(total=len(ids), desc=desc, unit="text", disable=not progress, leave=False) as bar:
+        with progress_bar(len(ids), desc, progress) as bar:
             for rows in sorted_batches(lengths, batch_size or BATCH_SIZE):
                 # No rounding of the width here: ONNX Runtime's kernels do not cache per-shape primitives.
                 input_ids, mask = pad_batch(ids, rows, pad_id, multiple=1)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .batching import collate, sorted_batches
 from .errors import UserError
 from .hardware import autocast
+from .progress import bar as progress_bar
 
 
 @torch.no_grad()
@@ -47,7 +47,7 @@ def forward_probs(
             if isinstance(m, torch.nn.Dropout):
                 m.train()
     out = None
-    bar = tqdm(total=len(ids) * passes, desc=desc, unit="text", disable=not progress, leave=False)
+    bar = progress_bar(len(ids) * passes, desc, progress)
     for _ in range(passes):
         for rows in batches:
             input_ids, mask = collate(ids, rows, pad_id, device)

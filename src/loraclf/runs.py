@@ -173,7 +173,12 @@ class Run:
         return tokenize(self.tokenizer, cleaned, self.max_length, progress=progress)
 
     def predict_proba(
-        self, texts: list[str], batch_size: int | None = None, mc_dropout: int = 0, progress: bool = False
+        self,
+        texts: list[str],
+        batch_size: int | None = None,
+        mc_dropout: int = 0,
+        progress: bool = False,
+        desc: str = "predict",
     ) -> np.ndarray:
         """Class probabilities, one row per text, columns in the order of ``self.labels``.
 
@@ -181,7 +186,9 @@ class Run:
         """
         if isinstance(texts, str):
             texts = [texts]
-        return self.probs_of_ids(self.encode(texts, progress=progress), batch_size, mc_dropout, progress)
+        return self.probs_of_ids(
+            self.encode(texts, progress=progress), batch_size, mc_dropout, progress, desc
+        )
 
     def probs_of_ids(
         self,

@@ -41,6 +41,7 @@ from .losses import LossStep, balanced_weights
 from .models import build_model, load_config
 from .predict import forward_probs
 from .prepare import Prepared
+from .progress import TrainProgress
 from .runs import MetricsLogger, read_json
 
 
@@ -253,14 +254,7 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
             f"{len(p.train):,} train / {len(p.eval):,} eval rows, max length {p.max_length}, {total_steps:,} steps"
         )
 
-    bar = tqdm(
-        total=total_steps,
-        initial=state["step"],
-        desc="train",
-        unit="step",
-        disable=not t.progress,
-        dynamic_ncols=True,
-    )
+    bar = TrainProgress(total_steps, state["step"], t.progress)
     # The frozen-layer cache replaces forward compute, so building it counts as training time.
     started = time.perf_counter() - state["train_seconds"] - cache_seconds
     # Running training statistics live in the checkpointed state so a resumed run logs exactly the same numbers.
@@ -298,13 +292,7 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
             )
             now = time.perf_counter()
             speed = window_samples / max(now - window_start, 1e-9)
-            bar.set_postfix(  # refresh=False: the bar redraws at its own pace (update), not at every step
-                loss=f"{ema_loss:.4f}",
-                acc=f"{correct / max(seen, 1):.3f}",
-                samples_s=f"{speed:.0f}",
-                refresh=False,
-            )
-            bar.update(1)
+            bar.update(loss=f"{ema_loss:.4f}", acc=f"{correct / max(seen, 1):.3f}", samples_s=f"{speed:.0f}")
             step = state["step"]
             if step % 20 == 0 or step == total_steps:
                 logger.log(
