@@ -363,12 +363,18 @@ def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
         scaler.unscale_(optimizer)
     if max_norm:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
+    stepped = True
     if scaler:
+        scale = scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
+        # fp16 loss scaling skips a step whose gradients overflowed and lowers the scale; the schedule then waits,
+        # so the learning rate follows the steps that were taken (as HF Trainer does).
+        stepped = scaler.get_scale() >= scale
     else:
         optimizer.step()
-    scheduler.step()
+    if stepped:
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 
 

@@ -1,0 +1,147 @@
+"""GPU and precision decisions, tested as far as a CPU allows: CUDA is faked where a decision only reads it."""
+
+import pytest
+import torch
+
+from loraclf import hardware
+from loraclf.batching import collate
+from loraclf.config import Recipe, from_dict
+from loraclf.errors import UserError
+from loraclf.train import _optimizer_step, make_optimizer
+
+CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A visible CUDA GPU whose bf16 support the test sets."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def with_bf16(supported: bool):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+
+    with_bf16(True)
+    return with_bf16
+
+
+def test_auto_device_prefers_cuda(fake_cuda):
+    assert hardware.pick_device("auto").type == "cuda"
+
+
+def test_auto_device_is_cpu_without_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert hardware.pick_device("auto") == CPU
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"), [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"), ("tpu7", "not a device")]
+)
+def test_unavailable_or_unknown_device_is_a_user_error(monkeypatch, name, fragment):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=fragment):
+        hardware.pick_device(name)
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_on_cuda_is_bf16_on_ampere_else_fp16(fake_cuda, bf16, expected):
+    fake_cuda(bf16)
+    assert hardware.pick_precision("auto", CUDA) == expected
+    # Prediction on a GPU stays on PyTorch: int8 is the CPU path.
+    assert hardware.pick_inference_precision("auto", CUDA) == expected
+
+
+def test_bf16_on_a_gpu_without_it_is_refused(fake_cuda):
+    fake_cuda(False)
+    with pytest.raises(UserError, match="fp16 or fp32"):
+        hardware.pick_precision("bf16", CUDA)
+
+
+def test_fp16_on_the_cpu_is_refused():
+    with pytest.raises(UserError, match="needs a GPU"):
+        hardware.pick_precision("fp16", CPU)
+
+
+def test_int8_on_a_gpu_is_refused(fake_cuda):
+    with pytest.raises(UserError, match="--device cpu"):
+        hardware.pick_inference_precision("int8", CUDA)
+
+
+def test_cpu_auto_precision_follows_the_cpu_bf16_support(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: True)
+    assert hardware.pick_precision("auto", CPU) == "bf16"
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: False)
+    assert hardware.pick_precision("auto", CPU) == "fp32"
+
+
+def test_autocast_runs_matrix_products_in_bf16_and_fp32_is_untouched():
+    a = torch.randn(4, 8)
+    with hardware.autocast(CPU, "bf16"):
+        assert (a @ a.T).dtype == torch.bfloat16
+    with hardware.autocast(CPU, "fp32"):
+        assert (a @ a.T).dtype == torch.float32
+
+
+def _model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    return model
+
+
+def test_optimizer_is_fused_on_cuda_and_skips_decay_on_biases_and_norms():
+    recipe = from_dict(Recipe, {"train": {"lr": 1e-3, "weight_decay": 0.1}})
+    opt = make_optimizer(_model(), recipe, CUDA)
+    assert opt.defaults["fused"] is True
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in decay["params"])  # the two Linear weights
+    assert len(no_decay["params"]) == 4  # two biases, LayerNorm weight and bias
+    assert not make_optimizer(_model(), recipe, CPU).defaults["fused"]
+
+
+def test_batches_are_pinned_and_copied_without_blocking_on_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(
+        torch.Tensor,
+        "to",
+        lambda self, device, non_blocking=False: calls.append((str(device), non_blocking)) or self,
+    )
+    import numpy as np
+
+    ids = [np.array([5, 6, 7]), np.array([5])]
+    input_ids, mask = collate(ids, np.array([0, 1]), 0, CUDA, pin=True)
+    assert calls == ["pin", "pin", ("cuda", True), ("cuda", True)]
+    assert input_ids.shape == (2, 8) and mask.sum().item() == 4  # width rounded up to a multiple of 8
+    calls.clear()
+    collate(ids, np.array([0, 1]), 0, CPU, pin=True)
+    assert calls == [("cpu", False), ("cpu", False)]
+
+
+def _step_with_scaler(grad_value: float):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    before = model.weight.detach().clone()
+    loss = model(torch.ones(1, 2)).sum() * grad_value
+    scaler.scale(loss).backward()
+    _optimizer_step(model, opt, sched, scaler, max_norm=1.0)
+    return before, model, scaler, sched
+
+
+def test_loss_scaled_step_updates_weights_and_clears_gradients():
+    before, model, scaler, sched = _step_with_scaler(1.0)
+    assert not torch.equal(before, model.weight)
+    assert model.weight.grad is None
+    assert scaler.get_scale() == 2.0**8  # no overflow: the scale is kept
+    assert sched.last_epoch == 1
+
+
+def test_loss_scaled_step_skips_an_overflowing_step_and_lowers_the_scale():
+    before, model, scaler, sched = _step_with_scaler(float("inf"))
+    assert torch.equal(before, model.weight)  # fp16 overflow: the step is skipped, weights untouched
+    assert scaler.get_scale() == 2.0**7
+    assert sched.last_epoch == 0  # the schedule waits for a step that happened
+    assert model.weight.grad is None
