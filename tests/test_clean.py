@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -169,3 +170,24 @@ def test_deterministic_and_batch_equals_single(texts, cfg):
     once = clean_texts(texts, cfg)
     assert once == clean_texts(list(texts), cfg)
     assert once == [clean_text(t, cfg) for t in texts]
+
+
+def test_punctuation_spacing_undone_before_source_tags():
+    raw = "SINGAPORE ( Reuters ) - The dollar sagged , helping shares lower , after 5 % .\tThen ?"
+    on = CleanConfig(punctuation=True)
+    assert (
+        clean_text(raw, on)
+        == "SINGAPORE (Reuters) - The dollar sagged, helping shares lower, after 5%. Then?"
+    )
+    # Joined first, the bracketed tag is the one the source-tag step knows.
+    tags = CleanConfig(punctuation=True, source_tags=True)
+    assert clean_text(raw, tags).startswith("SINGAPORE - The dollar sagged,")
+    assert clean_text(raw, DEFAULT) == " ".join(raw.split())  # off by default: saved runs keep their tokens
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=QUIRKY)
+def test_punctuation_only_removes_spaces_and_leaves_none_before_closers(text):
+    out = clean_text(text, dataclasses.replace(OFF, punctuation=True))
+    assert "".join(out.split()) == "".join(text.split())
+    assert not re.search(r"[ \t][,.;:!?%)\]}]", out)

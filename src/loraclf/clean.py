@@ -31,6 +31,11 @@ _SOURCE_DASH = re.compile(
     r"NewsFactor|washingtonpost\.com|Sports Network)\s+-{1,2}\s+"
 )
 _DIGITS = re.compile(r"\d+")
+# Tokenised text ("Reuters ) - The dollar sagged , helping") as in Penn-style corpora and the shifted AG News set:
+# spaces before closing punctuation and after opening brackets go; a BPE tokenizer would otherwise see tokens
+# (" ,", " )") it never met in training text.
+_SPACE_BEFORE = re.compile(r"[ \t]+([,.;:!?%)\]}])")
+_SPACE_AFTER = re.compile(r"([(\[{$])[ \t]+")
 
 
 def _numeric_entity(m: re.Match) -> str:
@@ -55,6 +60,8 @@ def clean_text(text: str, cfg: CleanConfig) -> str:
         text = decode_html(text)
     if cfg.escapes:
         text = _ESCAPE.sub(" ", text)
+    if cfg.punctuation:
+        text = _SPACE_AFTER.sub(r"\1", _SPACE_BEFORE.sub(r"\1", text))
     if cfg.urls:
         text = _URL.sub(" ", text)
     if cfg.emails:

@@ -39,6 +39,11 @@ class CleanConfig:
     html: bool = opt(True, 'decode HTML entities, including AG News\' bare forms such as "#39;" and "quot;"')
     escapes: bool = opt(True, 'backslash escapes ("\\n", "\\") become spaces')
     whitespace: bool = opt(True, "tabs, CR and runs of spaces collapse to one space")
+    punctuation: bool = opt(
+        False,
+        'undo tokenised spacing: "word , word ( Reuters )" becomes "word, word (Reuters)" (matters for BPE '
+        "tokenizers such as RoBERTa's and GPT-2's; WordPiece splits punctuation anyway)",
+    )
     urls: bool = opt(False, "drop URLs")
     emails: bool = opt(False, "drop e-mail addresses")
     source_tags: bool = opt(False, 'drop agency tags such as "(Reuters)" or "AFP -"')
