@@ -262,3 +262,63 @@ def test_compare_checks_the_test_file_before_training(files, tmp_path):
     )  # fmt: skip
     assert res.returncode == 2 and "nope.csv" in res.stderr
     assert not out.exists()
+
+
+# --- distillation --------------------------------------------------------------------------------------------------
+
+
+def test_distill_kl_is_the_tempered_kl_times_t_squared():
+    import torch
+
+    from loraclf.losses import distill_kl
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(5, 4), torch.randn(5, 4)
+    # Equal distributions cost nothing, whether the teacher comes as logits or log-probabilities.
+    assert distill_kl(student, torch.log_softmax(student, -1), 2.0).item() == pytest.approx(0, abs=1e-6)
+    t = 3.0
+    p = torch.softmax(teacher / t, -1)
+    by_hand = (p * (torch.log(p) - torch.log_softmax(student / t, -1))).sum(-1).mean() * t**2
+    assert distill_kl(student, torch.log_softmax(teacher, -1), t).item() == pytest.approx(
+        by_hand.item(), rel=1e-5
+    )
+
+
+def test_distillation_trains_students_and_runs_the_teacher_once(base_run, files, tmp_path, monkeypatch):
+    from loraclf.runs import Run
+
+    teacher_passes = []
+    real = Run.predict_proba
+
+    def counted(self, texts, *args, **kwargs):
+        if Path(self.path).resolve() == base_run.resolve():
+            teacher_passes.append(len(texts))
+        return real(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "predict_proba", counted)
+    for name, seed in (("student-1", 1), ("student-2", 2)):
+        out = tmp_path / name
+        ok(
+            run_cli(
+                "train", "--model", files["bert"], "--train", files["train"], "--eval", files["eval"], "--out", out,
+                "--epochs", 2, "--seed", seed, *TINY, f"distill.teachers=[{base_run}]", "distill.alpha=0.7",
+            )
+        )  # fmt: skip
+        info = json.loads((out / "run.json").read_text())
+        assert info["data"]["teachers"] == [str(base_run.resolve())]
+        assert 0 <= json.loads((out / "metrics.json").read_text())["accuracy"] <= 1
+    # The second student (another seed, same rows) reuses the cached teacher probabilities.
+    assert teacher_passes == [80]
+
+
+def test_teacher_with_other_labels_is_refused_before_training(base_run, files, tmp_path):
+    df = pd.read_csv(files["train"])
+    df["label"] = df["label"].map(lambda x: f"class-{x}")
+    other = tmp_path / "other.csv"
+    df.to_csv(other, index=False)
+    res = run_cli(
+        "train", "--model", files["bert"], "--train", other, "--out", tmp_path / "s", *TINY,
+        f"distill.teachers=[{base_run}]",
+    )  # fmt: skip
+    assert res.returncode == 2 and "same label set" in res.stderr and "\n" not in res.stderr.strip()
+    assert not (tmp_path / "s").exists()

@@ -15,6 +15,8 @@ without forking the loop.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,10 +80,60 @@ def balanced_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:
     return torch.tensor(len(labels) / (num_labels * np.maximum(counts, 1)), dtype=torch.float32)
 
 
+def _teacher_key(run, texts: list[str]) -> str:
+    """A digest of what a teacher's probabilities depend on: its weights, recipe, labels, how it predicts, the texts."""
+    import transformers
+
+    from . import __version__
+
+    h = hashlib.sha256()
+    for name in ("model.safetensors", "recipe.yaml", "labels.json"):
+        h.update((run.path / name).read_bytes())
+    setup = (
+        __version__,
+        torch.__version__,
+        transformers.__version__,
+        run.precision,
+        str(run.device),
+        len(texts),
+    )
+    h.update("|".join(map(str, setup)).encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _teacher_probs(run, texts: list[str]) -> np.ndarray:
+    """One teacher's probabilities, cached on disk: later students, seeds and ``--resume`` skip the teacher pass."""
+    from .models import cache_dir
+
+    path = cache_dir() / "teachers" / f"{_teacher_key(run, texts)}.npy"
+    if path.is_file():
+        try:
+            probs = np.load(path, allow_pickle=False)
+            if probs.shape == (len(texts), len(run.labels)):
+                return probs
+        except (OSError, ValueError):
+            pass  # a damaged cache file is recomputed below
+    probs = run.predict_proba(texts).astype(np.float32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, probs, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the cache only saves time; a read-only cache folder must not stop training
+    return probs
+
+
 def teacher_log_probs(teachers: list[str], texts: list[str], label_map: list, say=None) -> np.ndarray:
     """Average the teachers' class probabilities on the training texts; return their logarithm.
 
-    Every teacher is checked (finished, same label set) before the first one predicts.
+    Every teacher is checked (finished, same label set) before the first one predicts. Each teacher's
+    probabilities are cached by a digest of its weights and the texts, so a second student, another seed or a
+    resumed run reuses them.
     """
     from .runs import load
 
@@ -94,5 +146,5 @@ def teacher_log_probs(teachers: list[str], texts: list[str], label_map: list, sa
             )
     if say is not None:
         say(f"distillation: predictions of {len(runs)} teacher run(s) on {len(texts):,} training rows")
-    probs = sum(run.predict_proba(texts) for run in runs)
+    probs = sum(_teacher_probs(run, texts) for run in runs)
     return np.log(np.clip(probs / len(runs), 1e-8, None)).astype(np.float32)
