@@ -39,3 +39,36 @@ def test_speed_benchmark_runs_on_tiny_data(tmp_path, tiny_bert_dir):
     # Both pipelines predicted every evaluation row.
     for name in ("ref_pred.csv", "lc_pred.csv"):
         assert len((tmp_path / "work" / name).read_text().splitlines()) == 41
+
+
+def test_shifted_proxy_writes_ood_style_rows(tmp_path):
+    import pandas as pd
+
+    src = tmp_path / "test.csv"
+    pd.DataFrame(
+        {
+            "label": [3, 4],
+            "title": ["t1", "t2"],
+            "description": [
+                "Unions say they are #39;disappointed#39; after talks with AT&amp;T. Workers didn't agree.",
+                "SPACE.com - TORONTO, Canada -- A second\\team of rocketeers (Reuters) won  #36;10 million.",
+            ],
+        }
+    ).to_csv(src, index=False)
+    out = tmp_path / "shifted.csv"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "shifted_proxy.py"), str(src), str(out)],
+        capture_output=True, text=True, env=cli_env(), timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["label", "text"] and df["label"].tolist() == [3, 4]
+    first, second = df["text"]
+    # Description only, entities decoded, Treebank tokens, "&" dropped, sentences joined by a tab.
+    assert first == "Unions say they are 'disappointed ' after talks with AT T .\tWorkers did n't agree ."
+    assert (
+        "second team" in second
+        and "( Reuters )" in second
+        and "$ 10 million" in second
+        and "t2" not in second
+    )
