@@ -105,7 +105,11 @@ def _teacher_key(run, texts: list[str]) -> str:
 
 
 def _teacher_probs(run, texts: list[str]) -> np.ndarray:
-    """One teacher's probabilities, cached on disk: later students, seeds and ``--resume`` skip the teacher pass."""
+    """One teacher's probabilities, cached on disk: ``--resume`` and later students on the same rows skip the pass.
+
+    The key is the whole list of rows, not each row: int8 prediction depends slightly on a row's batch-mates, so
+    only a pass over the same rows gives the same numbers, and a run gives the same result with or without the cache.
+    """
     from .models import cache_dir
 
     path = cache_dir() / "teachers" / f"{_teacher_key(run, texts)}.npy"
@@ -132,8 +136,8 @@ def teacher_log_probs(teachers: list[str], texts: list[str], label_map: list, sa
     """Average the teachers' class probabilities on the training texts; return their logarithm.
 
     Every teacher is checked (finished, same label set) before the first one predicts. Each teacher's
-    probabilities are cached by a digest of its weights and the texts, so a second student, another seed or a
-    resumed run reuses them.
+    probabilities are cached by a digest of its weights and the texts, so a resumed run or another student on the
+    same rows reuses them.
     """
     from .runs import load
 
