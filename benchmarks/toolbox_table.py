@@ -1,7 +1,8 @@
 """Print the accuracy-toolbox table from the run folders benchmarks/toolbox.sh wrote.
 
 Each configuration is three seeds: accuracy and macro-F1 on test.csv and accuracy on the shifted stand-in
-(shifted_proxy.py) as mean ± standard deviation, and the predicted class shares on ood_unlabeled.csv (seed 42).
+(shifted_proxy.py) as mean ± standard deviation, the predicted class shares on ood_unlabeled.csv (seed 42), the
+training rows and the median training time over the seeds.
 
     .venv/bin/python benchmarks/toolbox_table.py [WORK_DIR]     # default runs/toolbox
 """
@@ -41,8 +42,9 @@ def mean_std(values: list[float]) -> str:
 
 def table(work: Path) -> list[str]:
     lines = [
-        "| configuration | trainable | test acc % | test macro-F1 % | shifted acc % | ood predicted 1/2/3/4 | train s |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | trainable | test acc % | test macro-F1 % | shifted acc % | ood predicted 1/2/3/4 | rows "
+        "| train s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, key in ROWS:
         runs = [work / f"runs/{key}-{s}" for s in SEEDS if (work / f"runs/{key}-{s}/shifted.json").is_file()]
@@ -50,12 +52,13 @@ def table(work: Path) -> list[str]:
             continue
         test = [read(r / "test.json") for r in runs]
         shifted = [read(r / "shifted.json") for r in runs]
-        secs = np.mean([read(r / "metrics.json")["train_seconds"] for r in runs])
+        secs = np.median([read(r / "metrics.json")["train_seconds"] for r in runs])
+        rows = read(runs[0] / "run.json")["data"]["n_train"]
         trainable = read(runs[0] / "run.json")["plan"]["trainable"]
         lines.append(
             f"| {name} ({len(runs)} seeds) | {trainable:,} | {mean_std([t['accuracy'] for t in test])} | "
             f"{mean_std([t['macro_f1'] for t in test])} | {mean_std([t['accuracy'] for t in shifted])} | "
-            f"{shares(runs[0] / 'ood.csv')} | {secs:.0f} |"
+            f"{shares(runs[0] / 'ood.csv')} | {rows:,} | {secs:.0f} |"
         )
     ens = work / "ens"
     if (ens / "shifted.json").is_file():
@@ -63,15 +66,16 @@ def table(work: Path) -> list[str]:
         total = t.get("ensemble", {}).get("trainable_total", 0)
         lines.append(
             f"| + 3-run ensemble of the distilled runs | {total:,} (3 budgets) | {t['accuracy'] * 100:.2f} | "
-            f"{t['macro_f1'] * 100:.2f} | {s['accuracy'] * 100:.2f} | {shares(ens / 'ood.csv')} | — |"
+            f"{t['macro_f1'] * 100:.2f} | {s['accuracy'] * 100:.2f} | {shares(ens / 'ood.csv')} | — | — |"
         )
     teacher = work / "runs/mpnet"
     if (teacher / "shifted.json").is_file():
         t, s = read(teacher / "test.json"), read(teacher / "shifted.json")
         lines.append(
-            f"| teacher: mpnet-base, LoRA q/v (seed 42) | {read(teacher / 'run.json')['plan']['trainable']:,} | "
+            f"| teacher: mpnet-base-teacher.yaml (seed 42) | {read(teacher / 'run.json')['plan']['trainable']:,} | "
             f"{t['accuracy'] * 100:.2f} | {t['macro_f1'] * 100:.2f} | {s['accuracy'] * 100:.2f} | "
-            f"{shares(teacher / 'ood.csv')} | {read(teacher / 'metrics.json')['train_seconds']:.0f} |"
+            f"{shares(teacher / 'ood.csv')} | {read(teacher / 'run.json')['data']['n_train']:,} | "
+            f"{read(teacher / 'metrics.json')['train_seconds']:.0f} |"
         )
     return lines
 
