@@ -38,10 +38,15 @@ def _cache_key(tokenizer, texts: list[str], max_length: int) -> str:
     else:
         h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
     h.update(f"{type(tokenizer).__name__}|{max_length}|{tokenizer.truncation_side}|{len(texts)}".encode())
+    hash_texts(h, texts)
+    return h.hexdigest()[:32]
+
+
+def hash_texts(h, texts: list[str]) -> None:
+    """Feed a hash with a list of texts, each ended by a NUL so that ["ab", "c"] and ["a", "bc"] differ."""
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
-    return h.hexdigest()[:32]
 
 
 def tokenize(

@@ -453,11 +453,9 @@ def _parse(parser: Parser, argv: list[str] | None) -> argparse.Namespace:
     if extra:
         stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
         if stray:
-            command = f" {args.command}" if getattr(args, "command", None) else ""
-            raise UserError(
-                f"{(args.command + ': ') if command else ''}unrecognized arguments: {' '.join(stray)}; "
-                f"see `loraclf{command} --help`"
-            )
+            command = getattr(args, "command", None)
+            where, prog = (f"{command}: ", f"loraclf {command}") if command else ("", "loraclf")
+            raise UserError(f"{where}unrecognized arguments: {' '.join(stray)}; see `{prog} --help`")
         args.overrides = list(args.overrides or []) + extra
     return args
 

@@ -85,10 +85,11 @@ def _teacher_key(run, texts: list[str]) -> str:
     import transformers
 
     from . import __version__
+    from .batching import hash_texts
+    from .runs import hash_run_content
 
     h = hashlib.sha256()
-    for name in ("model.safetensors", "recipe.yaml", "labels.json"):
-        h.update((run.path / name).read_bytes())
+    hash_run_content(h, run.path)
     setup = (
         __version__,
         torch.__version__,
@@ -98,9 +99,7 @@ def _teacher_key(run, texts: list[str]) -> str:
         len(texts),
     )
     h.update("|".join(map(str, setup)).encode())
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
+    hash_texts(h, texts)
     return h.hexdigest()[:32]
 
 

@@ -32,6 +32,7 @@ import torch
 from .batching import pad_batch, sorted_batches
 from .models import PooledClassifier, is_causal_lm
 from .progress import bar as progress_bar
+from .runs import hash_run_content
 
 # ONNX Runtime fuses the residual add into its SkipLayerNormalization kernel; on the CPUs measured here the fused
 # kernel was slower than the plain Add + LayerNormalization pair (MiniLM: 618 vs 725 rows/s).
@@ -58,8 +59,7 @@ def digest(run: Path) -> str:
     from . import __version__
 
     h = hashlib.sha256()
-    for name in ("model.safetensors", "recipe.yaml", "labels.json"):
-        h.update((run / name).read_bytes())
+    hash_run_content(h, run)
     versions = (
         str(GRAPH_VERSION),
         __version__,

@@ -57,9 +57,10 @@ class TrainProgress:
 
     def write(self, message: str) -> None:
         """A line that must not be torn by the bar (evaluation results)."""
-        tqdm.write(message, file=sys.stderr) if self.bar is not None else print(
-            message, file=sys.stderr, flush=True
-        )
+        if self.bar is not None:
+            tqdm.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

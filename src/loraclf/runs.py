@@ -77,6 +77,12 @@ class MetricsLogger:
             self.writer.close()
 
 
+def hash_run_content(h, run: Path) -> None:
+    """Feed a hash with what a finished run's predictions depend on: its weights, recipe and label map."""
+    for name in ("model.safetensors", "recipe.yaml", "labels.json"):
+        h.update((run / name).read_bytes())
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 

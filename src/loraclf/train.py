@@ -369,7 +369,8 @@ def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
         scaler.step(optimizer)
         scaler.update()
         # fp16 loss scaling skips a step whose gradients overflowed and lowers the scale; the schedule then waits,
-        # so the learning rate follows the steps that were taken (as HF Trainer does).
+        # so the learning rate follows the steps that were taken (as HF Trainer does). Reading the scale waits for
+        # the GPU, but adds no stall: scaler.step waits at the same point to check the gradients for inf.
         stepped = scaler.get_scale() >= scale
     else:
         optimizer.step()
