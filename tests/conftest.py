@@ -238,7 +238,7 @@ import importlib
 for m in ("torch", "pandas", "sklearn.metrics", "transformers", "peft", "peft.tuners.lora", "tokenizers",
           "transformers.models.bert.modeling_bert", "transformers.models.bert.tokenization_bert",
           "transformers.models.roberta.modeling_roberta", "transformers.models.gpt2.modeling_gpt2",
-          "loraclf.cli", "loraclf.train", "loraclf.budget", "loraclf.runs", "loraclf.predict", "loraclf.defaults"):
+          "loraclf.cli.main", "loraclf.training.loop", "loraclf.modeling.plan", "loraclf.inference.run", "loraclf.inference.predict", "loraclf.modeling.defaults"):
     importlib.import_module(m)
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
 jobs = json.loads(sys.stdin.read())
@@ -314,8 +314,8 @@ class CliResult:
 
 
 def run_cli(*args) -> CliResult:
-    """``loraclf.cli.main(ARGS)`` in this process (no interpreter start-up), capturing stdout and stderr."""
-    from loraclf.cli import main
+    """``loraclf.cli.main.main(ARGS)`` in this process (no interpreter start-up), capturing stdout and stderr."""
+    from loraclf.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

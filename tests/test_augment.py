@@ -24,8 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import CLASS_WORDS, LABELS, write_text_csv, write_title_desc_csv
-from loraclf import augment, generate, wordnet
-from loraclf.augment import (
+from loraclf.data.tables import read_table
+from loraclf.toolbox import augment, generate, wordnet
+from loraclf.toolbox.augment import (
     augment_rows,
     eda_augment,
     random_deletion,
@@ -34,16 +35,15 @@ from loraclf.augment import (
     synonym_augment,
     synonym_replacement,
 )
-from loraclf.data import read_table
-from loraclf.errors import UserError
+from loraclf.utils.errors import UserError
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the big car park."
 
 
 def run_augment_cli(*args) -> tuple[int, str, str]:
-    """`loraclf augment ARGS` through the command's own parser, exactly as `loraclf.cli.main` handles errors."""
-    from loraclf.augment_cli import COMMANDS, add_command
-    from loraclf.cli import Parser
+    """`loraclf augment ARGS` through the command's own parser, exactly as `loraclf.cli.main.main` handles errors."""
+    from loraclf.cli.augment import COMMANDS, add_command
+    from loraclf.cli.main import Parser
 
     parser = Parser(prog="loraclf")
     add_command(parser.add_subparsers(dest="command", parser_class=Parser))
@@ -106,7 +106,7 @@ def test_wordnet_synonyms_of_car(wordnet_ready):
 
 
 def test_wordnet_private_folder_is_built_from_the_system_files(wordnet_ready):
-    from loraclf.models import cache_dir
+    from loraclf.modeling.backbones import cache_dir
 
     folder = cache_dir() / "wordnet"
     assert (folder / "lexnames").read_text() == wordnet.lexnames_text()
@@ -539,7 +539,7 @@ def test_generate_is_deterministic_and_filters_by_confidence(tiny_lm, tmp_path, 
             rng = np.random.default_rng(len(texts))
             return rng.dirichlet(np.ones(len(self.labels)) * 0.3, size=len(texts))
 
-    from loraclf import runs
+    from loraclf.inference import run as runs
 
     monkeypatch.setattr(runs, "load", lambda path, device: StubRun())
     code, stdout, err = run_augment_cli(

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import run_cli
-from loraclf.adapters import apply_adapters, count_parameters
-from loraclf.budget import Plan, check_budget, plan, search
-from loraclf.config import AdapterConfig, ModelConfig, Recipe
-from loraclf.errors import UserError
-from loraclf.models import build_model
+from loraclf.config.recipe import AdapterConfig, ModelConfig, Recipe
+from loraclf.modeling.adapters import apply_adapters, count_parameters
+from loraclf.modeling.backbones import build_model
+from loraclf.modeling.plan import Plan, check_budget, plan, search
+from loraclf.utils.errors import UserError
 
 # The four configurations of the course reports, roberta-base with its own head and 4 classes.
 REPORTS = [

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loraclf.clean import clean_text, clean_texts, decode_html
-from loraclf.config import CleanConfig
+from loraclf.config.recipe import CleanConfig
+from loraclf.data.clean import clean_text, clean_texts, decode_html
 
 DEFAULT = CleanConfig()
 OFF = CleanConfig(html=False, escapes=False, whitespace=False)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loraclf.config import Recipe, apply_overrides, load_recipe, save_recipe, validate
-from loraclf.errors import UserError
+from loraclf.config.recipe import Recipe, apply_overrides, load_recipe, save_recipe, validate
+from loraclf.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("**/*.yaml"))
@@ -229,7 +229,7 @@ def test_shipped_recipe_loads_and_validates(path):
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_shipped_recipe_plan_fits_budget_and_matches_its_header(path):
-    from loraclf.budget import plan
+    from loraclf.modeling.plan import plan
 
     r = validate(load_recipe(path))
     p = plan(r, 4)  # AG News: 4 classes

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loraclf.config import CleanConfig, DataConfig
-from loraclf.data import choose_max_length, drop_empty, load_texts, stratified_indices
-from loraclf.errors import UserError
+from loraclf.config.recipe import CleanConfig, DataConfig
+from loraclf.data.tables import choose_max_length, drop_empty, load_texts, stratified_indices
+from loraclf.utils.errors import UserError
 
 CFG = DataConfig()
 RAW = DataConfig(clean=CleanConfig(html=False, escapes=False, whitespace=False))

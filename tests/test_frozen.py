@@ -11,10 +11,10 @@ import json
 import pytest
 
 from conftest import run_cli, write_text_csv
-from loraclf.adapters import apply_adapters
-from loraclf.config import AdapterConfig, ModelConfig
-from loraclf.frozen import block_list, first_trainable_layer
-from loraclf.models import build_model
+from loraclf.config.recipe import AdapterConfig, ModelConfig
+from loraclf.modeling.adapters import apply_adapters
+from loraclf.modeling.backbones import build_model
+from loraclf.training.frozen import block_list, first_trainable_layer
 
 TINY = [
     "--quiet", "train.batch_size=8", "train.lr=2e-2", "train.threads=1", "train.precision=fp32",

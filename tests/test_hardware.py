@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from loraclf import hardware
-from loraclf.batching import collate
-from loraclf.config import Recipe, from_dict
-from loraclf.errors import UserError
-from loraclf.train import _optimizer_step, make_optimizer
+from loraclf.config.recipe import Recipe, from_dict
+from loraclf.data.batching import collate
+from loraclf.training.loop import _optimizer_step, make_optimizer
+from loraclf.utils import devices as hardware
+from loraclf.utils.errors import UserError
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")

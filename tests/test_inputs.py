@@ -172,9 +172,9 @@ def test_unusable_cache_folder_falls_back_with_a_note(run, tmp_path, monkeypatch
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     monkeypatch.setenv("LORACLF_CACHE", str(blocker / "cache"))  # a folder cannot be made under a file
-    import loraclf.models
+    import loraclf.modeling.backbones
 
-    monkeypatch.setattr(loraclf.models.cache_dir, "warned", False, raising=False)
+    monkeypatch.setattr(loraclf.modeling.backbones.cache_dir, "warned", False, raising=False)
     res, out = _predict(run, run["train"], tmp_path)
     assert res.returncode == 0, res
     assert "is not writable; using" in res.stderr and len(pd.read_csv(out)) == 64

@@ -13,9 +13,10 @@ import torch
 
 import loraclf
 from conftest import make_rows, run_cli, write_text_csv
-from loraclf import onnx_int8
-from loraclf.errors import UserError
-from loraclf.hardware import pick_inference_precision
+from loraclf.inference import onnx_int8
+from loraclf.utils import devices
+from loraclf.utils.devices import pick_inference_precision
+from loraclf.utils.errors import UserError
 
 TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "train.threads=1", "--epochs", "3"]
 ARCHS = {
@@ -148,7 +149,7 @@ def test_bad_precision_is_one_line_exit_2(trained, tmp_path):
 def test_int8_needs_a_cpu_and_onnxruntime(monkeypatch):
     with pytest.raises(UserError, match="CPU"):
         pick_inference_precision("int8", torch.device("cuda"))
-    monkeypatch.setattr(onnx_int8, "available", lambda: False)
+    monkeypatch.setattr(devices, "onnx_available", lambda: False)
     with pytest.raises(UserError, match="pip install onnxruntime"):
         pick_inference_precision("int8", torch.device("cpu"))
     assert pick_inference_precision("auto", torch.device("cpu")) in ("bf16", "fp32")

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loraclf.errors import UserError
-from loraclf.listing import format_runs_table, runs_table, sort_rows
-from loraclf.report import write_report
-from loraclf.report_cli import COMMANDS, add_commands
+from loraclf.cli.report import COMMANDS, add_commands
+from loraclf.reporting.listing import format_runs_table, runs_table, sort_rows
+from loraclf.reporting.report import write_report
+from loraclf.utils.errors import UserError
 
 # One label carries HTML metacharacters: the page must show it escaped, never as markup.
 LABELS = ["business", "sports", "R&D <lab>", "world"]
@@ -238,7 +238,7 @@ def _damage(run: Path) -> Path:
 
 
 def parse(*argv: str):
-    from loraclf.cli import Parser
+    from loraclf.cli.main import Parser
 
     parser = Parser(prog="loraclf")
     add_commands(parser.add_subparsers(dest="command", parser_class=Parser))

@@ -8,10 +8,10 @@ import pickle
 import pandas as pd
 import pytest
 
-from loraclf.config import DataConfig
-from loraclf.data import load_texts
-from loraclf.errors import UserError
-from loraclf.safe_pickle import load_pickle_table
+from loraclf.config.recipe import DataConfig
+from loraclf.data.safe_pickle import load_pickle_table
+from loraclf.data.tables import load_texts
+from loraclf.utils.errors import UserError
 
 
 def _dump(obj, path, protocol=pickle.DEFAULT_PROTOCOL):

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from conftest import LABELS, make_rows, run_cli, write_text_csv
-from loraclf.config import FilterConfig
-from loraclf.data import TextSet, richness_filter
-from loraclf.selftrain import select_confident
+from loraclf.config.recipe import FilterConfig
+from loraclf.data.tables import TextSet, richness_filter
+from loraclf.toolbox.pseudo_label import select_confident
 
 TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "train.threads=1"]
 
@@ -270,7 +270,7 @@ def test_compare_checks_the_test_file_before_training(files, tmp_path):
 def test_distill_kl_is_the_tempered_kl_times_t_squared():
     import torch
 
-    from loraclf.losses import distill_kl
+    from loraclf.training.losses import distill_kl
 
     torch.manual_seed(0)
     student, teacher = torch.randn(5, 4), torch.randn(5, 4)
@@ -285,7 +285,7 @@ def test_distill_kl_is_the_tempered_kl_times_t_squared():
 
 
 def test_distillation_trains_students_and_runs_the_teacher_once(base_run, files, tmp_path, monkeypatch):
-    from loraclf.runs import Run
+    from loraclf.inference.run import Run
 
     teacher_passes = []
     real = Run.predict_proba

@@ -1,6 +1,6 @@
 """End to end on a tiny BERT: train → run folder → evaluate → predict → Python API; determinism; resume.
 
-Training and prediction go through the command line (``loraclf.cli.main`` in this process, which is what the
+Training and prediction go through the command line (``loraclf.cli.main.main`` in this process, which is what the
 ``loraclf`` script calls); the resume test runs the first half in a real ``python -m loraclf`` process and kills it.
 """
 
@@ -406,6 +406,6 @@ def test_resume_of_a_complete_run_is_refused(runs):
     ],
 )
 def test_best_checkpoint_choice(metric, value, best, loss, best_loss, expected):
-    from loraclf.train import _better
+    from loraclf.training.loop import _better
 
     assert _better(metric, value, best, loss, best_loss) is expected

@@ -5,15 +5,15 @@ run = loraclf.load("runs/agnews")
 run.predict(["Stocks rallied after the Fed held rates."])
 """
 
-__version__ = "0.1.0"
+from loraclf.utils.version import __version__
 
 
 def load(path, device: str = "auto", precision: str = "auto"):
-    """Load a finished run folder for prediction (see :class:`loraclf.runs.Run`).
+    """Load a finished run folder for prediction (see :class:`loraclf.inference.run.Run`).
 
     ``precision="auto"`` predicts in int8 through ONNX Runtime on a CPU (``"bf16"`` or ``"fp32"`` for PyTorch).
     """
-    from .runs import load as _load
+    from loraclf.inference.run import load as _load
 
     return _load(path, device=device, precision=precision)
 

@@ -1,3 +1,3 @@
-from .cli import main
+from loraclf.cli.main import main
 
 raise SystemExit(main())

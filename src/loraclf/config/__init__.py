@@ -1,0 +1,41 @@
+"""Recipes: the typed dataclasses every setting lives in, their loading, overrides and validation."""
+
+from loraclf.config.recipe import (
+    CHOICES,
+    FORMAT_VERSION,
+    AdapterConfig,
+    CleanConfig,
+    DataConfig,
+    DistillConfig,
+    FilterConfig,
+    ModelConfig,
+    Recipe,
+    TrainConfig,
+    apply_overrides,
+    describe,
+    from_dict,
+    load_recipe,
+    save_recipe,
+    to_dict,
+    validate,
+)
+
+__all__ = [
+    "CHOICES",
+    "FORMAT_VERSION",
+    "AdapterConfig",
+    "CleanConfig",
+    "DataConfig",
+    "DistillConfig",
+    "FilterConfig",
+    "ModelConfig",
+    "Recipe",
+    "TrainConfig",
+    "apply_overrides",
+    "describe",
+    "from_dict",
+    "load_recipe",
+    "save_recipe",
+    "to_dict",
+    "validate",
+]

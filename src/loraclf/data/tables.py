@@ -1,0 +1,500 @@
+"""Loading, cleaning, splitting and measuring labelled text sets.
+
+A data file is CSV, TSV, JSONL, Parquet, a saved Hugging Face dataset folder, a hub dataset id (``ag_news`` or
+``ag_news:test``), or a pickle read through the restricted loader. Each row gives a text, from ``text`` or from
+``title`` + ``description`` joined as the Hugging Face AG News does, a label (int or string) and optionally an id.
+Labels are mapped to class indices through a label map fixed by the training file and saved with the run, so
+predictions come back in the training file's label space whatever layout the prediction file uses.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from loraclf.config.recipe import DataConfig
+from loraclf.data.clean import clean_texts
+from loraclf.utils.errors import UserError, did_you_mean, short_list
+
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
+
+
+@dataclass
+class TextSet:
+    """Cleaned texts with class indices (``None`` when unlabelled) and row ids."""
+
+    texts: list[str]
+    labels: np.ndarray | None
+    ids: list
+    source: str
+    # Which file of a multi-file training set each row came from (0 = the first); None for one file.
+    part: np.ndarray | None = None
+    # With several files: a first-file row's own row number, or for a later file's row the first-file row it was
+    # derived from (the `parent` column `loraclf augment` writes), else -1.
+    parent: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx) -> TextSet:
+        idx = np.asarray(idx, dtype=np.int64)
+        return TextSet(
+            [self.texts[i] for i in idx],
+            None if self.labels is None else self.labels[idx],
+            [self.ids[i] for i in idx],
+            self.source,
+            None if self.part is None else self.part[idx],
+            None if self.parent is None else self.parent[idx],
+        )
+
+
+COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
+def _raw_bytes(path: Path, flag: str) -> bytes:
+    """The file's bytes, decompressed when it ends in .gz, .bz2 or .xz."""
+    kind = COMPRESSED.get(path.suffix.lower())
+    if kind is None:
+        return path.read_bytes()
+    import importlib
+
+    try:
+        return importlib.import_module(kind).decompress(path.read_bytes())
+    except (OSError, EOFError, ValueError) as exc:
+        raise UserError(f"{flag}: '{path}' is not a readable {path.suffix} file ({exc})") from None
+
+
+def _read_delimited(path: Path, sep: str, flag: str) -> pd.DataFrame:
+    raw = _raw_bytes(path, flag)
+    if not raw.strip():
+        raise UserError(f"{flag}: file '{path}' is empty; give a file with a header row and data rows")
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM is common in files saved by spreadsheet programs
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{flag}: '{path}' is not UTF-8 (byte {exc.start}, line {line}); re-save it as UTF-8, "
+            "e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+    if sep == "," and ".csv" in [x.lower() for x in path.suffixes]:
+        first = text.split("\n", 1)[0]
+        if first.count(",") == 0 and (first.count("\t") or first.count(";")):
+            found = "tabs" if first.count("\t") else "semicolons"
+            raise UserError(
+                f"{flag}: '{path}' has no commas in its header but {found}; name it .tsv or use commas"
+            )
+    # Empty lines at the end of a file are an editor's doing, not rows (a line of spaces is a row of spaces).
+    text = re.sub(r"(\r?\n)+\Z", "\n", text)
+    try:
+        with warnings.catch_warnings():
+            # pandas takes a first data row with one field too many for an index column and shifts every
+            # column by one (a header-length warning with index_col=False): a malformed row, not a layout.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                io.StringIO(text),
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                quoting=csv.QUOTE_MINIMAL,
+                engine="c",
+                index_col=False,
+                skip_blank_lines=False,  # in a one-column file a blank line is a row with an empty text
+            )
+    except pd.errors.ParserWarning:
+        row = _first_long_row(text, sep)
+        raise UserError(
+            f"{flag}: '{path}' is malformed (row {row} has more fields than the header); quote fields that "
+            f"contain '{sep}'"
+        ) from None
+    except pd.errors.ParserError as exc:
+        msg = str(exc).strip().split("\n")[0]
+        raise UserError(
+            f"{flag}: '{path}' is malformed ({msg}); check quoting and the number of fields per row"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise UserError(
+            f"{flag}: file '{path}' is empty; give a file with a header row and data rows"
+        ) from None
+    if df.shape[1] > 1:
+        # With several columns a blank line holds no field at all: skip it, and say so.
+        blank = (df.apply(lambda c: c.str.strip()) == "").all(axis=1).to_numpy()
+        if blank.any():
+            print(
+                f"loraclf: note: {flag}: skipped {int(blank.sum()):,} blank line{'s' if blank.sum() > 1 else ''} of '{path}'",
+                file=sys.stderr,
+            )
+            df = df[~blank].reset_index(drop=True)
+    return df
+
+
+def _first_long_row(text: str, sep: str) -> int:
+    """The 1-based data row that has more fields than the header (for the error message)."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    width = len(next(reader, []))
+    for n, row in enumerate(reader, 1):
+        if len(row) > width:
+            return n
+    return 1
+
+
+def _read_jsonl(path: Path, flag: str) -> pd.DataFrame:
+    rows = []
+    try:
+        text = _raw_bytes(path, flag).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{flag}: '{path}' is not UTF-8 (byte {exc.start}); re-save it as UTF-8") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array of records
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{flag}: '{path}' is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(
+                    f"{flag}: '{path}' line {n} is not valid JSON ({exc.msg}); one object per line"
+                ) from None
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise UserError(
+            f"{flag}: '{path}' holds no JSON objects; write one object per line with text and label keys"
+        )
+    return pd.DataFrame(rows)
+
+
+def _read_hf(spec: str, flag: str) -> pd.DataFrame:
+    """A saved HF dataset folder (``save_to_disk``) or a hub dataset id with an optional ``:split``."""
+    import datasets
+
+    path = Path(spec)
+    try:
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path))
+        else:
+            name, _, split = spec.partition(":")
+            ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:  # datasets raises many types for a missing or unreachable dataset
+        raise UserError(
+            f"{flag}: cannot load dataset '{spec}' ({type(exc).__name__}); give a data file or a "
+            "saved dataset folder"
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        split = "train" if "train" in ds else next(iter(ds))
+        ds = ds[split]
+    df = ds.to_pandas()
+    # Hugging Face ClassLabel columns hold ints; keep them, the label map is built from the values.
+    return df
+
+
+def read_table(path_or_id: str, flag: str = "--data") -> pd.DataFrame:
+    """Read any supported file into a DataFrame of strings (labels keep their type where the format has one)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        if any((path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            return _read_hf(str(path), flag)
+        raise UserError(
+            f"{flag}: '{path}' is a folder but not a saved Hugging Face dataset; pass a data file"
+        )
+    if not path.exists():
+        if "/" not in path_or_id and "." not in Path(path_or_id).name:
+            return _read_hf(
+                path_or_id, flag
+            )  # looks like a hub dataset id such as "ag_news" or "ag_news:test"
+        raise UserError(
+            f"{flag}: file '{path}' not found; check the path (data files are usually in ../shared/data)"
+        )
+    if not path.is_file():
+        raise UserError(f"{flag}: '{path}' is not a regular file")
+    try:
+        suffix = path.suffix.lower()
+        if suffix in COMPRESSED:  # data.csv.gz: the format is the suffix before the compression's
+            suffix = Path(path.stem).suffix.lower()
+        if suffix in TABLE_SUFFIXES:
+            return _read_delimited(path, TABLE_SUFFIXES[suffix], flag)
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            return _read_jsonl(path, flag)
+        if suffix in (".parquet", ".pq"):
+            try:
+                return pd.read_parquet(path)
+            except Exception as exc:  # pyarrow raises its own error types for corrupt files
+                raise UserError(
+                    f"{flag}: '{path}' is not a readable Parquet file ({type(exc).__name__})"
+                ) from None
+        if suffix in (".pkl", ".pickle"):
+            from loraclf.data.safe_pickle import load_pickle_table
+
+            return load_pickle_table(path, flag)
+    except PermissionError:
+        raise UserError(f"{flag}: cannot read '{path}' (permission denied)") from None
+    raise UserError(
+        f"{flag}: '{path}' has an unknown format '{suffix}'; use .csv, .tsv, .jsonl, .parquet or .pkl "
+        "(.csv, .tsv and .jsonl may be compressed: .gz, .bz2, .xz)"
+    )
+
+
+def texts_of(
+    df: pd.DataFrame, cfg: DataConfig, source: str, flag: str, fix: str = "set data.text_column=NAME"
+) -> list[str]:
+    """The text of every row: the text column, else title + join + description."""
+    cols = [str(c) for c in df.columns]
+    if cfg.text_column in df.columns:
+        col = df[cfg.text_column]
+        return ["" if _missing(v) else str(v) for v in col]
+    if cfg.title_column in df.columns and cfg.description_column in df.columns:
+        titles = ["" if _missing(v) else str(v) for v in df[cfg.title_column]]
+        descs = ["" if _missing(v) else str(v) for v in df[cfg.description_column]]
+        return [(t + cfg.join + d).strip() if t and d else (t or d) for t, d in zip(titles, descs)]
+    hint = did_you_mean(cfg.text_column, cols)
+    raise UserError(
+        f"{flag}: '{source}' has no column '{cfg.text_column}' (nor '{cfg.title_column}' + "
+        f"'{cfg.description_column}'){hint}; its columns are {short_list(cols)}; {fix}"
+    )
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _label_key(v):
+    """Normalise a label value so that 3, 3.0 and "3" are one class, and strings stay strings."""
+    if isinstance(v, (bool, np.bool_)):
+        return int(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    s = str(v).strip()
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        f = float(s)
+        if f.is_integer():
+            return int(f)
+    except ValueError:
+        pass
+    return s
+
+
+def raw_labels(
+    df: pd.DataFrame, cfg: DataConfig, source: str, flag: str, fix: str = "set data.label_column=NAME"
+) -> list:
+    if cfg.label_column not in df.columns:
+        cols = [str(c) for c in df.columns]
+        raise UserError(
+            f"{flag}: '{source}' has no label column '{cfg.label_column}'{did_you_mean(cfg.label_column, cols)}; "
+            f"its columns are {short_list(cols)}; {fix}"
+        )
+    out = []
+    for row, v in enumerate(df[cfg.label_column], 1):
+        if _missing(v) or (isinstance(v, str) and not v.strip()):
+            raise UserError(
+                f"{flag}: '{source}' row {row}, column '{cfg.label_column}': label is empty; fill it in or remove the row"
+            )
+        out.append(_label_key(v))
+    return out
+
+
+def build_label_map(labels: list, source: str, flag: str) -> list:
+    """Sorted distinct labels (numbers numerically, strings alphabetically); at least two classes."""
+    distinct = set(labels)
+    if len(distinct) < 2:
+        only = next(iter(distinct)) if distinct else None
+        raise UserError(
+            f"{flag}: '{source}' has a single class ({only!r}); a classifier needs at least two labels"
+        )
+    numeric = all(isinstance(x, int) for x in distinct)
+    return sorted(distinct) if numeric else sorted(distinct, key=str)
+
+
+def encode_labels(labels: list, label_map: list, source: str, flag: str) -> np.ndarray:
+    index = {v: i for i, v in enumerate(label_map)}
+    # Files may mix string and int spellings of the same label ("1" vs 1): compare by string too.
+    by_str = {str(v): i for i, v in enumerate(label_map)}
+    out = np.empty(len(labels), dtype=np.int64)
+    for row, v in enumerate(labels, 1):
+        i = index.get(v, by_str.get(str(v)))
+        if i is None:
+            raise UserError(
+                f"{flag}: '{source}' row {row} has label {v!r}, which the training file does not have "
+                f"(labels: {short_list(map(str, label_map))}); fix the row or the file"
+            )
+        out[row - 1] = i
+    return out
+
+
+def ids_of(df: pd.DataFrame, cfg: DataConfig) -> list:
+    if cfg.id_column in df.columns:
+        # IDs go back into the submission verbatim: "007" must stay "007".
+        return [i if _missing(v) else v for i, v in enumerate(df[cfg.id_column])]
+    return list(range(len(df)))
+
+
+COLUMN_KEYS = ("set data.text_column=NAME", "set data.label_column=NAME")
+COLUMN_FLAGS = ("name it with --text-column NAME", "name it with --label-column NAME")
+
+
+def load_texts(
+    path: str,
+    cfg: DataConfig,
+    flag: str,
+    *,
+    label_map: list | None = None,
+    labelled: bool = True,
+    fixes: tuple[str, str] = COLUMN_KEYS,
+):
+    """Read, clean and label a file. Returns (TextSet, label_map); the label map is built when not given.
+
+    ``fixes`` are the hints a missing text or label column gets: recipe keys in ``train``, flags elsewhere.
+    """
+    df = read_table(path, flag)
+    if len(df) == 0:
+        raise UserError(f"{flag}: '{path}' has a header but no data rows; add rows")
+    texts = clean_texts(texts_of(df, cfg, path, flag, fixes[0]), cfg.clean)
+    labels = None
+    if labelled:
+        raw = raw_labels(df, cfg, path, flag, fixes[1])
+        if label_map is None:
+            label_map = build_label_map(raw, path, flag)
+        labels = encode_labels(raw, label_map, path, flag)
+    return TextSet(texts, labels, ids_of(df, cfg), path), label_map
+
+
+def load_train_texts(paths: list[str], cfg: DataConfig, flag: str) -> tuple[TextSet, list]:
+    """Read one or several labelled files as one training set (e.g. the original rows plus augmented or
+    pseudo-labelled ones); the label map is built over all of them so a class missing from one file is kept."""
+    if len(paths) == 1:
+        return load_texts(paths[0], cfg, flag)
+    frames = []
+    for path in paths:
+        df = read_table(path, flag)
+        if len(df) == 0:
+            raise UserError(f"{flag}: '{path}' has a header but no data rows; add rows or leave the file out")
+        frames.append((path, df, raw_labels(df, cfg, path, flag)))
+    source = " + ".join(paths)
+    label_map = build_label_map([x for _, _, raw in frames for x in raw], source, flag)
+    texts, labels, ids, part, parent = [], [], [], [], []
+    for k, (path, df, raw) in enumerate(frames):
+        texts += clean_texts(texts_of(df, cfg, path, flag), cfg.clean)
+        labels.append(encode_labels(raw, label_map, path, flag))
+        ids += [f"{Path(path).name}:{i}" for i in ids_of(df, cfg)]
+        part.append(np.full(len(df), k, dtype=np.int64))
+        if k == 0:
+            parent.append(np.arange(len(df), dtype=np.int64))
+        elif "parent" in df.columns:
+            parent.append(pd.to_numeric(df["parent"], errors="coerce").fillna(-1).to_numpy(np.int64))
+        else:
+            parent.append(np.full(len(df), -1, dtype=np.int64))
+    ts = TextSet(texts, np.concatenate(labels), ids, source, np.concatenate(part), np.concatenate(parent))
+    return ts, label_map
+
+
+def richness_filter(ts: TextSet, f) -> tuple[TextSet, int]:
+    """Keep rows whose word count lies in [min_words, max_words] and whose vocabulary richness (distinct words /
+    words, lower-cased) is at least min_unique_ratio: one report's domain-shift filter, which makes the training
+    rows look like a test set of longer, less repetitive texts. Returns the kept rows and how many were dropped."""
+    if f.min_words is None and f.max_words is None and f.min_unique_ratio is None:
+        return ts, 0
+    keep = []
+    for i, text in enumerate(ts.texts):
+        words = text.lower().split()
+        n = len(words)
+        if f.min_words is not None and n < f.min_words:
+            continue
+        if f.max_words is not None and n > f.max_words:
+            continue
+        if f.min_unique_ratio is not None and (n == 0 or len(set(words)) / n < f.min_unique_ratio):
+            continue
+        keep.append(i)
+    if not keep:
+        raise UserError(
+            f"data.filter: no training row of '{ts.source}' passes (min_words={f.min_words}, "
+            f"max_words={f.max_words}, min_unique_ratio={f.min_unique_ratio}); loosen the filter"
+        )
+    return ts.subset(keep), len(ts) - len(keep)
+
+
+def check_unique_ids(ts: TextSet, cfg: DataConfig, flag: str) -> None:
+    """A submission keyed by a repeated ID is ambiguous: name the first repeated value and its rows."""
+    first: dict = {}
+    for row, rid in enumerate(ts.ids, 1):
+        if isinstance(rid, str) and not rid.strip():
+            raise UserError(
+                f"{flag}: '{ts.source}' row {row}, column '{cfg.id_column}': the id is empty; fill it in, or drop "
+                "the column to number rows from 0"
+            )
+        if rid in first:
+            raise UserError(
+                f"{flag}: '{ts.source}' column '{cfg.id_column}' repeats id {rid!r} (rows {first[rid]} and {row}); "
+                "ids must be unique in a prediction file"
+            )
+        first[rid] = row
+
+
+def drop_empty(ts: TextSet, flag: str) -> tuple[TextSet, int]:
+    keep = [i for i, t in enumerate(ts.texts) if t.strip()]
+    if not keep:
+        raise UserError(
+            f"{flag}: every text in '{ts.source}' is empty after cleaning; check data.text_column"
+        )
+    return (ts.subset(keep), len(ts) - len(keep)) if len(keep) < len(ts) else (ts, 0)
+
+
+def stratified_indices(labels: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into (kept, held) with ``size`` rows held (a fraction below 1 or a count), per class."""
+    n = len(labels)
+    n_held = round(size * n) if size < 1 else int(size)
+    if not 1 <= n_held < n:
+        raise UserError(
+            f"data.val_size: {size} leaves {n - n_held} of {n} rows for training; choose a smaller split"
+        )
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    # Largest-remainder allocation keeps every class's share exact to one row.
+    quota = counts * n_held / n
+    take = np.floor(quota).astype(int)
+    for j in np.argsort(-(quota - take))[: n_held - take.sum()]:
+        take[j] += 1
+    held = []
+    for c, k in zip(classes, take):
+        idx = np.flatnonzero(labels == c)
+        held.extend(rng.permutation(idx)[:k])
+    held = np.sort(np.array(held, dtype=np.int64))
+    mask = np.ones(n, dtype=bool)
+    mask[held] = False
+    return np.flatnonzero(mask), held
+
+
+def length_stats(lengths: np.ndarray) -> dict:
+    q = np.percentile(lengths, [50, 90, 95, 99, 99.5]) if len(lengths) else [0] * 5
+    return {
+        "count": len(lengths),
+        "mean": float(np.mean(lengths)) if len(lengths) else 0.0,
+        "median": float(q[0]),
+        "p90": float(q[1]),
+        "p95": float(q[2]),
+        "p99": float(q[3]),
+        "p99_5": float(q[4]),
+        "max": int(np.max(lengths)) if len(lengths) else 0,
+    }
+
+
+def choose_max_length(lengths: np.ndarray, quantile: float, model_limit: int) -> int:
+    """The smallest multiple of 8 covering ``quantile`` of the texts, capped by the model's position limit."""
+    need = float(np.quantile(lengths, quantile)) if len(lengths) else 8
+    return int(min(model_limit, max(8, math.ceil(need / 8) * 8)))

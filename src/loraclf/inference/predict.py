@@ -1,0 +1,99 @@
+"""Batched inference, Monte Carlo dropout, ensembles and submission files.
+
+Inference sorts rows by token length and pads each batch only to its longest row, then restores input order, so a
+prediction file always has one row per input row, in input order (an empty text still gets a label). LoRA adapters
+are merged into the frozen weights before inference, which removes their extra matrix products.
+
+Monte Carlo dropout (Gal & Ghahramani, 2016) keeps dropout active at test time and averages the class
+probabilities of N stochastic passes. An ensemble averages the probabilities of several runs; it spends one
+parameter budget per member, and loraclf prints the total.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loraclf.data.batching import collate, sorted_batches
+from loraclf.utils.devices import autocast
+from loraclf.utils.errors import UserError
+from loraclf.utils.progress import bar as progress_bar
+
+
+@torch.no_grad()
+def forward_probs(
+    model,
+    ids: list[np.ndarray],
+    pad_id: int,
+    device,
+    precision: str,
+    batch_size: int,
+    mc_dropout: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "predict",
+):
+    """Class probabilities (rows in input order) and the mean cross-entropy helper logits."""
+    lengths = np.array([len(x) for x in ids])
+    batches = sorted_batches(lengths, batch_size)
+    passes = max(1, mc_dropout)
+    model.eval()
+    if mc_dropout:
+        torch.manual_seed(seed)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.train()
+    out = None
+    bar = progress_bar(len(ids) * passes, desc, progress)
+    for _ in range(passes):
+        for rows in batches:
+            input_ids, mask = collate(ids, rows, pad_id, device)
+            with autocast(device, precision):
+                logits = model(input_ids=input_ids, attention_mask=mask).logits
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            if out is None:
+                out = np.zeros((len(ids), probs.shape[1]), dtype=np.float64)
+            out[rows] += probs
+            bar.update(len(rows))
+    bar.close()
+    model.eval()
+    if out is None:  # no rows: an empty table with one column per class
+        return np.zeros((0, model.config.num_labels))
+    return out / passes
+
+
+def write_submission(
+    path: Path, ids: list, labels: list, probs: np.ndarray | None, label_names: list
+) -> None:
+    """Write ``ID,Label`` (plus ``prob_<label>`` columns when probabilities are given) atomically."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--output: '{path}' is a folder; give a file name such as predictions.csv")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise UserError(f"--output: folder '{parent}' does not exist; create it first")
+    tmp = parent / f".{path.name}.tmp"
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            header = ["ID", "Label"] + ([f"prob_{n}" for n in label_names] if probs is not None else [])
+            w.writerow(header)
+            for i, (rid, lab) in enumerate(zip(ids, labels)):
+                row = [rid, lab]
+                if probs is not None:
+                    row += [f"{p:.6f}" for p in probs[i]]
+                w.writerow(row)
+        tmp.replace(path)
+    except PermissionError:
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"--output: cannot write '{path}' (permission denied); choose a writable location"
+        ) from None
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"--output: cannot write '{path}' ({exc.strerror}); choose a writable location"
+        ) from None

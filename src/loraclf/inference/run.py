@@ -1,0 +1,240 @@
+"""Loading a finished run for evaluation and prediction: ``loraclf.load("runs/x").predict(["some text"])``.
+
+The run folder (see :mod:`loraclf.runfolder.schema`) holds the recipe, label map, tokenizer and trained weights;
+loading rebuilds the backbone with its pretrained weights, adds the adapters, loads the trained weights and merges
+them, or (int8, the CPU default) opens the run's cached quantised ONNX graph instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loraclf.config import Recipe
+from loraclf.runfolder.schema import RunInfo, check_run, read_labels, read_recipe, read_run_info
+from loraclf.utils.errors import UserError
+
+
+@dataclass
+class Run:
+    """A finished run, ready to predict. Create with :func:`load`.
+
+    ``precision`` is how predictions are computed: ``int8`` runs the run's quantised ONNX graph (``engine``) with
+    ONNX Runtime; ``bf16``/``fp16``/``fp32`` run the merged PyTorch model. The PyTorch model is built on first use,
+    so the int8 path never loads it, except for Monte Carlo dropout, which needs dropout layers to switch on.
+    """
+
+    path: Path
+    recipe: Recipe
+    labels: list
+    info: RunInfo
+    tokenizer: object
+    device: torch.device
+    precision: str
+    engine: object | None = None
+    _model: torch.nn.Module | None = None
+
+    @property
+    def max_length(self) -> int:
+        return self.info.max_length
+
+    @property
+    def trainable(self) -> int:
+        return self.info.trainable
+
+    @property
+    def torch_precision(self) -> str:
+        """The precision of the PyTorch model (int8 runs fall back to it for Monte Carlo dropout)."""
+        from loraclf.utils.devices import pick_precision
+
+        return pick_precision("auto", self.device) if self.precision == "int8" else self.precision
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            pad = self.tokenizer.pad_token_id
+            self._model = torch_model(
+                self.path, self.recipe, len(self.labels), pad, self.device, self.torch_precision
+            )
+        return self._model
+
+    def encode(self, texts: list[str], progress: bool = False) -> list[np.ndarray]:
+        from loraclf.data.batching import tokenize
+        from loraclf.data.clean import clean_texts
+
+        cleaned = clean_texts(list(texts), self.recipe.data.clean)
+        return tokenize(self.tokenizer, cleaned, self.max_length, progress=progress)
+
+    def predict_proba(
+        self,
+        texts: list[str],
+        batch_size: int | None = None,
+        mc_dropout: int = 0,
+        progress: bool = False,
+        desc: str = "predict",
+    ) -> np.ndarray:
+        """Class probabilities, one row per text, columns in the order of ``self.labels``.
+
+        ``texts`` is a list of strings; a single string is taken as one text.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.probs_of_ids(
+            self.encode(texts, progress=progress), batch_size, mc_dropout, progress, desc
+        )
+
+    def probs_of_ids(
+        self,
+        ids: list[np.ndarray],
+        batch_size: int | None = None,
+        mc_dropout: int = 0,
+        progress: bool = False,
+        desc: str = "predict",
+    ) -> np.ndarray:
+        """Class probabilities of already tokenised rows (see :meth:`encode`)."""
+        from loraclf.inference.predict import forward_probs
+
+        pad_id = self.tokenizer.pad_token_id
+        if self.engine is not None and not mc_dropout:
+            return self.engine.probs(ids, pad_id, len(self.labels), batch_size, progress=progress, desc=desc)
+        return forward_probs(
+            self.model,
+            ids,
+            pad_id,
+            self.device,
+            self.torch_precision,
+            batch_size or self.recipe.train.eval_batch_size,
+            mc_dropout=mc_dropout,
+            seed=self.recipe.train.seed,
+            progress=progress,
+            desc=desc,
+        )
+
+    def predict(self, texts: list[str], **kwargs) -> list:
+        """Labels in the training file's label space."""
+        probs = self.predict_proba(texts, **kwargs)
+        return [self.labels[i] for i in probs.argmax(1)]
+
+
+def build_trained_model(
+    run: Path, recipe: Recipe, num_labels: int, pad_token_id: int | None = None, merge: bool = True
+) -> torch.nn.Module:
+    """Rebuild the backbone with its pretrained weights, add the adapters, load the trained weights, merge."""
+    from loraclf.modeling.adapters import apply_adapters
+    from loraclf.modeling.backbones import build_model
+    from loraclf.runfolder.checkpoint import load_weights
+
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(recipe.model.name, num_labels, recipe.model, pad_token_id=pad_token_id)
+    model = apply_adapters(model, recipe.adapter)
+    weights = load_weights(run / "model.safetensors")
+    params = dict(model.named_parameters())
+    unknown = [k for k in weights if k not in params]
+    if unknown:
+        raise UserError(
+            f"RUN: '{run}/model.safetensors' does not fit its recipe ({unknown[0]}); the folder is damaged"
+        )
+    with torch.no_grad():
+        for k, v in weights.items():
+            params[k].copy_(v)
+    if merge and recipe.adapter.method == "lora":
+        model = model.merge_and_unload()
+    return model
+
+
+def torch_model(
+    run: Path, recipe: Recipe, num_labels: int, pad_token_id: int, device, precision: str
+) -> torch.nn.Module:
+    """The merged PyTorch classifier on ``device``, in bf16 when predicting in bf16."""
+    model = build_trained_model(run, recipe, num_labels, pad_token_id).to(device).eval()
+    if precision == "bf16":
+        # Inference only: bf16 weights halve memory traffic and skip autocast's per-call weight casts.
+        model.to(torch.bfloat16)
+    return model
+
+
+def _causal(info: RunInfo, recipe: Recipe) -> bool:
+    """Whether the run's backbone is a causal LM (recorded in run.json; older runs: read from its config)."""
+    causal = info.model.get("causal")
+    if causal is None:
+        from loraclf.modeling.backbones import is_causal_lm, load_config
+
+        causal = is_causal_lm(load_config(recipe.model.name, model_cfg=recipe.model, prefer_shipped=True))
+    return bool(causal)
+
+
+def load(path: str | Path, device: str = "auto", precision: str = "auto", finished: bool = True) -> Run:
+    """Load a finished run folder for prediction: ``loraclf.load("runs/x").predict(["some text"])``.
+
+    ``precision``: ``auto`` (int8 through ONNX Runtime on a CPU, else the device's fastest float type), ``int8``,
+    ``bf16``, ``fp16`` or ``fp32``.
+    """
+    from loraclf.modeling.backbones import load_tokenizer
+    from loraclf.utils.devices import pick_device, pick_inference_precision, pick_precision
+
+    run = check_run(path, finished=finished)
+    recipe = read_recipe(run)
+    labels = read_labels(run)
+    info = read_run_info(run)
+    dev = pick_device(device)
+    prec = pick_inference_precision(precision, dev)
+    if prec == "int8" and precision == "auto" and _causal(info, recipe):
+        # GPT-2-style models carry a few huge activation channels that one int8 scale per tensor cannot hold
+        # (a tiny GPT-2 moved class probabilities by 0.3); they predict with PyTorch unless int8 is asked for.
+        prec = pick_precision("auto", dev)
+    tokenizer = load_tokenizer(str(run / "tokenizer"), truncation_side=recipe.data.truncation_side)
+    loaded = Run(run, recipe, labels, info, tokenizer, dev, prec)
+    if prec == "int8":
+        from loraclf.inference.onnx_int8 import int8_classifier
+
+        threads = recipe.train.threads or torch.get_num_threads()
+        loaded.engine = int8_classifier(
+            run,
+            lambda: build_trained_model(run, recipe, len(labels), tokenizer.pad_token_id),
+            tokenizer.pad_token_id,
+            threads,
+        )
+        if loaded.engine is None:  # the export failed (and said why): the PyTorch model predicts instead
+            loaded.precision = loaded.torch_precision
+    return loaded
+
+
+def load_many(paths: list[str], device: str = "auto", precision: str = "auto") -> list[Run]:
+    """Load the members of an ensemble; they must share one label set (same classes, same order)."""
+    runs = [load(p, device=device, precision=precision) for p in paths]
+    for r in runs[1:]:
+        if r.labels != runs[0].labels:
+            raise UserError(
+                f"RUN: '{r.path}' has labels {r.labels}, '{runs[0].path}' has {runs[0].labels}; "
+                "an ensemble needs runs trained on the same label set"
+            )
+    return runs
+
+
+def ensemble_budget(runs: list[Run]) -> str | None:
+    """The line every ensemble prints: k members spend k budgets, and the total is never hidden."""
+    if len(runs) < 2:
+        return None
+    total = sum(r.trainable for r in runs)
+    return (
+        f"ensemble of {len(runs)} runs: {' + '.join(f'{r.trainable:,}' for r in runs)} = {total:,} "
+        "trainable parameters in total (each member spends one budget)"
+    )
+
+
+def raw_data_config(run: Run):
+    """The run's data settings with cleaning off: each ensemble member then cleans the raw texts its own way."""
+    from dataclasses import replace
+
+    from loraclf.config.recipe import CleanConfig
+
+    off = CleanConfig(**{name: False for name in CleanConfig.__dataclass_fields__})
+    return replace(run.recipe.data, clean=off)
+
+
+def ensemble_proba(runs: list[Run], texts: list[str], progress: bool = False, **kwargs) -> np.ndarray:
+    """Average the members' class probabilities (soft voting): a cheap, reliable gain when members differ."""
+    return sum(r.predict_proba(texts, progress=progress, **kwargs) for r in runs) / len(runs)

@@ -1,0 +1,53 @@
+"""Good default recipes when no ``--config`` is given.
+
+Target modules differ by architecture (BERT/RoBERTa ``query``/``value``, MPNet ``q``/``v``, DeBERTa ``query_proj``,
+GPT-2 ``c_attn``), so the default adapter is chosen from the model type. The offline CPU models get the settings
+measured fastest on a CPU at equal accuracy (see benchmarks/README.md): mean pooling with an MLP head (the
+sentence-transformer checkpoints were trained with mean pooling), base dropout off (LoRA dropout still regularises
+the adapters), eager attention.
+"""
+
+from __future__ import annotations
+
+from loraclf.config.recipe import Recipe
+from loraclf.modeling.backbones import load_config
+
+QV_TARGETS = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"],
+    "camembert": ["query", "value"],
+    "mpnet": ["q", "v"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "deberta": ["in_proj"],
+    "distilbert": ["q_lin", "v_lin"],
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+}
+
+
+def default_targets(model_name: str) -> list[str]:
+    config = load_config(model_name, prefer_shipped=True)
+    return list(QV_TARGETS.get(config.model_type, ["attention"]))
+
+
+def default_recipe(model_name: str) -> Recipe:
+    """The recipe used when only ``--model`` is given."""
+    r = Recipe()
+    r.model.name = model_name
+    r.adapter.targets = default_targets(model_name)
+    if model_name in ("minilm", "mpnet-base"):
+        r.model.head = "mlp"
+        r.model.pooling = "mean"
+        r.model.dropout = 0.0
+        r.model.attention = "eager"
+        r.adapter.targets = ["all-linear"]
+        r.adapter.r = 8
+        r.adapter.alpha = 16
+        r.train.lr = 1e-3 if model_name == "minilm" else 5e-4
+        r.train.epochs = 3
+        r.train.batch_size = 32
+    return r

@@ -1,0 +1,400 @@
+"""The run report: one self-contained HTML page (plus PNG figures) built from a run folder alone.
+
+``write_report(run)`` reads what training wrote and nothing else: ``run.json`` (model, data summary, token-length
+histogram, parameter plan, environment, timings), ``labels.json``, ``metrics.jsonl`` (the history: ``train`` rows
+with step, loss, accuracy, lr; ``eval`` rows with step, loss, accuracy, macro_f1) and ``metrics.json`` (final
+metrics of the kept weights: per-class scores and the confusion matrix). An optional ``ID,Label`` predictions file
+adds its predicted class distribution.
+
+Every figure is drawn by its own function in :mod:`loraclf.reporting.figures` (Agg canvas, no pyplot state). The PNGs
+are written to ``figures/`` and also embedded in ``report.html`` as base64 ``data:`` URIs; with inline CSS and no
+scripts, fonts or links, the page opens offline and can be mailed as one file. Every text that comes from the
+folder goes through ``html.escape``. Files are written to a temporary name and moved into place with
+``os.replace``, so a reader never sees half a page.
+
+A run that is still training has no ``metrics.json`` yet; its report says so in the sections that need it instead
+of failing, so the page can be used to watch a run.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from loraclf.reporting import figures
+from loraclf.runfolder.schema import read_labels, read_run_info
+from loraclf.utils.errors import UserError, short_list
+
+# Every figure the report can write, in page order; stale ones (say, from an earlier --predictions) are removed.
+FIGURES = (
+    "training_curves",
+    "confusion_matrix",
+    "token_lengths",
+    "label_distribution",
+    "parameter_budget",
+    "predicted_distribution",
+)
+
+# --- reading the run folder ---------------------------------------------------------------------------------------
+
+
+def _env_value(v) -> str:
+    """Lists in run.json's environment (nondeterministic paths) read as prose; an empty one as "none"."""
+    if isinstance(v, list):
+        return "; ".join(map(str, v)) or "none"
+    return str(v)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"RUN: cannot read '{path}' ({exc}); the run folder is damaged, retrain it") from None
+
+
+def read_history(path: Path) -> list[dict]:
+    """Rows of metrics.jsonl; a torn last line (a run killed mid-write) is dropped, damage elsewhere is an error."""
+    if not path.is_file():
+        return []
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    rows = []
+    for i, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):
+                break
+            raise UserError(
+                f"RUN: '{path}' line {i} is not JSON; the run folder is damaged, retrain it"
+            ) from None
+    return rows
+
+
+def load_run_files(run_dir: Path) -> dict:
+    """Everything the report shows, read from the run folder: info, labels, metrics (or None), history."""
+    run = Path(run_dir)
+    hint = "pass the --out folder of a `loraclf train` run"
+    if not run.is_dir():
+        raise UserError(f"RUN: run folder '{run}' not found; {hint}")
+    if not (run / "run.json").is_file():
+        raise UserError(f"RUN: '{run}' is not a loraclf run folder (no run.json); {hint}")
+    try:
+        info = read_run_info(run).to_json()
+        labels = [str(x) for x in read_labels(run)]
+    except UserError as exc:
+        raise UserError(f"RUN: {exc}") from None
+    metrics = _read_json(run / "metrics.json") if (run / "metrics.json").is_file() else None
+    return {
+        "name": run.resolve().name,
+        "info": info,
+        "labels": labels,
+        "metrics": metrics,
+        "history": read_history(run / "metrics.jsonl"),
+        "recipe": _read_text(run / "recipe.yaml"),
+    }
+
+
+def _read_text(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def read_predictions(path: Path, labels: list[str]) -> list[str]:
+    """The Label column of an ``ID,Label`` CSV (as written by ``loraclf predict``), as strings; a file without an
+    ID column, or with no label in the run's ``labels``, is not a prediction of this run and is refused."""
+    path = Path(path)
+    hint = "pass the ID,Label CSV written by `loraclf predict --output`"
+    if not path.is_file():
+        raise UserError(f"--predictions: file '{path}' not found; {hint}")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            col = next((i for i, h in enumerate(header) if h.strip().lower() == "label"), None)
+            if col is None:
+                raise UserError(
+                    f"--predictions: '{path}' has no Label column (columns: {short_list(header) or 'none'}); {hint}"
+                )
+            values = [row[col] for row in reader if len(row) > col]
+    except UnicodeDecodeError:
+        raise UserError(f"--predictions: '{path}' is not a UTF-8 text file; {hint}") from None
+    if not values:
+        raise UserError(f"--predictions: '{path}' has a header but no rows; {hint}")
+    if not any(h.strip().lower() == "id" for h in header):
+        raise UserError(f"--predictions: '{path}' has no ID column, so it is not a prediction file; {hint}")
+    if not set(values) & set(labels):
+        raise UserError(
+            f"--predictions: no label of '{path}' is one of this run's ({short_list(labels)}); it was written by "
+            f"a run with another label set; {hint}"
+        )
+    return values  # a few labels outside the run's set are shown and counted in the report, not hidden
+
+
+# --- HTML -------------------------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1.5em;
+color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0}th,td{padding:.25em .8em;border-bottom:1px solid #eee;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f5f5f5}
+.summary td{text-align:left}
+.summary th{text-align:left;white-space:nowrap;vertical-align:top;background:none;font-weight:600;color:#555}
+figure{margin:.8em 0}img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption,.note{color:#666;font-size:.9em}.warn{color:#a33}.over{color:#a33;font-weight:600}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}
+"""
+
+
+def esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{x * 100:.2f}%"
+
+
+def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _img(png: bytes, alt: str, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def _summary(r: dict) -> str:
+    info, m, plan = r["info"], r["metrics"] or {}, r["info"]["plan"]
+    data, env = info.get("data", {}), info.get("environment", {})
+    secs, speed = info.get("train_seconds"), info.get("train_samples_per_s")
+    budget = plan.get("budget")
+    fits = (
+        ""
+        if budget is None
+        else f" — budget {budget:,}, {'fits' if plan.get('fits', True) else 'OVER BUDGET'}"
+    )
+    rows = [
+        ["model", info.get("model", {}).get("name", plan.get("model", "?"))],
+        ["method", plan.get("method", "?")],
+        [
+            "trainable / total",
+            f"{plan['trainable']:,} / {plan['total']:,} ({plan['trainable'] / max(plan['total'], 1):.3%}){fits}",
+        ],
+        ["accuracy", _pct(m.get("accuracy"))],
+        ["macro-F1", _pct(m.get("macro_f1"))],
+        ["validation rows", f"{m.get('n', data.get('n_eval', 0)):,} (train rows {data.get('n_train', 0):,})"],
+        ["kept weights", f"step {info.get('best_step', m.get('best_step', '?'))} of {m.get('steps', '?')}"],
+        ["train time", "–" if secs is None else f"{secs:,.1f} s"],
+        ["samples/s", "–" if speed is None else f"{speed:,.1f}"],
+        ["max length", info.get("max_length", "?")],
+        ["status", info.get("status", "?")],
+        ["validation data", data.get("validation") or data.get("eval_file") or "?"],
+        ["environment", ", ".join(f"{k} {_env_value(v)}" for k, v in env.items()) or "?"],
+        ["loraclf", info.get("loraclf_version", "?")],
+    ]
+    note = ""
+    if data.get("eval_texts_seen_in_train"):
+        note = (
+            f'<p class="warn">{data["eval_texts_seen_in_train"]:,} validation texts also occur in the training '
+            "rows; the validation scores are optimistic.</p>"
+        )
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="summary"><tbody>{body}</tbody></table>{note}'
+
+
+def _per_class(m: dict, labels: list[str]) -> str:
+    pc = m["per_class"]
+    rows = [
+        [
+            n,
+            f"{pc[n]['precision']:.4f}",
+            f"{pc[n]['recall']:.4f}",
+            f"{pc[n]['f1']:.4f}",
+            f"{pc[n]['support']:,}",
+        ]
+        for n in m.get("labels", labels)
+        if n in pc
+    ]
+    means = [np.mean([pc[n][k] for n in pc]) for k in ("precision", "recall", "f1")]
+    rows.append(
+        ["macro average", *(f"{v:.4f}" for v in means), f"{sum(c['support'] for c in pc.values()):,}"]
+    )
+    return _table(["class", "precision", "recall", "F1", "support"], rows)
+
+
+def _budget(plan: dict) -> str:
+    budget = plan.get("budget")
+    share = (lambda n: f"{n / budget:.1%}") if budget else (lambda n: "–")
+    rows = [
+        [part, f"{plan.get(part, 0):,}", share(plan.get(part, 0))]
+        for part in ("adapters", "biases", "head", "other")
+    ]
+    rows.append(["trainable", f"{plan['trainable']:,}", share(plan["trainable"])])
+    rows.append(["total (trainable + frozen)", f"{plan['total']:,}", ""])
+    verdict = "no budget set"
+    if budget:
+        left = budget - plan["trainable"]
+        verdict = f"budget {budget:,}: " + (f"fits, {left:,} to spare" if left >= 0 else f"OVER by {-left:,}")
+    cls = "over" if budget and plan["trainable"] > budget else "note"
+    return _table(["part", "parameters", "share of budget"], rows) + f'<p class="{cls}">{esc(verdict)}</p>'
+
+
+def _section(title: str, *parts: str) -> str:
+    return f"<section><h2>{esc(title)}</h2>{''.join(parts)}</section>"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{esc(text)}</p>'
+
+
+def build_figures(r: dict, predictions: list[str] | None = None) -> dict[str, bytes]:
+    """PNG bytes of every figure of the report, keyed by file stem (the section order of the page)."""
+    info, m, labels = r["info"], r["metrics"], r["labels"]
+    figs = {"training_curves": figures.fig_training_curves(r["history"], info.get("best_step"))}
+    if m:
+        figs["confusion_matrix"] = figures.fig_confusion_matrix(
+            m["confusion_matrix"], m.get("labels", labels)
+        )
+    figs["token_lengths"] = figures.fig_token_lengths(info.get("token_lengths", {}))
+    figs["label_distribution"] = figures.fig_label_distribution(info.get("data", {}), labels)
+    figs["parameter_budget"] = figures.fig_parameter_budget(info["plan"])
+    if predictions is not None:
+        counts = Counter(predictions)
+        eval_counts = info.get("data", {}).get("eval_label_counts")
+        figs["predicted_distribution"] = figures.fig_predicted_distribution(dict(counts), eval_counts, labels)
+    return {name: figures.png(fig) for name, fig in figs.items()}
+
+
+def render_html(
+    r: dict, pngs: dict[str, bytes], predictions: list[str] | None = None, pred_name: str = ""
+) -> str:
+    """The report page; ``pngs`` are embedded, so the page needs no other file."""
+    info, m, labels = r["info"], r["metrics"], r["labels"]
+    pending = "not available yet: metrics.json is written when training completes"
+    tl = info.get("token_lengths", {})
+    sections = [
+        _section("Summary", _summary(r)),
+        _section(
+            "Training curves",
+            _img(
+                pngs["training_curves"],
+                "training curves",
+                "Loss, accuracy and learning rate per optimizer step (metrics.jsonl); the dotted line marks the "
+                "evaluation whose weights were kept.",
+            ),
+        ),
+        _section(
+            "Confusion matrix",
+            _img(
+                pngs["confusion_matrix"],
+                "confusion matrix",
+                "Rows are true classes, columns predicted ones, on the validation rows; colour is the share of "
+                "the row.",
+            )
+            if m
+            else _note(pending),
+        ),
+        _section("Per-class metrics", _per_class(m, labels) if m else _note(pending)),
+        _section(
+            "Token lengths",
+            _img(
+                pngs["token_lengths"],
+                "token length histogram",
+                f"Training texts by length in tokens; max_length {tl.get('max_length', '?')} is the "
+                f"{tl.get('quantile', '?')} quantile (median {tl.get('median', '?')}, longest {tl.get('max', '?')}).",
+            ),
+        ),
+        _section(
+            "Label distribution",
+            _img(
+                pngs["label_distribution"],
+                "label distribution",
+                "Rows per class in the training and validation splits.",
+            ),
+        ),
+        _section(
+            "Parameter budget",
+            _img(
+                pngs["parameter_budget"],
+                "parameter budget",
+                "Trainable parameters by kind against the budget.",
+            ),
+            _budget(info["plan"]),
+        ),
+    ]
+    if predictions is not None:
+        unknown = sum(1 for p in predictions if p not in labels)
+        warn = (
+            f'<p class="warn">{unknown:,} predictions are not in the run\'s label map.</p>' if unknown else ""
+        )
+        caption = f"Share of predicted classes in {pred_name} ({len(predictions):,} rows), beside the validation split."
+        sections.append(
+            _section(
+                "Predicted class distribution",
+                _img(pngs["predicted_distribution"], "predicted class distribution", caption),
+                warn,
+            )
+        )
+    if r.get("recipe"):
+        sections.append(_section("Recipe", f"<pre>{esc(r['recipe'])}</pre>"))
+    title = f"loraclf run: {r['name']}"
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
+        f"<body><h1>{esc(title)}</h1>{''.join(sections)}</body></html>\n"
+    )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Temp file then os.replace: a reader never sees half a file, an interrupted write leaves the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"RUN: cannot write '{path}' ({exc.strerror}); make the run folder writable"
+        ) from None
+
+
+def write_report(run_dir: Path, predictions: Path | None = None) -> Path:
+    """Write ``report.html`` and ``figures/*.png`` into a run folder.
+
+    Args:
+        run_dir: A run folder written by ``loraclf train`` (finished or still training).
+        predictions: Optional ``ID,Label`` CSV whose predicted class distribution is added to the report.
+
+    Returns:
+        The path of the written ``report.html``.
+
+    Raises:
+        UserError: The folder is missing or not a run folder, or the predictions file is missing or has no
+            Label column.
+    """
+    r = load_run_files(Path(run_dir))
+    preds = read_predictions(Path(predictions), r["labels"]) if predictions is not None else None
+    pngs = build_figures(r, preds)
+    run = Path(run_dir)
+    try:
+        (run / "figures").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"RUN: cannot create '{run / 'figures'}' ({exc.strerror}); make the run folder writable"
+        ) from None
+    for name in FIGURES:
+        if name not in pngs:
+            (run / "figures" / f"{name}.png").unlink(missing_ok=True)
+    for name, png in pngs.items():
+        _atomic_write(run / "figures" / f"{name}.png", png)
+    page = render_html(r, pngs, preds, Path(predictions).name if predictions is not None else "")
+    _atomic_write(run / "report.html", page.encode("utf-8"))
+    return run / "report.html"

@@ -1,0 +1,201 @@
+"""Crash-safe checkpoints and the run-folder lock.
+
+A checkpoint holds everything needed to continue a run exactly: the trainable weights (safetensors), the optimizer,
+scheduler and loss-scaler states, the RNG states and the position in the data order (epoch and next batch; the
+order itself is a function of the seed, see ``batching``). It is written into a temporary folder, flushed to disk,
+then renamed into place: a rename is atomic, so after ``kill -9`` at any moment the newest ``step-*`` folder is
+complete and older ones are pruned only after a newer one exists. Nothing here unpickles arbitrary objects: tensors
+go through safetensors, the rest through ``torch.load(weights_only=True)`` and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from loraclf.utils.errors import UserError
+
+CKPT_DIR = "checkpoints"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write tensors to safetensors atomically (contiguous CPU copies; shared storage is not allowed there)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors creates files owner-only; run folders are meant to be shared
+    with tmp.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    run: Path, step: int, model, optimizer, scheduler, scaler, state: dict, keep: int
+) -> Path:
+    """Write checkpoints/step-N atomically, then prune to the newest ``keep``."""
+    root = run / CKPT_DIR
+    root.mkdir(exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(
+        {k: v.to("cpu").contiguous().clone() for k, v in trainable_state(model).items()},
+        str(tmp / "weights.safetensors"),
+    )
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        tmp / "trainer.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    for f in tmp.iterdir():
+        with f.open("rb+") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(run)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    root = run / CKPT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()
+    )
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
+    """Restore a checkpoint into live objects; returns its state.json."""
+    weights = load_file(str(path / "weights.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [k for k in weights if k not in params]
+    if missing:
+        raise UserError(
+            f"--resume: checkpoint '{path}' does not fit this model ({missing[0]}); was the recipe edited?"
+        )
+    with torch.no_grad():
+        for k, v in weights.items():
+            params[k].copy_(v.to(params[k].device))
+    try:
+        # weights_only: a tampered checkpoint can hold tensors and plain containers, never code to run.
+        blob = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise UserError(
+            f"--resume: '{path / 'trainer.pt'}' is not a loraclf checkpoint ({type(exc).__name__}); "
+            "delete that checkpoint folder to resume from an older one"
+        ) from None
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    if scaler is not None and blob.get("scaler"):
+        scaler.load_state_dict(blob["scaler"])
+    torch.set_rng_state(blob["torch_rng"])
+    if blob.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+    return json.loads((path / "state.json").read_text())
+
+
+class RunLock:
+    """An exclusive lock file in the run folder, so two processes never write one run. Stale locks are taken over."""
+
+    def __init__(self, run: Path):
+        self.path = run / ".lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    raise UserError(
+                        f"--out: run folder '{self.path.parent}' is being written by another loraclf process "
+                        f"(pid {pid}); wait for it or choose another --out"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # the writer died: the lock is stale
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self.held = True
+            return
+        raise UserError(
+            f"--out: cannot lock run folder '{self.path.parent}'; remove {self.path} if no run is active"
+        )
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
