@@ -10,8 +10,9 @@ import torch
 
 from conftest import run_cli
 from loraclf.config.recipe import AdapterConfig, ModelConfig, Recipe
-from loraclf.modeling.adapters import apply_adapters, count_parameters
+from loraclf.modeling.adapters import count_parameters
 from loraclf.modeling.backbones import build_model
+from loraclf.modeling.methods import apply_adapters
 from loraclf.modeling.plan import Plan, check_budget, plan, search
 from loraclf.utils.errors import UserError
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from loraclf.config.recipe import Recipe, apply_overrides, load_recipe, save_recipe, validate
+from loraclf.modeling.methods import validate_recipe
 from loraclf.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +198,7 @@ def test_override_of_wrong_type_names_the_key():
 def test_validate_rejects_bad_values_naming_the_key(override, key):
     r = apply_overrides(Recipe(), [override])
     with pytest.raises(UserError) as exc:
-        validate(r)
+        validate_recipe(r)  # the recipe checks plus the adaptation method's (modeling/methods.py)
     assert key in str(exc.value)
 
 
@@ -210,7 +211,7 @@ def test_validate_suggests_a_choice():
 def test_layer_options_need_lora():
     r = apply_overrides(Recipe(), ["adapter.method=head", "adapter.layers=[0]"])
     with pytest.raises(UserError, match=r"adapter\.method"):
-        validate(r)
+        validate_recipe(r)
 
 
 def test_shipped_recipes_exist():

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import run_cli, write_text_csv
 from loraclf.config.recipe import AdapterConfig, ModelConfig
-from loraclf.modeling.adapters import apply_adapters
 from loraclf.modeling.backbones import build_model
+from loraclf.modeling.methods import apply_adapters
 from loraclf.training.frozen import block_list, first_trainable_layer
 
 TINY = [

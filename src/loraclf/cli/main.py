@@ -186,8 +186,9 @@ def build_parser() -> Parser:
 
 def resolve_recipe(args) -> object:
     """Recipe file (or the model's default recipe), then flags, then dotted overrides; validated."""
-    from loraclf.config.recipe import apply_overrides, load_recipe, validate
+    from loraclf.config.recipe import apply_overrides, load_recipe
     from loraclf.modeling.defaults import default_recipe
+    from loraclf.modeling.methods import validate_recipe
 
     recipe = load_recipe(args.config) if args.config else default_recipe(args.model or "minilm")
     pairs = []
@@ -201,7 +202,7 @@ def resolve_recipe(args) -> object:
             value = f"[{value}]" if all(c.isdigit() or c in ", " for c in value) else json.dumps(value)
         pairs.append(f"{key}={value}")
     recipe = apply_overrides(recipe, pairs + list(getattr(args, "overrides", []) or []))
-    return validate(recipe)
+    return validate_recipe(recipe)
 
 
 def cmd_plan(args) -> int:

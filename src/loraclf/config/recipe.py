@@ -114,7 +114,10 @@ class ModelConfig:
 class AdapterConfig:
     """Which parameters train: LoRA adapters, the head only, or everything."""
 
-    method: str = opt("lora", "lora | head (feature extraction) | full (full fine-tuning)")
+    method: str = opt(
+        "lora",
+        "adaptation method: lora | head (feature extraction) | full (full fine-tuning); see modeling/methods",
+    )
     targets: list[str] = opt_factory(lambda: ["query", "value"], "module names or aliases")
     r: int = opt(8, "LoRA rank (all layers unless layer_ranks is set)")
     alpha: float | None = opt(None, "None = 2 * r")
@@ -196,7 +199,6 @@ CHOICES = {
     "model.head": ("default", "mlp", "linear"),
     "model.pooling": ("auto", "cls", "mean", "last"),
     "model.attention": ("auto", "eager", "sdpa"),
-    "adapter.method": ("lora", "head", "full"),
     "adapter.bias": ("none", "all", "lora_only"),
     "data.truncation_side": ("right", "left"),
     "train.scheduler": ("linear", "cosine", "polynomial", "constant"),
@@ -355,7 +357,6 @@ def validate(recipe: Recipe) -> Recipe:
         "model.head": recipe.model.head,
         "model.pooling": recipe.model.pooling,
         "model.attention": recipe.model.attention,
-        "adapter.method": recipe.adapter.method,
         "adapter.bias": recipe.adapter.bias,
         "data.truncation_side": recipe.data.truncation_side,
         "train.scheduler": recipe.train.scheduler,
@@ -373,11 +374,6 @@ def validate(recipe: Recipe) -> Recipe:
         (a.r >= 1, "adapter.r (--rank)", f"must be a positive integer, got {a.r}"),
         (a.alpha is None or a.alpha > 0, "adapter.alpha (--alpha)", f"must be positive, got {a.alpha}"),
         (0 <= a.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {a.dropout}"),
-        (
-            a.method != "lora" or bool(a.targets),
-            "adapter.targets (--targets)",
-            "is empty; name at least one module",
-        ),
         (
             t.epochs > 0 or (t.max_steps or 0) > 0,
             "train.epochs (--epochs)",
@@ -453,8 +449,6 @@ def validate(recipe: Recipe) -> Recipe:
         raise UserError(
             f"adapter.layer_ranks (--layer-ranks) must all be positive integers, got {a.layer_ranks}"
         )
-    if a.method != "lora" and (a.layer_ranks or a.layers):
-        raise UserError(f"adapter.layer_ranks/layers apply to LoRA only, but adapter.method is '{a.method}'")
     if t.warmup_steps is not None and t.max_steps is not None and t.warmup_steps >= t.max_steps:
         raise UserError(
             f"train.warmup_steps ({t.warmup_steps}) must be below train.max_steps ({t.max_steps})"
@@ -470,10 +464,6 @@ def validate(recipe: Recipe) -> Recipe:
         raise UserError(f"distill.temperature must be positive, got {recipe.distill.temperature}")
     if t.rdrop < 0:
         raise UserError(f"train.rdrop must be 0 or positive, got {t.rdrop}")
-    if a.method != "lora" and a.bias == "lora_only":
-        raise UserError(
-            f"adapter.bias lora_only needs adapter.method lora (got '{a.method}'); use none or all"
-        )
     if t.precision == "fp16" and t.device == "cpu":
         raise UserError("train.precision fp16 needs a GPU; use bf16 or fp32 with train.device cpu")
     return recipe

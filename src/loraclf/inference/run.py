@@ -123,8 +123,8 @@ def build_trained_model(
     run: Path, recipe: Recipe, num_labels: int, pad_token_id: int | None = None, merge: bool = True
 ) -> torch.nn.Module:
     """Rebuild the backbone with its pretrained weights, add the adapters, load the trained weights, merge."""
-    from loraclf.modeling.adapters import apply_adapters
     from loraclf.modeling.backbones import build_model
+    from loraclf.modeling.methods import apply_adapters, get_method
     from loraclf.runfolder.checkpoint import load_weights
 
     torch.manual_seed(recipe.train.seed)
@@ -140,7 +140,7 @@ def build_trained_model(
     with torch.no_grad():
         for k, v in weights.items():
             params[k].copy_(v)
-    if merge and recipe.adapter.method == "lora":
+    if merge and get_method(recipe.adapter.method).merges:
         model = model.merge_and_unload()
     return model
 

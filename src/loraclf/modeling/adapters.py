@@ -256,22 +256,6 @@ def lora_config(model: nn.Module, spec: AdapterConfig, task_type: str | None):
     )
 
 
-def apply_adapters(model: nn.Module, spec: AdapterConfig) -> nn.Module:
-    """Make exactly the recipe's parameters trainable; LoRA wraps the model with peft."""
-    head = head_name(model)
-    if spec.method == "lora":
-        from peft import get_peft_model
-
-        task_type = None if head == "head" else "SEQ_CLS"
-        config, _, _ = lora_config(model, spec, task_type)
-        return get_peft_model(model, config)
-    for name, p in model.named_parameters():
-        in_head = name.startswith(head + ".")
-        is_bias = name.endswith("bias")
-        p.requires_grad_(spec.method == "full" or in_head or (spec.bias == "all" and is_bias))
-    return model
-
-
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) as peft reports them: a modules_to_save head counts twice in the total."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -21,8 +21,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from loraclf.config.recipe import AdapterConfig, Recipe
-from loraclf.modeling.adapters import apply_adapters, count_parameters, head_name, layer_of, linear_modules
+from loraclf.modeling.adapters import count_parameters, head_name, layer_of, linear_modules
 from loraclf.modeling.backbones import build_model
+from loraclf.modeling.methods import apply_adapters, check_spec
 from loraclf.utils.errors import UserError
 
 
@@ -72,6 +73,7 @@ def breakdown(model, name: str, num_labels: int, spec: AdapterConfig, budget: in
     """Count a built (meta or real) model's parameters and split the trainable ones by kind."""
     trainable, total = count_parameters(model)
     head = head_name(model.base_model.model if hasattr(model, "peft_config") else model)
+    kind_of = check_spec(spec).param_kind
     per_layer: dict[int, int] = defaultdict(int)
     biases = head_n = other = 0
     for pname, p in model.named_parameters():
@@ -79,7 +81,7 @@ def breakdown(model, name: str, num_labels: int, spec: AdapterConfig, budget: in
             continue
         n = p.numel()
         parts = pname.split(".")
-        if "lora_A" in parts or "lora_B" in parts:
+        if kind_of(pname) is not None:
             per_layer[layer_of(pname) if layer_of(pname) is not None else -1] += n
         elif head in parts[: parts.index(head) + 1] if head in parts else False:
             head_n += n

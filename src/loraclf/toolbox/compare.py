@@ -37,8 +37,9 @@ class Entry:
 
 def parse_entries(specs: list[str], model: str, shared: list[str]) -> list[Entry]:
     """Resolve ``NAME=FILE``, ``FILE`` or a preset into named, validated recipes with the shared overrides."""
-    from loraclf.config.recipe import apply_overrides, load_recipe, validate
+    from loraclf.config.recipe import apply_overrides, load_recipe
     from loraclf.modeling.defaults import default_recipe
+    from loraclf.modeling.methods import validate_recipe
 
     entries, seen = [], set()
     for spec in specs:
@@ -63,7 +64,7 @@ def parse_entries(specs: list[str], model: str, shared: list[str]) -> list[Entry
         if name in seen:
             raise UserError(f"compare: two entries are named '{name}'; name them with NAME=FILE")
         seen.add(name)
-        entries.append(Entry(name, validate(apply_overrides(recipe, shared))))
+        entries.append(Entry(name, validate_recipe(apply_overrides(recipe, shared))))
     return entries
 
 

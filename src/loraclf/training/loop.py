@@ -10,11 +10,13 @@ into a loss: distillation or R-Drop swap it, they do not fork the loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,9 @@ from loraclf.config.recipe import FORMAT_VERSION, Recipe, save_recipe
 from loraclf.data.batching import collate, epoch_batches
 from loraclf.inference.metrics import metrics, summary_line
 from loraclf.inference.predict import forward_probs
-from loraclf.modeling.adapters import apply_adapters, count_parameters
+from loraclf.modeling.adapters import count_parameters
 from loraclf.modeling.backbones import build_model, load_config
+from loraclf.modeling.methods import Method, apply_adapters, get_method
 from loraclf.runfolder.checkpoint import (
     RunLock,
     atomic_write_text,
@@ -190,12 +193,63 @@ class Diverged(UserError):
         )
 
 
-def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) -> dict:
+@dataclass
+class TrainState:
+    """Where training is and what it has seen: everything a checkpoint restores to continue bit-identically.
+
+    ``epoch``/``batch`` are the data position (the next batch of that epoch's length-grouped order); the running
+    statistics (``ema_loss``, ``correct``, ``seen``) live here so that a resumed run logs exactly the same numbers.
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    best: float | None = None
+    best_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0
+    pause_seconds: float = 0.0  # evaluation and checkpoint time inside the loop, kept out of samples/s
+    ema_loss: float | None = None
+    correct: int = 0
+    seen: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Session:
+    """The live objects of one training run and its step arithmetic (built once, before the first step)."""
+
+    model: torch.nn.Module
+    fwd: torch.nn.Module  # the model, or its torch.compile wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler | None
+    cache: object | None  # the frozen-layer cache (frozen.py) or None
+    cache_seconds: float
+    loss_step: LossStep
+    method: Method
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    save_every: int
+
+
+def _build_model(p: Prepared, device, precision: str) -> torch.nn.Module:
+    """The classifier with the recipe's method applied, on ``device``; its trainable count checked against the plan."""
     r, t = p.recipe, p.recipe.train
     torch.manual_seed(t.seed)
     model = build_model(r.model.name, len(p.label_map), r.model, pad_token_id=p.tokenizer.pad_token_id)
     model = apply_adapters(model, r.adapter)
-    trainable, total = count_parameters(model)
+    trainable, _ = count_parameters(model)
     if trainable != p.plan.trainable:  # the plan is exact by construction; a mismatch is a loraclf bug
         raise RuntimeError(
             f"plan said {p.plan.trainable:,} trainable parameters, the model has {trainable:,}"
@@ -207,129 +261,163 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
         for prm in model.parameters():
             if not prm.requires_grad and prm.is_floating_point():
                 prm.data = prm.data.to(torch.bfloat16)
+    return model
+
+
+def _session(p: Prepared, model, device, precision: str) -> Session:
+    r, t = p.recipe, p.recipe.train
     cache, cache_seconds = _frozen_cache(p, model, device, precision)
-    fwd = torch.compile(model, dynamic=True) if t.compile else model
     optimizer = make_optimizer(model, r, device)
-    n_batches = math.ceil(len(p.train_ids) / t.batch_size)
-    steps_per_epoch = math.ceil(n_batches / t.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(len(p.train_ids) / t.batch_size) / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-    scheduler = make_scheduler(optimizer, r, total_steps)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    eval_every = t.eval_every or steps_per_epoch
-    save_every = t.save_every or eval_every
-    lengths = np.array([len(x) for x in p.train_ids])
-    labels_all = torch.from_numpy(p.train.labels)
     weights = (
         balanced_weights(p.train.labels, len(p.label_map)).to(device)
         if t.class_weights == "balanced"
         else None
     )
-    loss_step = LossStep(r, weights, p.teacher_log_probs)
-    pad_id = p.tokenizer.pad_token_id
+    eval_every = t.eval_every or steps_per_epoch
+    return Session(
+        model=model,
+        fwd=torch.compile(model, dynamic=True) if t.compile else model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, r, total_steps),
+        scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None,
+        cache=cache,
+        cache_seconds=cache_seconds,
+        loss_step=LossStep(r, weights, p.teacher_log_probs),
+        method=get_method(r.adapter.method),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        eval_every=eval_every,
+        save_every=t.save_every or eval_every,
+    )
 
-    state = {
-        "step": 0,
-        "epoch": 0,
-        "batch": 0,
-        "best": None,
-        "best_loss": None,
-        "best_step": None,
-        "bad_evals": 0,
-        "samples": 0,
-        "train_seconds": 0.0,
-        "pause_seconds": 0.0,  # evaluation and checkpoint time inside the loop, kept out of samples/s
-        "ema_loss": None,
-        "correct": 0,
-        "seen": 0,
-    }
+
+def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) -> dict:
+    t = p.recipe.train
+    model = _build_model(p, device, precision)
+    s = _session(p, model, device, precision)
+    state = TrainState()
     ckpts = list_checkpoints(out)
     if resume and ckpts:
-        state = load_checkpoint(ckpts[-1], model, optimizer, scheduler, scaler)
-        say(f"resuming from {ckpts[-1].name}: step {state['step']:,} of {total_steps:,}")
+        state = TrainState.from_dict(load_checkpoint(ckpts[-1], model, s.optimizer, s.scheduler, s.scaler))
+        say(f"resuming from {ckpts[-1].name}: step {state.step:,} of {s.total_steps:,}")
     logger = MetricsLogger(
-        out / "metrics.jsonl", keep_until_step=state["step"] if resume else None, tensorboard=t.tensorboard
+        out / "metrics.jsonl", keep_until_step=state.step if resume else None, tensorboard=t.tensorboard
     )
     if not resume:
+        trainable, total = count_parameters(model)
         say(
             f"training {trainable:,} of {total:,} parameters ({trainable / total:.3%}) on {device} ({precision}); "
-            f"{len(p.train):,} train / {len(p.eval):,} eval rows, max length {p.max_length}, {total_steps:,} steps"
+            f"{len(p.train):,} train / {len(p.eval):,} eval rows, max length {p.max_length}, {s.total_steps:,} steps"
         )
-
-    bar = TrainProgress(total_steps, state["step"], t.progress)
+    bar = TrainProgress(s.total_steps, state.step, t.progress)
     # The frozen-layer cache replaces forward compute, so building it counts as training time.
-    started = time.perf_counter() - state["train_seconds"] - cache_seconds
-    # Running training statistics live in the checkpointed state so a resumed run logs exactly the same numbers.
-    ema_loss, correct, seen, micro, stop = state["ema_loss"], state["correct"], state["seen"], 0, False
-    window_start, window_samples = time.perf_counter(), 0
-    model.train()
-    while state["step"] < total_steps and not stop:
-        batches = epoch_batches(lengths, t.batch_size, t.seed, state["epoch"], t.group_by_length)
-        for bi in range(state["batch"], len(batches)):
+    started = time.perf_counter() - state.train_seconds - s.cache_seconds
+    try:
+        _run_steps(p, out, s, state, logger, bar, device, precision, started)
+    finally:
+        bar.close()
+        logger.close()
+    seconds = time.perf_counter() - started
+    del model, s  # free the training copy before the inference copy loads
+    return _finish(p, out, state, seconds)
+
+
+def _run_steps(p, out, s: Session, state: TrainState, logger, bar, device, precision, started) -> None:
+    """Micro-batches and optimizer steps until ``total_steps`` or early stopping."""
+    t = p.recipe.train
+    lengths = np.array([len(x) for x in p.train_ids])
+    labels_all = torch.from_numpy(p.train.labels)
+    pad_id = p.tokenizer.pad_token_id
+    micro, stop = 0, False
+    window = [time.perf_counter(), 0]  # start of the speed window, samples in it
+    s.model.train()
+    while state.step < s.total_steps and not stop:
+        batches = epoch_batches(lengths, t.batch_size, t.seed, state.epoch, t.group_by_length)
+        for bi in range(state.batch, len(batches)):
             rows = batches[bi]
             input_ids, mask = collate(p.train_ids, rows, pad_id, device, pin=True)
-            if cache is not None:
-                cache.select(rows, input_ids.shape[1])
+            if s.cache is not None:
+                s.cache.select(rows, input_ids.shape[1])
             labels = labels_all[rows].to(device, non_blocking=True)
             with autocast(device, precision):
-                loss, logits = loss_step(fwd, input_ids, mask, labels, rows)
+                loss, logits = s.loss_step(s.fwd, input_ids, mask, labels, rows)
+                if s.method.extra_loss is not None:
+                    loss = loss + s.method.extra_loss(s.model)
             if not torch.isfinite(loss):
-                bar.close()
-                raise Diverged(out, loss.item(), state["step"])
-            (scaler.scale(loss / t.grad_accum) if scaler else loss / t.grad_accum).backward()
+                raise Diverged(out, loss.item(), state.step)
+            (s.scaler.scale(loss / t.grad_accum) if s.scaler else loss / t.grad_accum).backward()
             micro += 1
-            correct += int((logits.argmax(-1) == labels).sum())
-            seen += len(rows)
-            window_samples += len(rows)
-            state["samples"] += len(rows)
-            ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+            _count_batch(state, loss, logits, labels, len(rows))
+            window[1] += len(rows)
             last_in_epoch = bi == len(batches) - 1
             if micro % t.grad_accum and not last_in_epoch:
                 continue
-            _optimizer_step(model, optimizer, scheduler, scaler, t.max_grad_norm)
+            _optimizer_step(s.model, s.optimizer, s.scheduler, s.scaler, t.max_grad_norm)
             micro = 0
-            state["step"] += 1
-            state["epoch"], state["batch"] = (
-                (state["epoch"] + 1, 0) if last_in_epoch else (state["epoch"], bi + 1)
-            )
-            now = time.perf_counter()
-            speed = window_samples / max(now - window_start, 1e-9)
-            bar.update(loss=f"{ema_loss:.4f}", acc=f"{correct / max(seen, 1):.3f}", samples_s=f"{speed:.0f}")
-            step = state["step"]
-            if step % 20 == 0 or step == total_steps:
-                logger.log(
-                    {
-                        "step": step,
-                        "epoch": round(step / steps_per_epoch, 4),
-                        "split": "train",
-                        "loss": ema_loss,
-                        "accuracy": correct / max(seen, 1),
-                        "lr": scheduler.get_last_lr()[0],
-                        "samples_per_s": speed,
-                    }
-                )
-                correct = seen = 0
-                window_start, window_samples = now, 0
-            paused = time.perf_counter()
-            if step % eval_every == 0 or step == total_steps:
-                with cache.bypassed() if cache is not None else contextlib.nullcontext():
-                    stop = _evaluate_and_keep(
-                        p, model, out, state, logger, device, precision, step, steps_per_epoch
-                    )
-                model.train()
-            now = time.perf_counter()
-            state["pause_seconds"] = state.get("pause_seconds", 0.0) + now - paused
-            state.update(train_seconds=now - started, ema_loss=ema_loss, correct=correct, seen=seen)
-            if step % save_every == 0 and step < total_steps and not stop:
-                save_checkpoint(out, step, model, optimizer, scheduler, scaler, state, t.keep_checkpoints)
-                state["pause_seconds"] += time.perf_counter() - now
-            window_start += time.perf_counter() - paused  # the progress bar's speed counts training time only
-            if step >= total_steps or stop:
+            state.step += 1
+            if s.method.after_step is not None:
+                s.method.after_step(s.model, state.step)
+            state.epoch, state.batch = (state.epoch + 1, 0) if last_in_epoch else (state.epoch, bi + 1)
+            stop = _after_step(p, out, s, state, logger, bar, device, precision, started, window)
+            if state.step >= s.total_steps or stop:
                 break
-    bar.close()
-    logger.close()
-    seconds = time.perf_counter() - started
-    del model, fwd, optimizer  # free the training copy before the inference copy loads
-    return _finish(p, out, state, seconds)
+
+
+def _count_batch(state: TrainState, loss, logits, labels, n: int) -> None:
+    """Running training statistics for the progress bar and the train log lines."""
+    state.correct += int((logits.argmax(-1) == labels).sum())
+    state.seen += n
+    state.samples += n
+    value = loss.item()
+    state.ema_loss = value if state.ema_loss is None else 0.98 * state.ema_loss + 0.02 * value
+
+
+def _after_step(
+    p, out, s: Session, state: TrainState, logger, bar, device, precision, started, window
+) -> bool:
+    """Progress, logging, evaluation and checkpoints after an optimizer step; returns True to stop early."""
+    t, step = p.recipe.train, state.step
+    now = time.perf_counter()
+    speed = window[1] / max(now - window[0], 1e-9)
+    bar.update(
+        loss=f"{state.ema_loss:.4f}",
+        acc=f"{state.correct / max(state.seen, 1):.3f}",
+        samples_s=f"{speed:.0f}",
+    )
+    if step % 20 == 0 or step == s.total_steps:
+        logger.log(
+            {
+                "step": step,
+                "epoch": round(step / s.steps_per_epoch, 4),
+                "split": "train",
+                "loss": state.ema_loss,
+                "accuracy": state.correct / max(state.seen, 1),
+                "lr": s.scheduler.get_last_lr()[0],
+                "samples_per_s": speed,
+            }
+        )
+        state.correct = state.seen = 0
+        window[:] = [now, 0]
+    paused = time.perf_counter()
+    stop = False
+    if step % s.eval_every == 0 or step == s.total_steps:
+        with s.cache.bypassed() if s.cache is not None else contextlib.nullcontext():
+            stop = _evaluate_and_keep(
+                p, s.model, out, state, logger, device, precision, step, s.steps_per_epoch
+            )
+        s.model.train()
+    now = time.perf_counter()
+    state.pause_seconds += now - paused
+    state.train_seconds = now - started
+    if step % s.save_every == 0 and step < s.total_steps and not stop:
+        save_checkpoint(
+            out, step, s.model, s.optimizer, s.scheduler, s.scaler, state.as_dict(), t.keep_checkpoints
+        )
+        state.pause_seconds += time.perf_counter() - now
+    window[0] += time.perf_counter() - paused  # the progress bar's speed counts training time only
+    return stop
 
 
 def _frozen_cache(p: Prepared, model, device, precision: str):
@@ -394,7 +482,7 @@ def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, st
         t.eval_batch_size,
     )
     value = m[t.metric]
-    improved = _better(t.metric, value, state["best"], m["loss"], state.get("best_loss"))
+    improved = _better(t.metric, value, state.best, m["loss"], state.best_loss)
     logger.log(
         {
             "step": step,
@@ -408,14 +496,14 @@ def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, st
     )
     tqdm.write(f"step {step:,}: eval {summary_line(m)}{'  *best' if improved else ''}", file=sys.stderr)
     if improved:
-        state.update(best=value, best_loss=m["loss"], best_step=step, bad_evals=0)
+        state.best, state.best_loss, state.best_step, state.bad_evals = value, m["loss"], step, 0
         save_weights(trainable_state(model), out / "model.safetensors")
         return False
-    state["bad_evals"] += 1
-    return t.early_stopping is not None and state["bad_evals"] >= t.early_stopping
+    state.bad_evals += 1
+    return t.early_stopping is not None and state.bad_evals >= t.early_stopping
 
 
-def _finish(p: Prepared, out: Path, state: dict, seconds: float) -> dict:
+def _finish(p: Prepared, out: Path, state: TrainState, seconds: float) -> dict:
     """Evaluate the best weights exactly as `loraclf evaluate` will, write final metrics, mark the run complete."""
     from loraclf.inference.run import load
 
@@ -427,12 +515,12 @@ def _finish(p: Prepared, out: Path, state: dict, seconds: float) -> dict:
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
     m = metrics(labels, probs.argmax(1), p.label_map, loss)
     m.update(
-        best_step=state["best_step"],
+        best_step=state.best_step,
         train_seconds=round(seconds, 2),
         # Training throughput counts the optimisation steps only; evaluation and checkpoints are in eval_seconds.
-        train_samples_per_s=round(state["samples"] / max(seconds - state.get("pause_seconds", 0.0), 1e-9), 2),
-        eval_seconds=round(state.get("pause_seconds", 0.0), 2),
-        steps=state["step"],
+        train_samples_per_s=round(state.samples / max(seconds - state.pause_seconds, 1e-9), 2),
+        eval_seconds=round(state.pause_seconds, 2),
+        steps=state.step,
     )
     atomic_write_text(out / "metrics.json", json.dumps(m, indent=1))
     header = "true\\predicted," + ",".join(m["labels"])
@@ -444,7 +532,7 @@ def _finish(p: Prepared, out: Path, state: dict, seconds: float) -> dict:
     info.status = "complete"
     info.train_seconds = round(seconds, 2)
     info.train_samples_per_s = m["train_samples_per_s"]
-    info.best_step = state["best_step"]
+    info.best_step = state.best_step
     write_run_info(out, info)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     from loraclf.reporting.report import write_report
