@@ -63,7 +63,7 @@ def _cases(tmp: Path, bert: Path) -> dict[str, Case]:
     add("unwritable-out-proc", ["--out", "/proc/loraclf-test"], out=Path("/proc/loraclf-test/run"))
     add("out-under-a-file", ["--out", "train.csv"], out=train_csv / "run")
     add("existing-out", ["--out", "existing", "already exists"], out=existing)
-    add("unknown-override", ["train.lrr", 'did you mean "lr"'], "train.lrr=1e-3")
+    add("unknown-override", ["train.lrr", 'did you mean "train.lr"'], "train.lrr=1e-3")
     cases["evaluate-not-a-run"] = Case(
         ["evaluate", str(not_a_run), "--data", str(train_csv)], None, ["not-a-run", "run.json"]
     )
@@ -184,3 +184,94 @@ def test_real_interpreter(failures):
         assert proc.returncode == 2, err[-4000:]
         assert "Traceback" not in err
         assert err == failures[name].stderr
+
+
+# --- no flag prefixes; mistakes answered before the heavy libraries load ----------------------------------------
+
+
+def test_every_parser_refuses_flag_prefixes():
+    from loraclf.cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.allow_abbrev is False
+    assert {"plan", "train", "evaluate", "predict", "report", "augment", "export"} <= set(parser.commands)
+    assert all(p.allow_abbrev is False for p in parser.commands.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["train", "--epoch", "1"], ["--epoch", "did you mean --epochs?"]),  # a prefix, once taken silently
+        (["train", "--epocs", "1"], ["--epocs", "did you mean --epochs?"]),
+        (["train", "--max-train", "8"], ["--max-train", "did you mean --max-train-samples?"]),
+        (["plan", "--ran", "4"], ["--ran", "did you mean --rank?"]),
+    ],
+)
+def test_abbreviated_or_misspelt_flags_are_refused_with_the_full_flag(tmp_path, args, fragments):
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    res = run_cli(*args, "--train", tmp_path / "x.csv", "--out", out)
+    assert res.returncode == 2, res
+    line = res.stderr.strip()
+    assert "\n" not in line and line.startswith("loraclf: error: "), line
+    for f in fragments:
+        assert f in line, (f, line)
+    assert not out.exists()
+
+
+def test_recipe_flags_derive_from_the_dataclass_metadata():
+    from loraclf.cli.args import FLAG_KEYS
+    from loraclf.cli.main import build_parser
+
+    assert FLAG_KEYS["rank"] == "adapter.r" and FLAG_KEYS["epochs"] == "train.epochs"
+    assert FLAG_KEYS["layer_ranks"] == "adapter.layer_ranks" and FLAG_KEYS["budget"] == "budget"
+    train = build_parser().commands["train"]
+    helps = {a.dest: a for a in train._actions}
+    assert helps["rank"].type is int and "(adapter.r)" in helps["rank"].help
+    assert helps["epochs"].type is float and "(train.epochs)" in helps["epochs"].help
+    assert "epochs" not in {a.dest for a in build_parser().commands["plan"]._actions}  # train-only flag
+
+
+_IMPORTS_AFTER_ERRORS = r"""
+import sys
+from loraclf.cli.main import main
+cases = [
+    ["--help"],
+    ["train", "--epoch", "1"],
+    ["train", "--train", "missing.csv", "--out", "o"],
+    ["train", "--train", "x.csv", "--out", "o", "train.epoch=1"],
+    ["train", "--train", "x.csv", "--out", "o", "--rank", "0"],
+    ["plan", "--rank", "0"],
+    ["plan", "--budget", "-3"],
+    ["evaluate", "no-such-run", "--data", "x.csv"],
+    ["predict", "no-such-run", "--input", "x.csv", "--output", "p.csv"],
+    ["train", "--resume", "no-such-run"],
+    ["report", "no-such-run"],
+]
+for argv in cases:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # --help
+        code = exc.code
+    assert code in (0, 2), (argv, code)
+heavy = ("torch", "transformers", "peft", "pandas", "sklearn", "numpy", "safetensors")
+print("HEAVY:" + ",".join(m for m in heavy if m in sys.modules))
+"""
+
+
+def test_argument_recipe_and_path_errors_import_no_heavy_library(tmp_path):
+    (tmp_path / "x.csv").write_text("text,label\na,b\n")
+    res = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_AFTER_ERRORS],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "usage: loraclf" in res.stdout  # --help printed
+    heavy = res.stdout.strip().splitlines()[-1]
+    assert heavy == "HEAVY:", f"imported while parsing and checking: {heavy}"
+    assert res.stderr.count("loraclf: error: ") == 10, res.stderr

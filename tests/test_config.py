@@ -77,7 +77,7 @@ def test_unknown_key_suggests_the_closest(tmp_path):
         load_recipe(p)
     msg = str(exc.value)
     assert "adapter.dropuot" in msg
-    assert 'did you mean "dropout"' in msg
+    assert 'did you mean "adapter.dropout"' in msg
     assert str(p) in msg
 
 
@@ -150,9 +150,11 @@ def test_comma_list_and_layer_rank_list_overrides():
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("train.lrr=1", ["train.lrr", 'did you mean "lr"']),
-        ("trian.lr=1", ["trian", 'did you mean "train"']),
-        ("data.clean.htm=true", ["data.clean.htm", 'did you mean "html"']),
+        ("train.lrr=1", ["train.lrr", 'did you mean "train.lr"']),
+        ("trian.lr=1", ["trian", 'did you mean "train.lr"']),
+        ("train.epoch=1", ["train.epoch", 'did you mean "train.epochs"']),
+        ("epochs=1", ["epochs", 'did you mean "train.epochs"']),
+        ("data.clean.htm=true", ["data.clean.htm", 'did you mean "data.clean.html"']),
     ],
 )
 def test_unknown_override_key_suggests_the_closest(override, expected):

@@ -378,3 +378,76 @@ def test_report_renders_in_headless_chromium(tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
     blue = (np.abs(pixels - [0x1F, 0x77, 0xB4]).sum(axis=1) < 30).sum()
     assert blue > 20_000, f"only {blue} figure-coloured pixels in the screenshot"
+
+
+# --- scores labelled by split, recorded evaluations, class names, a lone evaluation point ------------------------
+
+
+def test_summary_scores_name_their_split(tmp_path):
+    page = write_report(make_run(tmp_path / "run1")).read_text(encoding="utf-8")
+    assert "<th>validation accuracy</th><td>83.00%</td>" in page
+    assert "<th>validation macro-F1</th><td>82.00%</td>" in page
+    assert "<th>accuracy</th>" not in page
+
+
+def test_recorded_evaluation_appears_beside_validation(tmp_path):
+    from loraclf.runfolder.schema import write_evaluation
+
+    run = make_run(tmp_path / "run1")
+    k = len(LABELS)
+    cm = (np.eye(k, dtype=int) * 7 + 1).tolist()
+    per_class = {n: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 10} for n in LABELS}
+    result = {"accuracy": 0.6125, "macro_f1": 0.6, "n": 44, "per_class": per_class, "confusion_matrix": cm,
+              "labels": LABELS, "loss": 1.0}  # fmt: skip
+    path = write_evaluation(run, tmp_path / "test.csv.gz", result)
+    assert path == run / "evaluations" / "test.json" and not list(path.parent.glob(".*.tmp"))
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "<th>validation accuracy</th><td>83.00%</td>" in page
+    assert "<th>test accuracy</th><td>61.25% (44 rows of" in page
+    assert "<th>test macro-F1</th><td>60.00%</td>" in page
+    assert (run / "figures" / "confusion_matrix_test.png").is_file()
+    assert len(images(page)) == len(FIGURES) + 1
+    assert 'alt="confusion matrix on test"' in page
+    # The evaluation's file removed: its figure goes with it on the next report.
+    path.unlink()
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "test accuracy" not in page and not (run / "figures" / "confusion_matrix_test.png").exists()
+
+
+def test_numeric_labels_are_shown_by_their_label_names(tmp_path):
+    run = make_run(tmp_path / "run1", labels=["1", "2", "3", "4"])
+    recipe = run / "recipe.yaml"
+    recipe.write_text(recipe.read_text() + "data:\n  label_names: [World, Sports, Business, Sci/Tech]\n")
+    page = write_report(run).read_text(encoding="utf-8")
+    for name in ("World", "Sports", "Business", "Sci/Tech"):
+        assert f"<td>{name}</td>" in page, name  # per-class table rows
+    assert "<td>1</td>" not in page
+
+
+def test_label_names_is_a_list_key():
+    from loraclf.config import Recipe, apply_overrides
+
+    r = apply_overrides(Recipe(), ["data.label_names=[World, Sports]"])
+    assert r.data.label_names == ["World", "Sports"]
+
+
+def test_a_single_evaluation_point_is_drawn_above_the_kept_weights_line():
+    from loraclf.reporting.figures import fig_training_curves
+
+    # A long run evaluated once (one epoch): 40 train rows, one eval row, the kept weights at that same step.
+    history = [
+        {"step": s, "split": "train", "loss": 1.0, "accuracy": 0.5, "lr": 1e-3} for s in range(20, 801, 20)
+    ]
+    history.append({"step": 800, "split": "eval", "loss": 0.7, "accuracy": 0.8, "macro_f1": 0.79})
+    fig = fig_training_curves(history, best_step=800)
+    ax_acc = fig.axes[1]
+    lines = {ln.get_label(): ln for ln in ax_acc.lines}
+    kept = lines["kept weights (step 800)"]
+    for label in ("validation accuracy", "validation macro-F1"):
+        point = lines[label]
+        assert len(point.get_xdata()) == 1
+        assert point.get_marker() not in (None, "None", "", " "), (
+            label
+        )  # one point without a marker is invisible
+        assert point.get_zorder() > kept.get_zorder(), label
+    assert lines["validation accuracy"].get_marker() != lines["validation macro-F1"].get_marker()

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from loraclf.reporting.listing import SORT_KEYS
+from loraclf.reporting.run_files import check_report_folder
 
 
 def add_commands(sub) -> None:
@@ -35,6 +36,8 @@ def add_commands(sub) -> None:
 
 
 def cmd_report(args) -> int:
+    check_report_folder(Path(args.run))
+    # Figures need numpy and matplotlib: loaded once the folder is known to be a run.
     from loraclf.reporting.report import write_report
 
     path = write_report(Path(args.run), Path(args.predictions) if args.predictions else None)

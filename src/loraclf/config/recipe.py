@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,9 +24,15 @@ from loraclf.utils.errors import UserError, did_you_mean
 FORMAT_VERSION = 1
 
 
-def opt(default: Any, help: str) -> Any:
-    """A recipe field with its one-line documentation (shown by `loraclf train --help`)."""
-    return field(default=default, metadata={"help": help})
+def opt(
+    default: Any, help: str, flag: str | None = None, commands: tuple[str, ...] = ("plan", "train")
+) -> Any:
+    """A recipe field with its one-line documentation (shown by `loraclf train --help`).
+
+    ``flag`` makes the field a command-line shortcut (``--rank`` for ``adapter.r``) on ``commands``; the CLI
+    derives the flag's type and help from here (see ``loraclf.cli.args``), so a setting is documented once.
+    """
+    return field(default=default, metadata={"help": help, "flag": flag, "commands": commands})
 
 
 def opt_factory(factory: Any, help: str) -> Any:
@@ -83,7 +90,15 @@ class DataConfig:
     )
     truncation_side: str = opt("right", "right | left")
     max_train_samples: int | None = opt(
-        None, "stratified random sample of the training rows, drawn with the seed"
+        None,
+        "stratified random sample of the training rows, drawn with the seed",
+        "--max-train-samples",
+        ("train",),
+    )
+    label_names: list[str] | None = opt(
+        None,
+        "display names of numeric labels in label order (e.g. [World, Sports, Business, Sci/Tech] for 0-3); "
+        "reports show them instead of the numbers",
     )
     clean: CleanConfig = opt_factory(CleanConfig, "text cleaning")
     filter: FilterConfig = opt_factory(FilterConfig, "length / vocabulary-richness filter on training rows")
@@ -94,10 +109,12 @@ class ModelConfig:
     """Backbone and head."""
 
     name: str = opt(
-        "minilm", "offline alias (minilm, mpnet-base), Hugging Face hub id, or a local model folder"
+        "minilm",
+        "offline alias (minilm, mpnet-base), Hugging Face hub id, or a local model folder",
+        "--model",
     )
     head: str = opt(
-        "default", "default (the model's own) | mlp (hidden→hidden, ReLU, dropout→classes) | linear"
+        "default", "default (the model's own) | mlp (hidden→hidden, ReLU, dropout→classes) | linear", "--head"
     )
     pooling: str = opt(
         "auto", "for mlp/linear heads: cls | mean | last; auto = last for causal LMs, else mean"
@@ -117,14 +134,22 @@ class AdapterConfig:
     method: str = opt(
         "lora",
         "adaptation method: lora | head (feature extraction) | full (full fine-tuning); see modeling/methods",
+        "--method",
     )
-    targets: list[str] = opt_factory(lambda: ["query", "value"], "module names or aliases")
-    r: int = opt(8, "LoRA rank (all layers unless layer_ranks is set)")
-    alpha: float | None = opt(None, "None = 2 * r")
+    targets: list[str] = field(
+        default_factory=lambda: ["query", "value"],
+        metadata={
+            "help": "module names, comma separated (query,value; q,v; c_attn) or attention/mlp/all-linear",
+            "flag": "--targets",
+            "commands": ("plan", "train"),
+        },
+    )
+    r: int = opt(8, "LoRA rank (all layers unless layer_ranks is set)", "--rank")
+    alpha: float | None = opt(None, "LoRA alpha; None = 2 * r", "--alpha")
     dropout: float = opt(0.1, "LoRA dropout on the adapter input")
-    bias: str = opt("none", "none | all | lora_only")
+    bias: str = opt("none", "none | all | lora_only", "--bias")
     layer_ranks: list[int] | str | None = opt(
-        None, 'per-layer ranks, or an expression in i such as "8*2**(i//4)"'
+        None, "per-layer ranks: 8,8,16,… or an expression in i such as '8*2**(i//4)'", "--layer-ranks"
     )
     layer_alphas: list[float] | str | None = opt(None, "per-layer alphas, list or expression in i and r")
     layers: list[int] | None = opt(None, "which layers to adapt (default: all)")
@@ -134,7 +159,7 @@ class AdapterConfig:
 class TrainConfig:
     """The optimisation loop."""
 
-    epochs: float = opt(3.0, "passes over the training rows (fractions allowed)")
+    epochs: float = opt(3.0, "passes over the training rows (fractions allowed)", "--epochs", ("train",))
     max_steps: int | None = opt(None, "overrides epochs when set")
     batch_size: int = opt(32, "training rows per batch")
     eval_batch_size: int = opt(128, "rows per batch at evaluation and prediction")
@@ -149,14 +174,22 @@ class TrainConfig:
     class_weights: str = opt("none", "none | balanced (weight classes by inverse frequency in the loss)")
     rdrop: float = opt(0.0, "R-Drop weight: KL between two dropout passes (0 = off; doubles forward cost)")
     precision: str = opt("auto", "auto (bf16 where the device supports it) | bf16 | fp16 | fp32")
-    seed: int = opt(42, "seed of initialisation, data order, splits and sampling")
+    seed: int = opt(42, "seed of initialisation, data order, splits and sampling", "--seed", ("train",))
     eval_every: int | None = opt(None, "optimizer steps between evaluations; None = once per epoch")
     metric: str = opt(
         "accuracy", "accuracy | macro_f1 | loss: selects the best checkpoint (ties: lower loss)"
     )
     early_stopping: int | None = opt(None, "evaluations without improvement before stopping")
     save_every: int | None = opt(
-        None, "optimizer steps between resumable checkpoints; None = at each evaluation"
+        None,
+        "optimizer steps between resumable checkpoints; None = at each evaluation",
+        "--save-every",
+        ("train",),
+    )
+    save_every_minutes: float | None = opt(
+        10.0,
+        "also write a resumable checkpoint when this many minutes passed since the last one (a stopped run "
+        "loses at most about this much work); null = by steps only",
     )
     keep_checkpoints: int = opt(2, "resumable checkpoints kept (the newest is never pruned)")
     group_by_length: bool = opt(True, "length-grouped batches with dynamic padding")
@@ -191,7 +224,7 @@ class Recipe:
     data: DataConfig = opt_factory(DataConfig, "data preparation")
     train: TrainConfig = opt_factory(TrainConfig, "optimisation")
     distill: DistillConfig = opt_factory(DistillConfig, "distillation from teacher runs")
-    budget: int | None = opt(None, "refuse to train more trainable parameters than this")
+    budget: int | None = opt(None, "refuse recipes with more trainable parameters than this", "--budget")
     description: str = opt("", "free text shown in run listings")
 
 
@@ -282,7 +315,7 @@ def from_dict(cls: type, data: dict, path: str = "", source: str = "recipe") -> 
         where = f"{path}.{key}" if path else str(key)
         if key not in names:
             raise UserError(
-                f"{source}: unknown key '{where}'{did_you_mean(key, names)}; see `loraclf train --help`"
+                f"{source}: unknown key '{where}'{suggest_key(where)}; see `loraclf train --help`"
             )
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
@@ -319,6 +352,20 @@ def load_recipe(path: str | Path | None) -> Recipe:
     return from_dict(Recipe, data, source=str(p))
 
 
+def suggest_key(key: str) -> str:
+    """' (did you mean "train.epochs"?)': the closest full dotted key, so the suggestion can be pasted as is.
+
+    The whole path is compared first (``train.epoch`` → ``train.epochs``, ``trian.lr`` → ``train.lr``); failing
+    that, the last part alone (``epochs`` → ``train.epochs``, ``lrr`` → ``train.lr``).
+    """
+    leaves = [k for k, _, _ in describe()]
+    found = difflib.get_close_matches(key, leaves + [f.name for f in dataclasses.fields(Recipe)], n=1)
+    if not found:
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in leaves}
+        found = [by_leaf[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], by_leaf, n=1)]
+    return f' (did you mean "{found[0]}"?)' if found else ""
+
+
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     """Apply ``key.sub=value`` overrides; values are parsed as YAML scalars (``8``, ``1e-4``, ``[q,v]``, ``null``)."""
     data = to_dict(recipe)
@@ -331,9 +378,8 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
         for i, part in enumerate(parts):
             where = ".".join(parts[: i + 1])
             if not isinstance(node, dict) or part not in node:
-                choices = node.keys() if isinstance(node, dict) else []
                 raise UserError(
-                    f"override: unknown key '{where}'{did_you_mean(part, choices)}; "
+                    f"override: unknown key '{where}'{suggest_key(key.strip())}; "
                     "`loraclf train --help` lists every key"
                 )
             if i == len(parts) - 1:
@@ -399,6 +445,11 @@ def validate(recipe: Recipe) -> Recipe:
             t.early_stopping is None or t.early_stopping >= 1,
             "train.early_stopping",
             "must be at least 1 or null",
+        ),
+        (
+            t.save_every_minutes is None or t.save_every_minutes > 0,
+            "train.save_every_minutes",
+            f"must be positive or null, got {t.save_every_minutes}",
         ),
         (t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1 (the newest is always kept)"),
         (t.threads is None or t.threads >= 1, "train.threads", "must be at least 1 or null"),

@@ -24,6 +24,7 @@ import pandas as pd
 
 from loraclf.config.recipe import DataConfig
 from loraclf.data.clean import clean_texts
+from loraclf.data.paths import check_data_path
 from loraclf.utils.errors import UserError, did_you_mean, short_list
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
@@ -210,13 +211,8 @@ def read_table(path_or_id: str, flag: str = "--data") -> pd.DataFrame:
             f"{flag}: '{path}' is a folder but not a saved Hugging Face dataset; pass a data file"
         )
     if not path.exists():
-        if "/" not in path_or_id and "." not in Path(path_or_id).name:
-            return _read_hf(
-                path_or_id, flag
-            )  # looks like a hub dataset id such as "ag_news" or "ag_news:test"
-        raise UserError(
-            f"{flag}: file '{path}' not found; check the path (data files are usually in ../shared/data)"
-        )
+        check_data_path(path_or_id, flag)
+        return _read_hf(path_or_id, flag)  # a hub dataset id such as "ag_news" or "ag_news:test"
     if not path.is_file():
         raise UserError(f"{flag}: '{path}' is not a regular file")
     try:

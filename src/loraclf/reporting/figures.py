@@ -62,16 +62,18 @@ def fig_training_curves(history: list[dict], best_step: int | None = None) -> Fi
     # Markers make a short run (a handful of logged points, or just one) visible; long runs read better as lines.
     mk = "o" if max(len(train), len(evals)) <= 30 else None
 
-    def plot(ax, rows, key, label, color, style="-"):
+    def plot(ax, rows, key, label, color, style="-", marker=None):
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None and "step" in r]
         if pts:
-            ax.plot(*zip(*pts), style, marker=mk, color=color, label=label, markersize=4)
+            ax.plot(*zip(*pts), style, marker=marker or mk, color=color, label=label, markersize=5, zorder=3)
 
     plot(ax_loss, train, "loss", "train (moving average)", TRAIN_COLOR)
-    plot(ax_loss, evals, "loss", "validation", EVAL_COLOR)
+    # Evaluations always get markers (a diamond for macro-F1, which often equals accuracy): a run evaluated once
+    # has one point, and it sits on the kept-weights line, which is drawn beneath it.
+    plot(ax_loss, evals, "loss", "validation", EVAL_COLOR, marker="o")
     plot(ax_acc, train, "accuracy", "train", TRAIN_COLOR)
-    plot(ax_acc, evals, "accuracy", "validation accuracy", EVAL_COLOR)
-    plot(ax_acc, evals, "macro_f1", "validation macro-F1", EXTRA_COLOR, "--")
+    plot(ax_acc, evals, "accuracy", "validation accuracy", EVAL_COLOR, marker="o")
+    plot(ax_acc, evals, "macro_f1", "validation macro-F1", EXTRA_COLOR, "--", marker="D")
     plot(ax_lr, train, "lr", "learning rate", "gray")
     for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy / macro-F1"), (ax_lr, "learning rate")):
         ax.set_title(title)
@@ -83,7 +85,12 @@ def fig_training_curves(history: list[dict], best_step: int | None = None) -> Fi
             continue
         if best_step is not None and ax is not ax_lr:
             ax.axvline(
-                best_step, color="black", linestyle=":", linewidth=1, label=f"kept weights (step {best_step})"
+                best_step,
+                color="black",
+                linestyle=":",
+                linewidth=1,
+                label=f"kept weights (step {best_step})",
+                zorder=1,
             )
         ax.legend(fontsize=8)
         ax.set_xlim(left=0)  # steps count from zero; a lone point otherwise floats in a ±0.4 window

@@ -3,8 +3,10 @@
 ``write_report(run)`` reads what training wrote and nothing else: ``run.json`` (model, data summary, token-length
 histogram, parameter plan, environment, timings), ``labels.json``, ``metrics.jsonl`` (the history: ``train`` rows
 with step, loss, accuracy, lr; ``eval`` rows with step, loss, accuracy, macro_f1) and ``metrics.json`` (final
-metrics of the kept weights: per-class scores and the confusion matrix). An optional ``ID,Label`` predictions file
-adds its predicted class distribution.
+metrics of the kept weights: per-class scores and the confusion matrix); ``evaluations/*.json`` (files scored by
+``loraclf evaluate``, shown beside the validation split; see :mod:`loraclf.reporting.evaluations`). An optional
+``ID,Label`` predictions file adds its predicted class distribution. Classes are shown by name: the training file's
+label values, or ``data.label_names`` when the labels were numbers.
 
 Every figure is drawn by its own function in :mod:`loraclf.reporting.figures` (Agg canvas, no pyplot state). The PNGs
 are written to ``figures/`` and also embedded in ``report.html`` as base64 ``data:`` URIs; with inline CSS and no
@@ -19,18 +21,16 @@ of failing, so the page can be used to watch a run.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from loraclf.reporting import figures
-from loraclf.runfolder.schema import read_labels, read_run_info
-from loraclf.utils.errors import UserError, short_list
+from loraclf.reporting import evaluations, figures
+from loraclf.reporting.run_files import load_run_files, named, read_predictions
+from loraclf.utils.errors import UserError
 
 # Every figure the report can write, in page order; stale ones (say, from an earlier --predictions) are removed.
 FIGURES = (
@@ -42,98 +42,12 @@ FIGURES = (
     "predicted_distribution",
 )
 
-# --- reading the run folder ---------------------------------------------------------------------------------------
-
 
 def _env_value(v) -> str:
     """Lists in run.json's environment (nondeterministic paths) read as prose; an empty one as "none"."""
     if isinstance(v, list):
         return "; ".join(map(str, v)) or "none"
     return str(v)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"RUN: cannot read '{path}' ({exc}); the run folder is damaged, retrain it") from None
-
-
-def read_history(path: Path) -> list[dict]:
-    """Rows of metrics.jsonl; a torn last line (a run killed mid-write) is dropped, damage elsewhere is an error."""
-    if not path.is_file():
-        return []
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    rows = []
-    for i, line in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines):
-                break
-            raise UserError(
-                f"RUN: '{path}' line {i} is not JSON; the run folder is damaged, retrain it"
-            ) from None
-    return rows
-
-
-def load_run_files(run_dir: Path) -> dict:
-    """Everything the report shows, read from the run folder: info, labels, metrics (or None), history."""
-    run = Path(run_dir)
-    hint = "pass the --out folder of a `loraclf train` run"
-    if not run.is_dir():
-        raise UserError(f"RUN: run folder '{run}' not found; {hint}")
-    if not (run / "run.json").is_file():
-        raise UserError(f"RUN: '{run}' is not a loraclf run folder (no run.json); {hint}")
-    try:
-        info = read_run_info(run).to_json()
-        labels = [str(x) for x in read_labels(run)]
-    except UserError as exc:
-        raise UserError(f"RUN: {exc}") from None
-    metrics = _read_json(run / "metrics.json") if (run / "metrics.json").is_file() else None
-    return {
-        "name": run.resolve().name,
-        "info": info,
-        "labels": labels,
-        "metrics": metrics,
-        "history": read_history(run / "metrics.jsonl"),
-        "recipe": _read_text(run / "recipe.yaml"),
-    }
-
-
-def _read_text(path: Path) -> str | None:
-    return path.read_text(encoding="utf-8") if path.is_file() else None
-
-
-def read_predictions(path: Path, labels: list[str]) -> list[str]:
-    """The Label column of an ``ID,Label`` CSV (as written by ``loraclf predict``), as strings; a file without an
-    ID column, or with no label in the run's ``labels``, is not a prediction of this run and is refused."""
-    path = Path(path)
-    hint = "pass the ID,Label CSV written by `loraclf predict --output`"
-    if not path.is_file():
-        raise UserError(f"--predictions: file '{path}' not found; {hint}")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, [])
-            col = next((i for i, h in enumerate(header) if h.strip().lower() == "label"), None)
-            if col is None:
-                raise UserError(
-                    f"--predictions: '{path}' has no Label column (columns: {short_list(header) or 'none'}); {hint}"
-                )
-            values = [row[col] for row in reader if len(row) > col]
-    except UnicodeDecodeError:
-        raise UserError(f"--predictions: '{path}' is not a UTF-8 text file; {hint}") from None
-    if not values:
-        raise UserError(f"--predictions: '{path}' has a header but no rows; {hint}")
-    if not any(h.strip().lower() == "id" for h in header):
-        raise UserError(f"--predictions: '{path}' has no ID column, so it is not a prediction file; {hint}")
-    if not set(values) & set(labels):
-        raise UserError(
-            f"--predictions: no label of '{path}' is one of this run's ({short_list(labels)}); it was written by "
-            f"a run with another label set; {hint}"
-        )
-    return values  # a few labels outside the run's set are shown and counted in the report, not hidden
 
 
 # --- HTML -------------------------------------------------------------------------------------------------------------
@@ -188,8 +102,9 @@ def _summary(r: dict) -> str:
             "trainable / total",
             f"{plan['trainable']:,} / {plan['total']:,} ({plan['trainable'] / max(plan['total'], 1):.3%}){fits}",
         ],
-        ["accuracy", _pct(m.get("accuracy"))],
-        ["macro-F1", _pct(m.get("macro_f1"))],
+        ["validation accuracy", _pct(m.get("accuracy"))],
+        ["validation macro-F1", _pct(m.get("macro_f1"))],
+        *evaluations.summary_rows(r.get("evaluations", {})),
         ["validation rows", f"{m.get('n', data.get('n_eval', 0)):,} (train rows {data.get('n_train', 0):,})"],
         ["kept weights", f"step {info.get('best_step', m.get('best_step', '?'))} of {m.get('steps', '?')}"],
         ["train time", "–" if secs is None else f"{secs:,.1f} s"],
@@ -210,11 +125,11 @@ def _summary(r: dict) -> str:
     return f'<table class="summary"><tbody>{body}</tbody></table>{note}'
 
 
-def _per_class(m: dict, labels: list[str]) -> str:
+def _per_class(m: dict, labels: list[str], names: dict[str, str]) -> str:
     pc = m["per_class"]
     rows = [
         [
-            n,
+            names.get(n, n),
             f"{pc[n]['precision']:.4f}",
             f"{pc[n]['recall']:.4f}",
             f"{pc[n]['f1']:.4f}",
@@ -261,15 +176,19 @@ def build_figures(r: dict, predictions: list[str] | None = None) -> dict[str, by
     figs = {"training_curves": figures.fig_training_curves(r["history"], info.get("best_step"))}
     if m:
         figs["confusion_matrix"] = figures.fig_confusion_matrix(
-            m["confusion_matrix"], m.get("labels", labels)
+            m["confusion_matrix"], named(r, m.get("labels", labels))
         )
+    figs.update(evaluations.build(r.get("evaluations", {}), lambda xs: named(r, xs)))
     figs["token_lengths"] = figures.fig_token_lengths(info.get("token_lengths", {}))
-    figs["label_distribution"] = figures.fig_label_distribution(info.get("data", {}), labels)
+    figs["label_distribution"] = figures.fig_label_distribution(info.get("data", {}), named(r, labels))
     figs["parameter_budget"] = figures.fig_parameter_budget(info["plan"])
     if predictions is not None:
         counts = Counter(predictions)
         eval_counts = info.get("data", {}).get("eval_label_counts")
-        figs["predicted_distribution"] = figures.fig_predicted_distribution(dict(counts), eval_counts, labels)
+        counts = {r["names"].get(k, k): v for k, v in counts.items()}
+        figs["predicted_distribution"] = figures.fig_predicted_distribution(
+            counts, eval_counts, named(r, labels)
+        )
     return {name: figures.png(fig) for name, fig in figs.items()}
 
 
@@ -301,8 +220,16 @@ def render_html(
             )
             if m
             else _note(pending),
+            *(
+                _img(
+                    pngs[f"confusion_matrix_{stem}"],
+                    f"confusion matrix on {stem}",
+                    evaluations.caption(e),
+                )
+                for stem, e in r.get("evaluations", {}).items()
+            ),
         ),
-        _section("Per-class metrics", _per_class(m, labels) if m else _note(pending)),
+        _section("Per-class metrics", _per_class(m, labels, r["names"]) if m else _note(pending)),
         _section(
             "Token lengths",
             _img(
@@ -390,9 +317,9 @@ def write_report(run_dir: Path, predictions: Path | None = None) -> Path:
         raise UserError(
             f"RUN: cannot create '{run / 'figures'}' ({exc.strerror}); make the run folder writable"
         ) from None
-    for name in FIGURES:
-        if name not in pngs:
-            (run / "figures" / f"{name}.png").unlink(missing_ok=True)
+    for old in (run / "figures").glob("*.png"):
+        if old.stem not in pngs and (old.stem in FIGURES or old.stem.startswith("confusion_matrix_")):
+            old.unlink(missing_ok=True)  # stale: from an earlier --predictions or a removed evaluation
     for name, png in pngs.items():
         _atomic_write(run / "figures" / f"{name}.png", png)
     page = render_html(r, pngs, preds, Path(predictions).name if predictions is not None else "")

@@ -19,33 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from loraclf.runfolder.atomic import fsync_dir
 from loraclf.utils.errors import UserError
 
 CKPT_DIR = "checkpoints"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -94,11 +71,11 @@ def save_checkpoint(
     for f in tmp.iterdir():
         with f.open("rb+") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in list_checkpoints(run)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

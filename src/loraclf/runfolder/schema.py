@@ -10,6 +10,7 @@ A run folder is self-describing; ``evaluate``, ``predict``, ``export`` and ``rep
     metrics.jsonl        training history: one JSON object per logging step and per evaluation
     metrics.json         final metrics of the best weights on the evaluation rows
     confusion_matrix.csv rows = true class, columns = predicted class
+    evaluations/*.json   one per `loraclf evaluate RUN --data FILE`, named by the file's stem (the report shows them)
 
 The folder also holds ``checkpoints/`` while training (removed when the run completes) and a ``.lock`` while a
 process writes it. Every reader goes through :func:`read_run_info`, :func:`read_labels` and :func:`read_recipe`, so a
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from loraclf.config import FORMAT_VERSION, Recipe, from_dict
-from loraclf.runfolder.checkpoint import atomic_write_text
+from loraclf.runfolder.atomic import atomic_write_text
 from loraclf.utils.errors import UserError
 
 RUN_FILES = (
@@ -187,8 +188,8 @@ def check_run(path: str | Path, flag: str = "RUN", finished: bool = True) -> Pat
             status = read_run_info(run).status
         if status == "training":
             raise UserError(
-                f"{flag}: run '{run}' is unfinished ({', '.join(missing)} not written yet); finish it with "
-                f"`loraclf train --resume {run}`"
+                f"{flag}: run '{run}' is unfinished ({', '.join(missing)} not written yet; "
+                f"{_checkpoint_note(run)}); finish it with `loraclf train --resume {run}`"
             )
     if missing:
         raise UserError(
@@ -202,7 +203,44 @@ def check_run(path: str | Path, flag: str = "RUN", finished: bool = True) -> Pat
     if finished and not info.complete:
         # Weights of an interrupted run are its best so far, not its result: resuming finishes it properly.
         raise UserError(
-            f"{flag}: run '{run}' is unfinished (status {info.status}); finish it with "
+            f"{flag}: run '{run}' is unfinished (status {info.status}; {_checkpoint_note(run)}); finish it with "
             f"`loraclf train --resume {run}`"
         )
     return run
+
+
+def _checkpoint_note(run: Path) -> str:
+    """Where a resume would start: the newest checkpoint's step, or step 0."""
+    steps = (
+        sorted(p.name for p in (run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
+    )
+    return f"newest checkpoint {steps[-1]}" if steps else "no checkpoint yet, a resume starts from step 0"
+
+
+EVALUATIONS = "evaluations"
+
+
+def write_evaluation(run: Path, data_file: str | Path, result: dict) -> Path:
+    """Record ``loraclf evaluate RUN --data FILE`` as ``RUN/evaluations/<file stem>.json`` (atomically).
+
+    The report shows each recorded file's scores and confusion matrix beside the validation split's. A later
+    evaluation of a file with the same stem replaces the earlier one.
+    """
+    folder = Path(run) / EVALUATIONS
+    folder.mkdir(exist_ok=True)
+    name = Path(str(data_file)).name.split(".")[0] or "data"
+    path = folder / f"{name}.json"
+    atomic_write_text(path, json.dumps({"data": str(data_file), **result}, indent=1))
+    return path
+
+
+def read_evaluations(run: Path) -> dict[str, dict]:
+    """The recorded evaluations of a run by file stem (see :func:`write_evaluation`); damaged files are skipped."""
+    folder = Path(run) / EVALUATIONS
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        with contextlib.suppress(UserError):
+            data = read_json(path)
+            if isinstance(data, dict) and "confusion_matrix" in data and "accuracy" in data:
+                found[path.stem] = data
+    return found

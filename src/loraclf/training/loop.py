@@ -30,9 +30,9 @@ from loraclf.inference.predict import forward_probs
 from loraclf.modeling.adapters import count_parameters
 from loraclf.modeling.backbones import build_model, load_config
 from loraclf.modeling.methods import Method, apply_adapters, get_method
+from loraclf.runfolder.atomic import atomic_write_text
 from loraclf.runfolder.checkpoint import (
     RunLock,
-    atomic_write_text,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,

@@ -32,7 +32,7 @@ from loraclf.modeling.backbones import cache_dir, load_config, load_tokenizer, p
 from loraclf.modeling.plan import Plan, check_budget, plan
 from loraclf.runfolder.schema import read_recipe, read_run_info
 from loraclf.training.losses import teacher_log_probs
-from loraclf.utils.errors import UserError, say
+from loraclf.utils.errors import UserError, say, short_list
 
 
 @dataclass
@@ -63,6 +63,11 @@ def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) 
     d, seed = recipe.data, recipe.train.seed
     train_paths = [train_path] if isinstance(train_path, str) else list(train_path)
     train_set, label_map = load_train_texts(train_paths, d, "--train")
+    if d.label_names is not None and len(d.label_names) != len(label_map):
+        raise UserError(
+            f"data.label_names has {len(d.label_names)} names but the training file has {len(label_map)} classes "
+            f"({short_list(map(str, label_map))}); give one name per class, in that order"
+        )
     train_set, dropped = drop_empty(train_set, "--train")
     notes = {
         "train_file": _absolute(train_paths[0])

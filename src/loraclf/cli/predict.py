@@ -1,0 +1,156 @@
+"""``loraclf evaluate`` and ``loraclf predict``: score a labelled file, or write a Kaggle-style ``ID,Label`` file.
+
+Several runs form an ensemble (their probabilities are averaged). The run folders, the data file and the output
+path are checked from the folders' small files alone, and the data file is read, before the models load, so a
+mistake is reported without waiting for torch. ``evaluate`` on one run records its result in
+``RUN/evaluations/<file stem>.json`` for the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from loraclf.cli.args import add_column_flags, with_columns
+from loraclf.data.paths import check_data_path
+from loraclf.runfolder.schema import check_run, read_labels, read_recipe, write_evaluation
+from loraclf.utils.errors import UserError
+
+PRECISION_HELP = "auto (int8 via ONNX Runtime on a CPU, else bf16/fp16) | int8 | bf16 | fp16 | fp32"
+
+
+def _inference_flags(p) -> None:
+    p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="average N passes with dropout on")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_commands(sub) -> None:
+    """Register ``evaluate`` and ``predict`` on an argparse subparsers object."""
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy, macro-F1, per-class metrics and confusion matrix of a run (several runs: their ensemble)",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--data", required=True, help="labelled data file")
+    add_column_flags(p, label=True)
+    p.add_argument("--json", action="store_true")
+    _inference_flags(p)
+
+    p = sub.add_parser("predict", help="write a Kaggle-style ID,Label file; several runs form an ensemble")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--input", required=True, help="data file (labels not needed)")
+    add_column_flags(p, label=False)
+    p.add_argument("--output", required=True, help="CSV to write")
+    p.add_argument("--probabilities", action="store_true", help="add prob_<label> columns")
+    _inference_flags(p)
+
+
+def _raw_data_config(run: Path, args):
+    """The first run's data settings with cleaning off (each member cleans the raw texts its own way)."""
+    from loraclf.config.recipe import CleanConfig
+
+    off = CleanConfig(**{f.name: False for f in dataclasses.fields(CleanConfig)})
+    return with_columns(dataclasses.replace(read_recipe(run).data, clean=off), args)
+
+
+def _check_runs(args, data_flag: str, data: str) -> list[Path]:
+    if args.mc_dropout < 0:
+        raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
+    runs = [check_run(r) for r in args.runs]
+    check_data_path(data, data_flag)
+    return runs
+
+
+def cmd_evaluate(args) -> int:
+    runs = _check_runs(args, "--data", args.data)
+    # Reading the file needs pandas and scoring needs torch: loaded after the cheap checks.
+    import numpy as np
+
+    from loraclf.data.tables import COLUMN_FLAGS, load_texts
+    from loraclf.inference.metrics import format_report, metrics, summary_line
+    from loraclf.inference.run import ensemble_budget, ensemble_proba, load_many
+
+    labels = read_labels(runs[0])
+    cfg = _raw_data_config(runs[0], args)
+    ts, _ = load_texts(args.data, cfg, "--data", label_map=labels, fixes=COLUMN_FLAGS)
+    models = load_many(args.runs, device=args.device, precision=args.precision)
+    probs = ensemble_proba(
+        models, ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet,
+        desc="evaluate",
+    )  # fmt: skip
+    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(ts)), ts.labels], 1e-12, None))))
+    m = metrics(ts.labels, probs.argmax(1), labels, loss)
+    if ensemble_budget(models):
+        print(ensemble_budget(models), file=sys.stderr)
+        m["ensemble"] = {
+            "runs": [str(r.path) for r in models],
+            "trainable_total": sum(r.trainable for r in models),
+        }
+    else:
+        write_evaluation(runs[0], args.data, {**m, "rows": len(ts), "mc_dropout": args.mc_dropout})
+    if args.json:
+        print(json.dumps(m, indent=1))
+    else:
+        print(format_report(m))
+        print(f"\n{summary_line(m)}")
+    return 0
+
+
+def _check_output(args) -> Path:
+    out = Path(args.output)
+    if out.is_dir():
+        raise UserError(f"--output: '{out}' is a folder; give a file name such as predictions.csv")
+    if out.exists() and Path(args.input).exists() and out.resolve() == Path(args.input).resolve():
+        raise UserError(
+            f"--output: '{out}' is the --input file; writing there would destroy it, choose another"
+        )
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise UserError(f"--output: folder '{out.parent}' does not exist; create it first")
+    return out
+
+
+def cmd_predict(args) -> int:
+    out = _check_output(args)
+    runs = _check_runs(args, "--input", args.input)
+    from loraclf.data.tables import COLUMN_FLAGS, check_unique_ids, load_texts
+    from loraclf.inference.predict import write_submission
+    from loraclf.inference.run import ensemble_budget, ensemble_proba, load_many
+
+    cfg = _raw_data_config(runs[0], args)
+    ts, _ = load_texts(args.input, cfg, "--input", labelled=False, fixes=COLUMN_FLAGS)
+    check_unique_ids(ts, cfg, "--input")
+    models = load_many(args.runs, device=args.device, precision=args.precision)
+    labels = models[0].labels
+    start = time.perf_counter()
+    probs = ensemble_proba(
+        models, ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet
+    )
+    seconds = time.perf_counter() - start
+    print(
+        f"predict: {len(ts):,} rows in {seconds:.2f} s ({len(ts) / max(seconds, 1e-9):.1f} rows/s, "
+        f"{_engine(models[0], args.mc_dropout)})",
+        file=sys.stderr,
+    )
+    preds = [labels[i] for i in probs.argmax(1)]
+    write_submission(out, ts.ids, preds, probs if args.probabilities else None, labels)
+    if ensemble_budget(models):
+        print(ensemble_budget(models), file=sys.stderr)
+    counts = {str(lab): preds.count(lab) for lab in labels}
+    print(f"wrote {len(preds):,} predictions to {out}; predicted classes: {counts}")
+    return 0
+
+
+def _engine(run, mc_dropout: int) -> str:
+    """How predictions were computed, for the throughput line."""
+    if run.engine is not None and not mc_dropout:
+        return "int8, ONNX Runtime"
+    return f"{run.torch_precision}, PyTorch on {run.device}"
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "predict": cmd_predict}
