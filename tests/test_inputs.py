@@ -178,3 +178,29 @@ def test_unusable_cache_folder_falls_back_with_a_note(run, tmp_path, monkeypatch
     res, out = _predict(run, run["train"], tmp_path)
     assert res.returncode == 0, res
     assert "is not writable; using" in res.stderr and len(pd.read_csv(out)) == 64
+
+
+def test_label_names_must_name_every_class(run, tmp_path):
+    out = tmp_path / "named"
+    res = run_cli(
+        "train", "--model", run["bert"], "--train", run["train"], "--out", out, *TINY,
+        "data.label_names=[World, Sports]",
+    )  # fmt: skip
+    fails(res, "data.label_names has 2 names", "4 classes")
+    assert not out.exists()
+
+
+def test_evaluate_records_its_file_for_the_report(run, tmp_path):
+    data = write_text_csv(tmp_path / "holdout.csv", 24, seed=3)
+    res = run_cli("evaluate", run["dir"], "--data", data, "--json")
+    assert res.returncode == 0, res
+    printed = json.loads(res.stdout)
+    recorded = json.loads((run["dir"] / "evaluations" / "holdout.json").read_text())
+    assert recorded["data"] == str(data) and recorded["accuracy"] == printed["accuracy"]
+    assert recorded["confusion_matrix"] == printed["confusion_matrix"] and recorded["rows"] == 24
+    res = run_cli("report", run["dir"])
+    assert res.returncode == 0, res
+    page = (run["dir"] / "report.html").read_text(encoding="utf-8")
+    assert f"<th>holdout accuracy</th><td>{printed['accuracy'] * 100:.2f}%" in page
+    assert (run["dir"] / "figures" / "confusion_matrix_holdout.png").is_file()
+    shutil.rmtree(run["dir"] / "evaluations")  # the module's run is shared: leave it as it was

@@ -50,7 +50,12 @@ def add_command(sub) -> None:
         help="write the input rows before the new ones (default: yes)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    _word_flags(p)
+    _generate_flags(p)
 
+
+def _word_flags(p) -> None:
+    """Options of the WordNet methods (synonym replacement, EDA)."""
     g = p.add_argument_group("synonym and eda")
     g.add_argument(
         "--rate",
@@ -61,6 +66,9 @@ def add_command(sub) -> None:
     )
     g.add_argument("--copies", type=int, default=1, metavar="N", help="augmented copies per input row (1)")
 
+
+def _generate_flags(p) -> None:
+    """Options of LM generation: adapting the LM, sampling, and filtering the samples with a run."""
     g = p.add_argument_group("generate")
     g.add_argument(
         "--lm", metavar="MODEL", default="gpt2", help="causal LM: hub id or local folder (default gpt2)"

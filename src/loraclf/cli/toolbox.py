@@ -16,6 +16,12 @@ COMPARE_EXAMPLES = """examples:
 
 
 def add_commands(sub) -> None:
+    """Register ``pseudo-label`` and ``compare`` on an argparse subparsers object."""
+    _add_pseudo_label(sub)
+    _add_compare(sub)
+
+
+def _add_pseudo_label(sub) -> None:
     p = sub.add_parser(
         "pseudo-label",
         help="label unlabelled target texts with a run (or ensemble) and keep the confident rows",
@@ -50,6 +56,8 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare",
         help="train several recipes on the same split and print a leaderboard",

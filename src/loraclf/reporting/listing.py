@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+from loraclf.runfolder.metrics_log import read_metrics
 from loraclf.runfolder.schema import read_run_info
 from loraclf.utils.errors import UserError
 
@@ -56,14 +57,10 @@ def _best_eval(path: Path) -> dict:
     """The last evaluation that improved in metrics.jsonl: the weights a running or interrupted run keeps."""
     best: dict = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return best
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of a killed run
+        rows = read_metrics(path)
+    except (OSError, ValueError):
+        return best  # a listing shows what it can; the report names the damage
+    for row in rows:
         if row.get("split") == "eval" and row.get("best", True):
             best = row
     return best

@@ -12,6 +12,7 @@ import csv
 import json
 from pathlib import Path
 
+from loraclf.runfolder.metrics_log import read_metrics
 from loraclf.runfolder.schema import read_evaluations, read_labels, read_recipe, read_run_info
 from loraclf.utils.errors import UserError, short_list
 
@@ -24,21 +25,19 @@ def _read_json(path: Path):
 
 
 def read_history(path: Path) -> list[dict]:
-    """Rows of metrics.jsonl; a torn last line (a run killed mid-write) is dropped, damage elsewhere is an error."""
+    """The run's history from metrics.jsonl (see :func:`loraclf.runfolder.metrics_log.read_metrics`).
+
+    Raises:
+        UserError: a line other than the last is not JSON (the folder is damaged).
+    """
     if not path.is_file():
         return []
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    rows = []
-    for i, line in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines):
-                break
-            raise UserError(
-                f"RUN: '{path}' line {i} is not JSON; the run folder is damaged, retrain it"
-            ) from None
-    return rows
+    try:
+        return read_metrics(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"RUN: cannot read '{path}' ({exc}); the run folder is damaged, retrain it") from None
+    except ValueError as exc:
+        raise UserError(f"RUN: '{path}' {exc}; the run folder is damaged, retrain it") from None
 
 
 def check_report_folder(run: Path) -> None:

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from loraclf.runfolder.atomic import fsync_dir
-from loraclf.utils.errors import UserError
+from loraclf.utils.errors import UserError, say
 
 CKPT_DIR = "checkpoints"
 
@@ -144,6 +144,10 @@ class RunLock:
                         f"(pid {pid}); wait for it or choose another --out"
                     ) from None
                 self.path.unlink(missing_ok=True)  # the writer died: the lock is stale
+                say(
+                    f"note: took over the stale lock {self.path} (pid {pid or '?'} is no longer running; "
+                    "it was stopped or crashed)"
+                )
                 continue
             with os.fdopen(fd, "w") as fh:
                 fh.write(str(os.getpid()))

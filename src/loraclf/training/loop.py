@@ -32,6 +32,7 @@ from loraclf.modeling.backbones import build_model, load_config
 from loraclf.modeling.methods import Method, apply_adapters, get_method
 from loraclf.runfolder.atomic import atomic_write_text
 from loraclf.runfolder.checkpoint import (
+    CKPT_DIR,
     RunLock,
     list_checkpoints,
     load_checkpoint,
@@ -47,6 +48,10 @@ from loraclf.utils.devices import autocast, environment, pick_device, pick_preci
 from loraclf.utils.errors import UserError, say
 from loraclf.utils.progress import TrainProgress
 from loraclf.utils.version import __version__
+
+# The clock of time-based checkpoints (train.save_every_minutes); monotonic, so a changed system time cannot
+# trigger or postpone a save. Tests replace it with a fake clock.
+clock = time.monotonic
 
 
 def make_optimizer(model, recipe: Recipe, device: torch.device):
@@ -241,6 +246,7 @@ class Session:
     total_steps: int
     eval_every: int
     save_every: int
+    last_save: float = 0.0  # clock() at the last checkpoint (or the start): time-based saves count from here
 
 
 def _build_model(p: Prepared, device, precision: str) -> torch.nn.Module:
@@ -301,7 +307,9 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
     ckpts = list_checkpoints(out)
     if resume and ckpts:
         state = TrainState.from_dict(load_checkpoint(ckpts[-1], model, s.optimizer, s.scheduler, s.scaler))
-        say(f"resuming from {ckpts[-1].name}: step {state.step:,} of {s.total_steps:,}")
+        say(f"resuming from step {state.step} of {s.total_steps:,} ({out / CKPT_DIR / ckpts[-1].name})")
+    elif resume:
+        say("no checkpoint yet: starting from step 0")
     logger = MetricsLogger(
         out / "metrics.jsonl", keep_until_step=state.step if resume else None, tensorboard=t.tensorboard
     )
@@ -314,8 +322,12 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
     bar = TrainProgress(s.total_steps, state.step, t.progress)
     # The frozen-layer cache replaces forward compute, so building it counts as training time.
     started = time.perf_counter() - state.train_seconds - s.cache_seconds
+    s.last_save = clock()
     try:
         _run_steps(p, out, s, state, logger, bar, device, precision, started)
+    except KeyboardInterrupt:
+        _save_on_interrupt(p, out, s, state, started)
+        raise
     finally:
         bar.close()
         logger.close()
@@ -411,13 +423,49 @@ def _after_step(
     now = time.perf_counter()
     state.pause_seconds += now - paused
     state.train_seconds = now - started
-    if step % s.save_every == 0 and step < s.total_steps and not stop:
+    if _checkpoint_due(t, s, step) and step < s.total_steps and not stop:
         save_checkpoint(
             out, step, s.model, s.optimizer, s.scheduler, s.scaler, state.as_dict(), t.keep_checkpoints
         )
+        s.last_save = clock()
         state.pause_seconds += time.perf_counter() - now
     window[0] += time.perf_counter() - paused  # the progress bar's speed counts training time only
     return stop
+
+
+def _checkpoint_due(t, s: Session, step: int) -> bool:
+    """Every ``save_every`` steps, and whenever ``save_every_minutes`` passed since the last checkpoint.
+
+    Steps alone are not enough on a slow machine: the default (one checkpoint per evaluation, once an epoch) can
+    be an hour apart on a CPU, and a run stopped before it keeps nothing. The clock bounds the work a stop loses.
+    """
+    if step % s.save_every == 0:
+        return True
+    return t.save_every_minutes is not None and clock() - s.last_save >= 60 * t.save_every_minutes
+
+
+def _save_on_interrupt(p, out: Path, s: Session, state: TrainState, started: float) -> None:
+    """Ctrl-C: keep the last finished optimizer step as a checkpoint, and say how to continue."""
+    if state.step == 0:
+        say(
+            "interrupted before the first optimizer step finished: no checkpoint; "
+            f"`loraclf train --resume {out}` starts from step 0"
+        )
+        return
+    state.train_seconds = time.perf_counter() - started
+    path = save_checkpoint(
+        out,
+        state.step,
+        s.model,
+        s.optimizer,
+        s.scheduler,
+        s.scaler,
+        state.as_dict(),
+        p.recipe.train.keep_checkpoints,
+    )
+    say(
+        f"interrupted at step {state.step}: checkpoint written to {path}; continue with `loraclf train --resume {out}`"
+    )
 
 
 def _frozen_cache(p: Prepared, model, device, precision: str):
