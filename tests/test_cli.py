@@ -275,3 +275,28 @@ def test_argument_recipe_and_path_errors_import_no_heavy_library(tmp_path):
     heavy = res.stdout.strip().splitlines()[-1]
     assert heavy == "HEAVY:", f"imported while parsing and checking: {heavy}"
     assert res.stderr.count("loraclf: error: ") == 10, res.stderr
+
+
+_MODEL_LIBRARIES_AFTER_DATA_ERRORS = r"""
+import sys
+from loraclf.cli.main import main
+for argv in (["train", "--train", "empty.csv", "--out", "o"], ["train", "--train", "nolabel.csv", "--out", "o"]):
+    assert main(argv) == 2, argv
+print("LOADED:" + ",".join(m for m in ("torch", "transformers", "peft", "sklearn") if m in sys.modules))
+"""
+
+
+def test_data_file_errors_come_before_the_model_libraries(tmp_path):
+    (tmp_path / "empty.csv").write_text("text,label\n")
+    (tmp_path / "nolabel.csv").write_text("id,text\n1,hello\n")
+    res = subprocess.run(
+        [sys.executable, "-c", _MODEL_LIBRARIES_AFTER_DATA_ERRORS],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "has a header but no data rows" in res.stderr and "no label column 'label'" in res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "LOADED:", res.stdout

@@ -112,14 +112,20 @@ def flag_overrides(args) -> list[str]:
     return pairs
 
 
-def check_recipe(args) -> None:
+def check_recipe(args) -> Recipe:
     """Flags and overrides applied to the recipe file or the generic defaults, validated: no model needed.
+
+    Returns:
+        The checked recipe. Its ``data`` section is the run's: a model's default recipe changes only the model,
+        adapter and training sections.
 
     Raises:
         UserError: unknown key, wrong type or impossible value, naming the key or flag.
     """
     recipe = load_recipe(args.config) if args.config else Recipe()
-    validate(apply_overrides(recipe, flag_overrides(args) + list(getattr(args, "overrides", []) or [])))
+    return validate(
+        apply_overrides(recipe, flag_overrides(args) + list(getattr(args, "overrides", []) or []))
+    )
 
 
 def resolve_recipe(args) -> Recipe:

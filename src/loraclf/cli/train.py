@@ -73,8 +73,15 @@ def _check_new_run(args) -> Path:
             f"resume it with `loraclf train --resume {out}`"
         )
     _check_writable(out)
-    check_recipe(args)
     return out
+
+
+def _read_rows(args):
+    """The data files read, labelled and split with the checked recipe: pandas, but no model library yet."""
+    checked = check_recipe(args)
+    from loraclf.data.splits import read_rows  # pandas: loaded once flags and recipe are known to be right
+
+    return checked, read_rows(checked.data, checked.train.seed, args.train, args.eval)
 
 
 def cmd_train(args) -> int:
@@ -82,6 +89,7 @@ def cmd_train(args) -> int:
         _check_resume(args)
     else:
         out = _check_new_run(args)
+        checked, rows = _read_rows(args)
     # Training needs torch, transformers and peft: imported only after every cheap check passed.
     from loraclf.inference.metrics import format_report, summary_line
     from loraclf.training.loop import train
@@ -96,7 +104,8 @@ def cmd_train(args) -> int:
         recipe = resolve_recipe(args)
         if args.quiet:
             recipe.train.progress = False
-        p = prepare(recipe, args.train, args.eval)
+        same = recipe.data == checked.data and recipe.train.seed == checked.train.seed
+        p = prepare(recipe, args.train, args.eval, rows if same else None)  # rows of other settings: reread
         m = train(p, out)
     print(format_report(m))
     print(f"\n{summary_line(m)}")

@@ -1,9 +1,7 @@
 """Preparing a run: every check and every expensive input step, before anything is written.
 
-``prepare`` reads the training files (one or several, sharing one label map), drops empty texts (saying how
-many), carves the stratified validation split (from the first file only; augmented rows derived from validation
-rows are left out), applies the richness filter and the stratified ``--max-train-samples`` sample, checks for texts
-shared by training and evaluation (a leakage check), plans the exact trainable-parameter count against the budget,
+``prepare`` reads the rows (:func:`loraclf.data.splits.read_rows`: files, empty texts, the validation split, the
+richness filter, the ``--max-train-samples`` sample and a leakage check), plans the exact trainable-parameter count against the budget,
 measures token lengths to choose ``max_length``, tokenises once (cached on disk) and, for distillation, computes
 the teachers' probabilities. Any problem is a ``UserError`` raised while the run folder does not exist yet.
 """
@@ -18,21 +16,13 @@ import numpy as np
 
 from loraclf.config.recipe import Recipe, validate
 from loraclf.data.batching import token_lengths, tokenize
-from loraclf.data.tables import (
-    TextSet,
-    choose_max_length,
-    drop_empty,
-    length_stats,
-    load_texts,
-    load_train_texts,
-    richness_filter,
-    stratified_indices,
-)
+from loraclf.data.splits import Rows, absolute, read_rows
+from loraclf.data.tables import TextSet, choose_max_length, length_stats
 from loraclf.modeling.backbones import cache_dir, load_config, load_tokenizer, position_limit
 from loraclf.modeling.plan import Plan, check_budget, plan
 from loraclf.runfolder.schema import read_recipe, read_run_info
 from loraclf.training.losses import teacher_log_probs
-from loraclf.utils.errors import UserError, say, short_list
+from loraclf.utils.errors import UserError, say
 
 
 @dataclass
@@ -53,75 +43,30 @@ class Prepared:
     teacher_log_probs: np.ndarray | None = None
 
 
-def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) -> Prepared:
-    """Load, clean, split, sample, plan and tokenise; raise UserError on any problem, write nothing."""
+def prepare(
+    recipe: Recipe, train_path: str | list[str], eval_path: str | None, rows: Rows | None = None
+) -> Prepared:
+    """Read the rows (unless ``rows`` already holds them), plan and tokenise; raise UserError, write nothing.
+
+    Args:
+        recipe: The resolved recipe.
+        train_path: Training file(s).
+        eval_path: Evaluation file, or None for a stratified split of the first training file.
+        rows: The result of :func:`loraclf.data.splits.read_rows` for the same files and ``recipe.data``, when the
+            caller read them already (the CLI does, before the model libraries load).
+
+    Raises:
+        UserError: any problem with the data, the recipe, the model or the budget.
+    """
     validate(recipe)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError(
             "train.tensorboard needs the tensorboard package: pip install tensorboard (or set it false)"
         )
-    d, seed = recipe.data, recipe.train.seed
-    train_paths = [train_path] if isinstance(train_path, str) else list(train_path)
-    train_set, label_map = load_train_texts(train_paths, d, "--train")
-    if d.label_names is not None and len(d.label_names) != len(label_map):
-        raise UserError(
-            f"data.label_names has {len(d.label_names)} names but the training file has {len(label_map)} classes "
-            f"({short_list(map(str, label_map))}); give one name per class, in that order"
-        )
-    train_set, dropped = drop_empty(train_set, "--train")
-    notes = {
-        "train_file": _absolute(train_paths[0])
-        if len(train_paths) == 1
-        else [_absolute(x) for x in train_paths],
-        "eval_file": _absolute(eval_path),
-        "dropped_empty_train": dropped,
-    }
-    if dropped:
-        say(f"--train: dropped {dropped:,} rows with empty text")
-    if eval_path:
-        eval_set, _ = load_texts(eval_path, d, "--eval", label_map=label_map)
-        eval_set, dropped_eval = drop_empty(eval_set, "--eval")
-        notes["dropped_empty_eval"] = dropped_eval
-        if dropped_eval:
-            say(f"--eval: dropped {dropped_eval:,} rows with empty text")
-    else:
-        # With several training files the validation rows come from the first (the real labelled data), so
-        # augmented or pseudo-labelled rows never decide which checkpoint is kept.
-        first = np.arange(len(train_set)) if train_set.part is None else np.flatnonzero(train_set.part == 0)
-        keep, held = stratified_indices(train_set.labels[first], d.val_size, seed)
-        held = first[held]
-        keep = np.setdiff1d(np.arange(len(train_set)), held)
-        if train_set.part is not None:
-            # Augmented copies of validation rows would leak them into training: drop them too.
-            derived = np.isin(train_set.parent[keep], train_set.parent[held]) & (train_set.part[keep] > 0)
-            if derived.any():
-                say(f"--train: left out {int(derived.sum()):,} augmented rows derived from validation rows")
-                notes["dropped_derived_from_validation"] = int(derived.sum())
-            keep = keep[~derived]
-        train_set, eval_set = train_set.subset(keep), train_set.subset(held)
-        notes["validation"] = f"stratified split of {len(eval_set):,} training rows (seed {seed})"
-    # The filter runs after the split so that validation keeps the full distribution it is meant to measure.
-    train_set, filtered = richness_filter(train_set, d.filter)
-    if filtered:
-        notes["filtered_train"] = filtered
-        say(f"data.filter: dropped {filtered:,} training rows; {len(train_set):,} remain")
-    n_classes = len(set(train_set.labels.tolist()))
-    if d.max_train_samples is not None and d.max_train_samples < n_classes:
-        raise UserError(
-            f"--max-train-samples {d.max_train_samples} is fewer than the {n_classes} classes of the training "
-            "rows; sample at least one row per class"
-        )
-    if d.max_train_samples is not None and d.max_train_samples < len(train_set):
-        _, sample = stratified_indices(train_set.labels, d.max_train_samples, seed)
-        train_set = train_set.subset(sample)
-    if len(set(train_set.labels.tolist())) < 2:
-        raise UserError("--train: fewer than two classes remain after splitting/sampling; give more rows")
-    notes["eval_texts_seen_in_train"] = overlap_count(train_set.texts, eval_set.texts)
-    if notes["eval_texts_seen_in_train"]:
-        say(
-            f"leakage check: {notes['eval_texts_seen_in_train']:,} of {len(eval_set):,} evaluation texts also occur "
-            "in the training rows (ignoring case and punctuation); evaluation scores will be optimistic"
-        )
+    d = recipe.data
+    if rows is None:
+        rows = read_rows(d, recipe.train.seed, train_path, eval_path)
+    train_set, eval_set, label_map, notes = rows.train, rows.eval, rows.label_map, rows.notes
     the_plan = plan(recipe, len(label_map))
     check_budget(the_plan)
     tokenizer = load_tokenizer(recipe.model.name, recipe.model, d.truncation_side)
@@ -150,7 +95,7 @@ def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) 
     teachers = None
     if recipe.distill.teachers:
         teachers = teacher_log_probs(recipe.distill.teachers, train_set.texts, label_map, say)
-        notes["teachers"] = [_absolute(t) for t in recipe.distill.teachers]
+        notes["teachers"] = [absolute(t) for t in recipe.distill.teachers]
     return Prepared(
         recipe,
         label_map,
@@ -165,21 +110,6 @@ def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) 
         notes,
         teachers,
     )
-
-
-def _absolute(path: str | None) -> str | None:
-    """Files are recorded by absolute path so that `--resume` works from any working directory."""
-    return str(Path(path).resolve()) if path and Path(path).exists() else path
-
-
-def overlap_count(train_texts: list[str], eval_texts: list[str]) -> int:
-    """Evaluation texts that also occur in training, after case and punctuation are ignored (a leakage check)."""
-
-    def norm(t: str) -> str:
-        return " ".join("".join(c.lower() if c.isalnum() else " " for c in t).split())
-
-    seen = {norm(t) for t in train_texts}
-    return sum(norm(t) in seen for t in eval_texts)
 
 
 def resume_run(out: Path) -> tuple[Prepared, Path]:
