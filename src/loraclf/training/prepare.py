@@ -54,14 +54,50 @@ class Prepared:
 
 
 def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) -> Prepared:
-    """Load, clean, split, sample, plan and tokenise; raise UserError on any problem, write nothing."""
+    """Load, clean, split, sample, plan and tokenise; raise UserError on any problem, write nothing.
+
+    Args:
+        recipe: The resolved recipe.
+        train_path: One training file or several (the first holds the real labelled rows).
+        eval_path: The evaluation file, or None for a stratified split of the first training file.
+
+    Raises:
+        UserError: any problem with the files, the recipe, the budget or the environment, before a folder exists.
+    """
     validate(recipe)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError(
             "train.tensorboard needs the tensorboard package: pip install tensorboard (or set it false)"
         )
-    d, seed = recipe.data, recipe.train.seed
     train_paths = [train_path] if isinstance(train_path, str) else list(train_path)
+    train_set, eval_set, label_map, notes = _rows(recipe, train_paths, eval_path)
+    the_plan = plan(recipe, len(label_map))
+    check_budget(the_plan)
+    tokenizer = load_tokenizer(recipe.model.name, recipe.model, recipe.data.truncation_side)
+    max_length, stats, train_ids, eval_ids = _tokens(recipe, tokenizer, train_set, eval_set)
+    teachers = None
+    if recipe.distill.teachers:
+        teachers = teacher_log_probs(recipe.distill.teachers, train_set.texts, label_map, say)
+        notes["teachers"] = [_absolute(t) for t in recipe.distill.teachers]
+    return Prepared(
+        recipe,
+        label_map,
+        train_set,
+        eval_set,
+        train_ids,
+        eval_ids,
+        max_length,
+        stats,
+        the_plan,
+        tokenizer,
+        notes,
+        teachers,
+    )
+
+
+def _rows(recipe: Recipe, train_paths: list[str], eval_path: str | None):
+    """Training and evaluation rows, the label map and the data notes recorded in run.json."""
+    d, seed = recipe.data, recipe.train.seed
     train_set, label_map = load_train_texts(train_paths, d, "--train")
     train_set, dropped = drop_empty(train_set, "--train")
     notes = {
@@ -80,21 +116,38 @@ def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) 
         if dropped_eval:
             say(f"--eval: dropped {dropped_eval:,} rows with empty text")
     else:
-        # With several training files the validation rows come from the first (the real labelled data), so
-        # augmented or pseudo-labelled rows never decide which checkpoint is kept.
-        first = np.arange(len(train_set)) if train_set.part is None else np.flatnonzero(train_set.part == 0)
-        keep, held = stratified_indices(train_set.labels[first], d.val_size, seed)
-        held = first[held]
-        keep = np.setdiff1d(np.arange(len(train_set)), held)
-        if train_set.part is not None:
-            # Augmented copies of validation rows would leak them into training: drop them too.
-            derived = np.isin(train_set.parent[keep], train_set.parent[held]) & (train_set.part[keep] > 0)
-            if derived.any():
-                say(f"--train: left out {int(derived.sum()):,} augmented rows derived from validation rows")
-                notes["dropped_derived_from_validation"] = int(derived.sum())
-            keep = keep[~derived]
-        train_set, eval_set = train_set.subset(keep), train_set.subset(held)
-        notes["validation"] = f"stratified split of {len(eval_set):,} training rows (seed {seed})"
+        train_set, eval_set = _split(train_set, d.val_size, seed, notes)
+    train_set = _filter_and_sample(train_set, d, seed, notes)
+    notes["eval_texts_seen_in_train"] = overlap_count(train_set.texts, eval_set.texts)
+    if notes["eval_texts_seen_in_train"]:
+        say(
+            f"leakage check: {notes['eval_texts_seen_in_train']:,} of {len(eval_set):,} evaluation texts also occur "
+            "in the training rows (ignoring case and punctuation); evaluation scores will be optimistic"
+        )
+    return train_set, eval_set, label_map, notes
+
+
+def _split(train_set: TextSet, val_size: float, seed: int, notes: dict) -> tuple[TextSet, TextSet]:
+    """A stratified validation split of the first training file's rows."""
+    # With several training files the validation rows come from the first (the real labelled data), so
+    # augmented or pseudo-labelled rows never decide which checkpoint is kept.
+    first = np.arange(len(train_set)) if train_set.part is None else np.flatnonzero(train_set.part == 0)
+    _, held = stratified_indices(train_set.labels[first], val_size, seed)
+    held = first[held]
+    keep = np.setdiff1d(np.arange(len(train_set)), held)
+    if train_set.part is not None:
+        # Augmented copies of validation rows would leak them into training: drop them too.
+        derived = np.isin(train_set.parent[keep], train_set.parent[held]) & (train_set.part[keep] > 0)
+        if derived.any():
+            say(f"--train: left out {int(derived.sum()):,} augmented rows derived from validation rows")
+            notes["dropped_derived_from_validation"] = int(derived.sum())
+        keep = keep[~derived]
+    notes["validation"] = f"stratified split of {len(held):,} training rows (seed {seed})"
+    return train_set.subset(keep), train_set.subset(held)
+
+
+def _filter_and_sample(train_set: TextSet, d, seed: int, notes: dict) -> TextSet:
+    """The richness filter, then ``--max-train-samples`` (stratified); at least two classes must remain."""
     # The filter runs after the split so that validation keeps the full distribution it is meant to measure.
     train_set, filtered = richness_filter(train_set, d.filter)
     if filtered:
@@ -111,15 +164,12 @@ def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) 
         train_set = train_set.subset(sample)
     if len(set(train_set.labels.tolist())) < 2:
         raise UserError("--train: fewer than two classes remain after splitting/sampling; give more rows")
-    notes["eval_texts_seen_in_train"] = overlap_count(train_set.texts, eval_set.texts)
-    if notes["eval_texts_seen_in_train"]:
-        say(
-            f"leakage check: {notes['eval_texts_seen_in_train']:,} of {len(eval_set):,} evaluation texts also occur "
-            "in the training rows (ignoring case and punctuation); evaluation scores will be optimistic"
-        )
-    the_plan = plan(recipe, len(label_map))
-    check_budget(the_plan)
-    tokenizer = load_tokenizer(recipe.model.name, recipe.model, d.truncation_side)
+    return train_set
+
+
+def _tokens(recipe: Recipe, tokenizer, train_set: TextSet, eval_set: TextSet):
+    """The max length (given, or the ``length_quantile`` of training lengths), length statistics, token ids."""
+    d = recipe.data
     lengths = token_lengths(tokenizer, train_set.texts, progress=recipe.train.progress)
     # Tokenizers without a saved limit report a huge model_max_length; the position table is the real bound.
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
@@ -142,24 +192,7 @@ def prepare(recipe: Recipe, train_path: str | list[str], eval_path: str | None) 
     cache = cache_dir() / "tokens"
     train_ids = tokenize(tokenizer, train_set.texts, max_length, cache, progress=recipe.train.progress)
     eval_ids = tokenize(tokenizer, eval_set.texts, max_length, cache, progress=recipe.train.progress)
-    teachers = None
-    if recipe.distill.teachers:
-        teachers = teacher_log_probs(recipe.distill.teachers, train_set.texts, label_map, say)
-        notes["teachers"] = [_absolute(t) for t in recipe.distill.teachers]
-    return Prepared(
-        recipe,
-        label_map,
-        train_set,
-        eval_set,
-        train_ids,
-        eval_ids,
-        max_length,
-        stats,
-        the_plan,
-        tokenizer,
-        notes,
-        teachers,
-    )
+    return max_length, stats, train_ids, eval_ids
 
 
 def _absolute(path: str | None) -> str | None:
