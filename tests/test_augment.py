@@ -8,8 +8,6 @@ quality of the samples.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import random
 from collections import Counter
@@ -23,7 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CLASS_WORDS, LABELS, write_text_csv, write_title_desc_csv
+from conftest import CLASS_WORDS, LABELS, run_cli, write_text_csv, write_title_desc_csv
 from loraclf.data.tables import read_table
 from loraclf.toolbox import augment, generate, wordnet
 from loraclf.toolbox.augment import (
@@ -41,21 +39,9 @@ SENTENCE = "The quick brown fox jumps over the lazy dog near the big car park."
 
 
 def run_augment_cli(*args) -> tuple[int, str, str]:
-    """`loraclf augment ARGS` through the command's own parser, exactly as `loraclf.cli.main.main` handles errors."""
-    from loraclf.cli.augment import COMMANDS, add_command
-    from loraclf.cli.main import Parser
-
-    parser = Parser(prog="loraclf")
-    add_command(parser.add_subparsers(dest="command", parser_class=Parser))
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            parsed = parser.parse_args(["augment", *map(str, args)])
-            code = COMMANDS[parsed.command](parsed)
-        except UserError as exc:
-            print(f"loraclf: error: {exc}", file=err)
-            code = UserError.exit_code
-    return code, out.getvalue(), err.getvalue()
+    """`loraclf augment ARGS` through the real entry point (its parsing and one-line error handling)."""
+    res = run_cli("augment", *args)
+    return res.returncode, res.stdout, res.stderr
 
 
 @pytest.fixture(scope="module")

@@ -121,6 +121,11 @@ def test_monte_carlo_dropout_uses_the_pytorch_model(trained):
     run = loraclf.load(trained["runs"]["bert"], precision="int8")
     a = run.predict_proba(trained["texts"][:8], mc_dropout=3)
     assert a.shape == (8, 4) and run._model is not None  # built on demand for the dropout passes
+    np.testing.assert_allclose(a.sum(1), 1.0, atol=1e-5)
+    assert np.array_equal(a, run.predict_proba(trained["texts"][:8], mc_dropout=3))  # seeded passes
+    # Dropout was really on: the average of dropout passes differs from the deterministic PyTorch answer.
+    plain = loraclf.load(trained["runs"]["bert"], precision=run.torch_precision)
+    assert not np.allclose(a, plain.predict_proba(trained["texts"][:8]), atol=1e-6)
 
 
 def test_predict_and_evaluate_name_the_engine(trained, tmp_path):

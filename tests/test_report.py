@@ -308,11 +308,11 @@ def test_runs_sorting(runs_root, sort, order):
 
 def test_runs_command_text_and_json(runs_root, capsys):
     args = parse("runs", str(runs_root), "--sort", "accuracy")
-    assert COMMANDS["runs"](args) == 0
+    assert COMMANDS["runs"](args) == 2  # "d" is damaged: listed as unreadable, and the exit status says so
     out = capsys.readouterr().out
     assert re.search(r"^a\s+minilm\s+lora\s+500,000\s+90\.00%\s+89\.00%\s+30\.0 s\s+complete$", out, re.M)
     args = parse("runs", str(runs_root), "--sort", "time", "--json")
-    assert COMMANDS["runs"](args) == 0
+    assert COMMANDS["runs"](args) == 2
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == ["group/b", "a", "c", "d"]
     assert rows[0]["trainable"] == 400_000 and rows[0]["train_seconds"] == 10.0

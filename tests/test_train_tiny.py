@@ -102,8 +102,10 @@ def test_run_folder_has_exactly_the_run_files(runs):
 
 def test_metrics_show_learning(runs):
     m = json.loads((runs["a"] / "metrics.json").read_text())
-    assert 0.0 <= m["macro_f1"] <= 1.0
     assert m["accuracy"] >= 0.9, m  # keyword classes: far above the 0.25 of chance
+    assert m["macro_f1"] >= 0.85, (
+        m
+    )  # every class learnt, not only the frequent ones  # keyword classes: far above the 0.25 of chance
     assert m["n"] == 40
     history = [json.loads(line) for line in (runs["a"] / "metrics.jsonl").read_text().splitlines()]
     evals = [h for h in history if h["split"] == "eval"]

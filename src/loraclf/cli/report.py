@@ -8,6 +8,7 @@ its model, method, trainable parameters, accuracy, macro-F1, wall time and statu
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from loraclf.reporting.listing import SORT_KEYS
@@ -53,7 +54,11 @@ def cmd_runs(args) -> int:
         print(json.dumps(sort_rows(rows, args.sort), indent=1))
     else:
         print(format_runs_table(rows, args.sort))
-    return 0
+    # The table lists a damaged run as "unreadable"; the exit status and one line each keep scripts from missing it.
+    damaged = [r for r in rows if r.get("error")]
+    for r in damaged:
+        print(f"loraclf: error: runs: {r['error']}", file=sys.stderr)
+    return 2 if damaged else 0
 
 
 COMMANDS = {"report": cmd_report, "runs": cmd_runs}

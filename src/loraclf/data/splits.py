@@ -38,7 +38,13 @@ class Rows:
 
 
 def read_rows(d: DataConfig, seed: int, train_path: str | list[str], eval_path: str | None) -> Rows:
-    """Read, label, split, filter and sample the rows of a run.
+    """Training and evaluation rows, the label map and the data notes recorded in run.json.
+
+    Args:
+        d: The recipe's data section.
+        seed: The recipe's seed (split and sample).
+        train_path: One training file or several (the first holds the real labelled rows).
+        eval_path: The evaluation file, or None for a stratified split of the first training file.
 
     Raises:
         UserError: a file is missing or malformed, the label names do not fit, or too few rows or classes remain.
@@ -67,7 +73,38 @@ def read_rows(d: DataConfig, seed: int, train_path: str | list[str], eval_path: 
         if dropped_eval:
             say(f"--eval: dropped {dropped_eval:,} rows with empty text")
     else:
-        train_set, eval_set = _validation_split(train_set, d, seed, notes)
+        train_set, eval_set = _split(train_set, d.val_size, seed, notes)
+    train_set = _filter_and_sample(train_set, d, seed, notes)
+    notes["eval_texts_seen_in_train"] = overlap_count(train_set.texts, eval_set.texts)
+    if notes["eval_texts_seen_in_train"]:
+        say(
+            f"leakage check: {notes['eval_texts_seen_in_train']:,} of {len(eval_set):,} evaluation texts also occur "
+            "in the training rows (ignoring case and punctuation); evaluation scores will be optimistic"
+        )
+    return Rows(train_set, eval_set, label_map, notes)
+
+
+def _split(train_set: TextSet, val_size: float, seed: int, notes: dict) -> tuple[TextSet, TextSet]:
+    """A stratified validation split of the first training file's rows."""
+    # With several training files the validation rows come from the first (the real labelled data), so
+    # augmented or pseudo-labelled rows never decide which checkpoint is kept.
+    first = np.arange(len(train_set)) if train_set.part is None else np.flatnonzero(train_set.part == 0)
+    _, held = stratified_indices(train_set.labels[first], val_size, seed)
+    held = first[held]
+    keep = np.setdiff1d(np.arange(len(train_set)), held)
+    if train_set.part is not None:
+        # Augmented copies of validation rows would leak them into training: drop them too.
+        derived = np.isin(train_set.parent[keep], train_set.parent[held]) & (train_set.part[keep] > 0)
+        if derived.any():
+            say(f"--train: left out {int(derived.sum()):,} augmented rows derived from validation rows")
+            notes["dropped_derived_from_validation"] = int(derived.sum())
+        keep = keep[~derived]
+    notes["validation"] = f"stratified split of {len(held):,} training rows (seed {seed})"
+    return train_set.subset(keep), train_set.subset(held)
+
+
+def _filter_and_sample(train_set: TextSet, d: DataConfig, seed: int, notes: dict) -> TextSet:
+    """The richness filter, then ``--max-train-samples`` (stratified); at least two classes must remain."""
     # The filter runs after the split so that validation keeps the full distribution it is meant to measure.
     train_set, filtered = richness_filter(train_set, d.filter)
     if filtered:
@@ -84,33 +121,7 @@ def read_rows(d: DataConfig, seed: int, train_path: str | list[str], eval_path: 
         train_set = train_set.subset(sample)
     if len(set(train_set.labels.tolist())) < 2:
         raise UserError("--train: fewer than two classes remain after splitting/sampling; give more rows")
-    notes["eval_texts_seen_in_train"] = overlap_count(train_set.texts, eval_set.texts)
-    if notes["eval_texts_seen_in_train"]:
-        say(
-            f"leakage check: {notes['eval_texts_seen_in_train']:,} of {len(eval_set):,} evaluation texts also occur "
-            "in the training rows (ignoring case and punctuation); evaluation scores will be optimistic"
-        )
-    return Rows(train_set, eval_set, label_map, notes)
-
-
-def _validation_split(train_set: TextSet, d: DataConfig, seed: int, notes: dict) -> tuple[TextSet, TextSet]:
-    """The stratified validation split of the first training file; (training rows, validation rows)."""
-    # With several training files the validation rows come from the first (the real labelled data), so
-    # augmented or pseudo-labelled rows never decide which checkpoint is kept.
-    first = np.arange(len(train_set)) if train_set.part is None else np.flatnonzero(train_set.part == 0)
-    keep, held = stratified_indices(train_set.labels[first], d.val_size, seed)
-    held = first[held]
-    keep = np.setdiff1d(np.arange(len(train_set)), held)
-    if train_set.part is not None:
-        # Augmented copies of validation rows would leak them into training: drop them too.
-        derived = np.isin(train_set.parent[keep], train_set.parent[held]) & (train_set.part[keep] > 0)
-        if derived.any():
-            say(f"--train: left out {int(derived.sum()):,} augmented rows derived from validation rows")
-            notes["dropped_derived_from_validation"] = int(derived.sum())
-        keep = keep[~derived]
-    train_set, eval_set = train_set.subset(keep), train_set.subset(held)
-    notes["validation"] = f"stratified split of {len(eval_set):,} training rows (seed {seed})"
-    return train_set, eval_set
+    return train_set
 
 
 def absolute(path: str | None) -> str | None:

@@ -31,6 +31,7 @@ import torch
 from loraclf.data.batching import pad_batch, sorted_batches
 from loraclf.modeling.backbones import PooledClassifier, is_causal_lm
 from loraclf.runfolder.schema import hash_run_content
+from loraclf.utils.errors import UserError
 from loraclf.utils.progress import bar as progress_bar
 
 # ONNX Runtime fuses the residual add into its SkipLayerNormalization kernel; on the CPUs measured here the fused
@@ -220,6 +221,8 @@ def int8_classifier(run: Path, build, pad_id: int, threads: int | None = None) -
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             export(build(), path, pad_id)
+        except UserError:
+            raise  # a damaged run folder fails the same way on PyTorch: say so once
         except Exception as exc:  # an architecture the exporter cannot trace must not stop a prediction
             print(
                 f"loraclf: note: int8 export of '{run}' failed ({type(exc).__name__}: {str(exc)[:160]}); "

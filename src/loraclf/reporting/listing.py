@@ -94,7 +94,8 @@ def run_row(run: Path, root: Path) -> dict:
     row.update(budget=None, accuracy=None, macro_f1=None, train_seconds=None, status="unreadable")
     try:
         info = read_run_info(run).to_json()
-    except UserError:
+    except UserError as exc:
+        row["error"] = str(exc)
         return row
     plan = info.get("plan") or {}
     metrics = _json(run / "metrics.json")

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from loraclf.runfolder.atomic import fsync_dir
@@ -36,7 +37,17 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """Tensors of a safetensors file.
+
+    Raises:
+        UserError: the file is missing or not a readable safetensors file (names it).
+    """
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"'{path}' is missing; the run folder is damaged, retrain it") from None
+    except (OSError, SafetensorError) as exc:
+        raise UserError(f"'{path}' is not a readable safetensors file ({exc}); retrain the run") from None
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

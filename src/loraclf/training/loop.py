@@ -1,6 +1,6 @@
 """Training: one explicit loop built from small named pieces.
 
-``prepare`` (prepare.py) reads and checks everything (data, labels, model, budget, tokenisation) *before* a run
+``prepare`` (training/prepare.py) reads and checks everything (data, labels, model, budget, tokenisation) *before* a run
 folder exists, so a mistake never leaves a half-written folder. ``train`` then runs AdamW with a warmup schedule over
 length-grouped, dynamically padded batches, evaluates every N optimizer steps, keeps the best weights by the chosen
 metric, stops early when asked, and writes resumable checkpoints. ``loss_step`` is the one place that turns a batch
@@ -238,7 +238,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: torch.amp.GradScaler | None
-    cache: object | None  # the frozen-layer cache (frozen.py) or None
+    cache: object | None  # the frozen-layer cache (training/frozen.py) or None
     cache_seconds: float
     loss_step: LossStep
     method: Method
@@ -469,7 +469,7 @@ def _save_on_interrupt(p, out: Path, s: Session, state: TrainState, started: flo
 
 
 def _frozen_cache(p: Prepared, model, device, precision: str):
-    """The frozen-layer cache when adapters start above layer 0 (see frozen.py), installed; and its build time."""
+    """The frozen-layer cache when adapters start above layer 0 (see training/frozen.py), installed; and its build time."""
     from loraclf.modeling.backbones import head_module_name
     from loraclf.training import frozen
 

@@ -46,30 +46,53 @@ class Prepared:
 def prepare(
     recipe: Recipe, train_path: str | list[str], eval_path: str | None, rows: Rows | None = None
 ) -> Prepared:
-    """Read the rows (unless ``rows`` already holds them), plan and tokenise; raise UserError, write nothing.
+    """Load, clean, split, sample, plan and tokenise; raise UserError on any problem, write nothing.
 
     Args:
         recipe: The resolved recipe.
-        train_path: Training file(s).
-        eval_path: Evaluation file, or None for a stratified split of the first training file.
-        rows: The result of :func:`loraclf.data.splits.read_rows` for the same files and ``recipe.data``, when the
-            caller read them already (the CLI does, before the model libraries load).
+        train_path: One training file or several (the first holds the real labelled rows).
+        eval_path: The evaluation file, or None for a stratified split of the first training file.
+        rows: :func:`loraclf.data.splits.read_rows` of the same files and ``recipe.data``, when the caller read
+            them already (the CLI does, before the model libraries load).
 
     Raises:
-        UserError: any problem with the data, the recipe, the model or the budget.
+        UserError: any problem with the files, the recipe, the budget or the environment, before a folder exists.
     """
     validate(recipe)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError(
             "train.tensorboard needs the tensorboard package: pip install tensorboard (or set it false)"
         )
-    d = recipe.data
     if rows is None:
-        rows = read_rows(d, recipe.train.seed, train_path, eval_path)
+        rows = read_rows(recipe.data, recipe.train.seed, train_path, eval_path)
     train_set, eval_set, label_map, notes = rows.train, rows.eval, rows.label_map, rows.notes
     the_plan = plan(recipe, len(label_map))
     check_budget(the_plan)
-    tokenizer = load_tokenizer(recipe.model.name, recipe.model, d.truncation_side)
+    tokenizer = load_tokenizer(recipe.model.name, recipe.model, recipe.data.truncation_side)
+    max_length, stats, train_ids, eval_ids = _tokens(recipe, tokenizer, train_set, eval_set)
+    teachers = None
+    if recipe.distill.teachers:
+        teachers = teacher_log_probs(recipe.distill.teachers, train_set.texts, label_map, say)
+        notes["teachers"] = [absolute(t) for t in recipe.distill.teachers]
+    return Prepared(
+        recipe,
+        label_map,
+        train_set,
+        eval_set,
+        train_ids,
+        eval_ids,
+        max_length,
+        stats,
+        the_plan,
+        tokenizer,
+        notes,
+        teachers,
+    )
+
+
+def _tokens(recipe: Recipe, tokenizer, train_set: TextSet, eval_set: TextSet):
+    """The max length (given, or the ``length_quantile`` of training lengths), length statistics, token ids."""
+    d = recipe.data
     lengths = token_lengths(tokenizer, train_set.texts, progress=recipe.train.progress)
     # Tokenizers without a saved limit report a huge model_max_length; the position table is the real bound.
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
@@ -92,24 +115,7 @@ def prepare(
     cache = cache_dir() / "tokens"
     train_ids = tokenize(tokenizer, train_set.texts, max_length, cache, progress=recipe.train.progress)
     eval_ids = tokenize(tokenizer, eval_set.texts, max_length, cache, progress=recipe.train.progress)
-    teachers = None
-    if recipe.distill.teachers:
-        teachers = teacher_log_probs(recipe.distill.teachers, train_set.texts, label_map, say)
-        notes["teachers"] = [absolute(t) for t in recipe.distill.teachers]
-    return Prepared(
-        recipe,
-        label_map,
-        train_set,
-        eval_set,
-        train_ids,
-        eval_ids,
-        max_length,
-        stats,
-        the_plan,
-        tokenizer,
-        notes,
-        teachers,
-    )
+    return max_length, stats, train_ids, eval_ids
 
 
 def resume_run(out: Path) -> tuple[Prepared, Path]:

@@ -3,7 +3,7 @@
 ``auto`` picks CUDA, then Apple MPS, then the CPU. Precision ``auto`` means bf16 autocast where the hardware has
 fast bf16 (CUDA GPUs from Ampere on; CPUs with AMX or AVX-512 BF16), fp16 autocast with loss scaling on older CUDA
 GPUs, fp32 elsewhere. Weights and optimizer state stay fp32 in every mode; only matrix products run in low precision.
-Inference adds ``int8``: the encoder's matrix products quantised and run by ONNX Runtime on the CPU (onnx_int8.py).
+Inference adds ``int8``: the encoder's matrix products quantised and run by ONNX Runtime on the CPU (inference/onnx_int8.py).
 """
 
 from __future__ import annotations
