@@ -300,3 +300,19 @@ def test_data_file_errors_come_before_the_model_libraries(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "has a header but no data rows" in res.stderr and "no label column 'label'" in res.stderr
     assert res.stdout.strip().splitlines()[-1] == "LOADED:", res.stdout
+
+
+def test_readme_quick_start_says_how_the_commands_find_loraclf():
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "source .venv/bin/activate" in quick and ".venv/bin/loraclf" in quick
+    command_line = text.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    for documented in (
+        "train.save_every_minutes",
+        "RUN/evaluations/",
+        "data.label_names",
+        "`--epoch` is an error",
+    ):
+        assert documented in command_line, documented
