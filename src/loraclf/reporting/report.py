@@ -192,6 +192,38 @@ def build_figures(r: dict, predictions: list[str] | None = None) -> dict[str, by
     return {name: figures.png(fig) for name, fig in figs.items()}
 
 
+def _confusion_section(r: dict, pngs: dict[str, bytes], pending: str) -> str:
+    """Validation's confusion matrix, then one per file recorded by `loraclf evaluate`."""
+    validation = (
+        _img(
+            pngs["confusion_matrix"],
+            "confusion matrix",
+            "Rows are true classes, columns predicted ones, on the validation rows; colour is the share of the row.",
+        )
+        if r["metrics"]
+        else _note(pending)
+    )
+    others = [
+        _img(pngs[f"confusion_matrix_{stem}"], f"confusion matrix on {stem}", evaluations.caption(e))
+        for stem, e in r.get("evaluations", {}).items()
+    ]
+    return _section("Confusion matrix", validation, *others)
+
+
+def _predictions_section(pngs: dict[str, bytes], predictions: list[str], labels: list[str], name: str) -> str:
+    """The predicted class distribution of a ``--predictions`` file, with a warning for unknown labels."""
+    unknown = sum(1 for p in predictions if p not in labels)
+    warn = f'<p class="warn">{unknown:,} predictions are not in the run\'s label map.</p>' if unknown else ""
+    caption = (
+        f"Share of predicted classes in {name} ({len(predictions):,} rows), beside the validation split."
+    )
+    return _section(
+        "Predicted class distribution",
+        _img(pngs["predicted_distribution"], "predicted class distribution", caption),
+        warn,
+    )
+
+
 def render_html(
     r: dict, pngs: dict[str, bytes], predictions: list[str] | None = None, pred_name: str = ""
 ) -> str:
@@ -210,25 +242,7 @@ def render_html(
                 "evaluation whose weights were kept.",
             ),
         ),
-        _section(
-            "Confusion matrix",
-            _img(
-                pngs["confusion_matrix"],
-                "confusion matrix",
-                "Rows are true classes, columns predicted ones, on the validation rows; colour is the share of "
-                "the row.",
-            )
-            if m
-            else _note(pending),
-            *(
-                _img(
-                    pngs[f"confusion_matrix_{stem}"],
-                    f"confusion matrix on {stem}",
-                    evaluations.caption(e),
-                )
-                for stem, e in r.get("evaluations", {}).items()
-            ),
-        ),
+        _confusion_section(r, pngs, pending),
         _section("Per-class metrics", _per_class(m, labels, r["names"]) if m else _note(pending)),
         _section(
             "Token lengths",
@@ -258,18 +272,7 @@ def render_html(
         ),
     ]
     if predictions is not None:
-        unknown = sum(1 for p in predictions if p not in labels)
-        warn = (
-            f'<p class="warn">{unknown:,} predictions are not in the run\'s label map.</p>' if unknown else ""
-        )
-        caption = f"Share of predicted classes in {pred_name} ({len(predictions):,} rows), beside the validation split."
-        sections.append(
-            _section(
-                "Predicted class distribution",
-                _img(pngs["predicted_distribution"], "predicted class distribution", caption),
-                warn,
-            )
-        )
+        sections.append(_predictions_section(pngs, predictions, labels, pred_name))
     if r.get("recipe"):
         sections.append(_section("Recipe", f"<pre>{esc(r['recipe'])}</pre>"))
     title = f"loraclf run: {r['name']}"
