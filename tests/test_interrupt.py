@@ -157,7 +157,7 @@ def test_sigint_writes_a_checkpoint_and_says_how_to_resume(data, tmp_path):
     log = tmp_path / "train.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "loraclf", *map(str, args), "train.save_every_minutes=null"],
+            [sys.executable, "-m", "loraclf", *map(str, args)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=cli_env(),
