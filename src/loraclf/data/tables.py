@@ -6,6 +6,10 @@ read with the wrong ``data.header`` is caught by :mod:`loraclf.data.headers`). E
 or from ``title`` + ``description`` joined as the Hugging Face AG News does, a label (int or string) and optionally
 an id. Labels are mapped to class indices through a label map fixed by the training file and saved with the run,
 so predictions come back in the training file's label space whatever layout the prediction file uses.
+
+Labels compare exactly, after surrounding whitespace is stripped from string labels (``" World "`` is ``World``)
+and numbers are unified (``3``, ``3.0`` and ``"3"`` are one class). Case is kept: ``world`` in an evaluation file
+is not the training label ``World``, and the error names the training label it resembles rather than guessing.
 """
 
 from __future__ import annotations
@@ -130,6 +134,12 @@ def build_label_map(labels: list, source: str, flag: str) -> list:
 
 
 def encode_labels(labels: list, label_map: list, source: str, flag: str) -> np.ndarray:
+    """Class indices of ``labels`` in ``label_map``.
+
+    Raises:
+        UserError: a label the training file does not have; names the row and the training label it resembles
+            (same letters in another case, or a close spelling) when there is one.
+    """
     index = {v: i for i, v in enumerate(label_map)}
     # Files may mix string and int spellings of the same label ("1" vs 1): compare by string too.
     by_str = {str(v): i for i, v in enumerate(label_map)}
@@ -138,11 +148,21 @@ def encode_labels(labels: list, label_map: list, source: str, flag: str) -> np.n
         i = index.get(v, by_str.get(str(v)))
         if i is None:
             raise UserError(
-                f"{flag}: '{source}' row {row} has label {v!r}, which the training file does not have "
-                f"(labels: {short_list(map(str, label_map))}); fix the row or the file"
+                f"{flag}: '{source}' row {row} has label {v!r}, which the training file does not have"
+                f"{_resembles(v, label_map)} (labels: {short_list(map(str, label_map))}); fix the row or the file"
             )
         out[row - 1] = i
     return out
+
+
+def _resembles(value, label_map: list) -> str:
+    """Which training label ``value`` resembles, for the error message; '' when none does."""
+    folded = " ".join(str(value).split()).casefold()
+    for known in label_map:
+        if " ".join(str(known).split()).casefold() == folded:
+            # Case is meaning-bearing in some label sets: say what differs instead of merging the two.
+            return f"; it differs only in case or spacing from the training label {str(known)!r}"
+    return did_you_mean(str(value), map(str, label_map))
 
 
 def ids_of(df: pd.DataFrame, cfg: DataConfig) -> list:
