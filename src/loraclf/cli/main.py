@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from loraclf.cli.files import OVERRIDES_HELP, add_column_flags, file_config, split_runs
 from loraclf.utils.errors import UserError
 
 # flag dest → recipe key path
@@ -58,27 +59,6 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
         "--layer-ranks", help="per-layer ranks: 8,8,16,… or an expression in i such as '8*2**(i//4)'"
     )
     p.add_argument("--budget", type=int, help="refuse recipes with more trainable parameters than this")
-
-
-def _column_flags(p: argparse.ArgumentParser, label: bool) -> None:
-    """Column names of the file to score, when they differ from the training file's."""
-    p.add_argument("--text-column", metavar="NAME", help="text column (default: the run's, e.g. text)")
-    if label:
-        p.add_argument("--label-column", metavar="NAME", help="label column (default: the run's, e.g. label)")
-    else:
-        p.add_argument("--id-column", metavar="NAME", help="id column (default: id; absent = row numbers)")
-
-
-def _columns(cfg, args):
-    """The run's data settings with the column flags applied."""
-    from dataclasses import replace
-
-    names = {
-        f"{k}_column": getattr(args, f"{k}_column", None)
-        for k in ("text", "label", "id")
-        if getattr(args, f"{k}_column", None)
-    }
-    return replace(cfg, **names)
 
 
 def _recipe_keys() -> str:
@@ -141,11 +121,12 @@ def build_parser() -> Parser:
     p = sub.add_parser(
         "evaluate",
         help="accuracy, macro-F1, per-class metrics and confusion matrix of a run (several runs: their ensemble)",
+        epilog=OVERRIDES_HELP,
     )
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="average N passes with dropout on")
     p.add_argument("--data", required=True, help="labelled data file")
-    _column_flags(p, label=True)
+    add_column_flags(p, label=True)
     p.add_argument("--json", action="store_true")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
@@ -156,10 +137,14 @@ def build_parser() -> Parser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("predict", help="write a Kaggle-style ID,Label file; several runs form an ensemble")
+    p = sub.add_parser(
+        "predict",
+        help="write a Kaggle-style ID,Label file; several runs form an ensemble",
+        epilog=OVERRIDES_HELP,
+    )
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--input", required=True, help="data file (labels not needed)")
-    _column_flags(p, label=False)
+    add_column_flags(p, label=False)
     p.add_argument("--output", required=True, help="CSV to write")
     p.add_argument("--mc-dropout", type=int, default=0, metavar="N", help="average N passes with dropout on")
     p.add_argument("--probabilities", action="store_true", help="add prob_<label> columns")
@@ -351,10 +336,11 @@ def cmd_evaluate(args) -> int:
 
     if args.mc_dropout < 0:
         raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
+    split_runs(args)
     runs = load_many(args.runs, device=args.device, precision=args.precision)
     ts, _ = load_texts(
         args.data,
-        _columns(raw_data_config(runs[0]), args),
+        file_config(raw_data_config(runs[0]), args),
         "--data",
         label_map=runs[0].labels,
         fixes=COLUMN_FLAGS,
@@ -399,9 +385,10 @@ def cmd_predict(args) -> int:
         raise UserError(f"--output: folder '{out.parent}' does not exist; create it first")
     if args.mc_dropout < 0:
         raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
+    split_runs(args)
     runs = load_many(args.runs, device=args.device, precision=args.precision)
     labels = runs[0].labels
-    cfg = _columns(raw_data_config(runs[0]), args)
+    cfg = file_config(raw_data_config(runs[0]), args)
     ts, _ = load_texts(args.input, cfg, "--input", labelled=False, fixes=COLUMN_FLAGS)
     check_unique_ids(ts, cfg, "--input")
     start = time.perf_counter()
