@@ -322,3 +322,12 @@ def test_cli_evaluate_and_predict_read_either_layout_with_file_overrides(runs):
     pred = pd.read_csv(d / "p.csv")
     assert len(pred) == 48 and set(pred["Label"]) <= {1, 2, 3, 4}
     one_line(res["not-a-file-key"], "'train.lr=1' cannot change a finished run", "data.header")
+
+
+def test_a_headerless_run_still_reads_json_lines_by_their_keys(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    path.write_text('{"label": "world", "text": "label"}\n{"label": "sports", "text": "goal"}\n', "utf-8")
+    ts, _ = load_texts(
+        str(path), DataConfig(header=False, columns=["label", "text"]), "--eval", label_map=LABELS
+    )
+    assert ts.texts == ["label", "goal"]  # data.header concerns CSV/TSV only

@@ -102,6 +102,8 @@ def check_header(
         UserError: the header row reads like data (the message gives ``data.header=false data.columns=…``), or
             with ``data.header=false`` the first row reads like a header (the message says ``data.header=true``).
     """
+    if not df.attrs.get("delimited"):
+        return  # JSON Lines, Parquet and datasets name their own fields: data.header concerns CSV/TSV only
     names = [str(c) for c in df.columns]
     if cfg.header:
         has_text = cfg.text_column in names or {cfg.title_column, cfg.description_column} <= set(names)
