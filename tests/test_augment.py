@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import CLASS_WORDS, LABELS, run_cli, write_text_csv, write_title_desc_csv
-from loraclf.data.tables import read_table
+from loraclf.data.readers import read_table
 from loraclf.toolbox import augment, generate, wordnet
 from loraclf.toolbox.augment import (
     augment_rows,

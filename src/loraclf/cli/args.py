@@ -62,25 +62,6 @@ def add_recipe_flags(p: argparse.ArgumentParser, command: str) -> None:
             p.add_argument(f.metadata["flag"], type=_flag_type(tp), help=f"{f.metadata['help']} ({key})")
 
 
-def add_column_flags(p: argparse.ArgumentParser, label: bool) -> None:
-    """Column names of the file to score, when they differ from the training file's."""
-    p.add_argument("--text-column", metavar="NAME", help="text column (default: the run's, e.g. text)")
-    if label:
-        p.add_argument("--label-column", metavar="NAME", help="label column (default: the run's, e.g. label)")
-    else:
-        p.add_argument("--id-column", metavar="NAME", help="id column (default: id; absent = row numbers)")
-
-
-def with_columns(cfg, args):
-    """The run's data settings with the column flags applied."""
-    names = {
-        f"{k}_column": getattr(args, f"{k}_column", None)
-        for k in ("text", "label", "id")
-        if getattr(args, f"{k}_column", None)
-    }
-    return dataclasses.replace(cfg, **names)
-
-
 def recipe_keys_help() -> str:
     """The epilog of ``loraclf train --help``: every recipe key with its default and help."""
     rows = describe()

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from loraclf.cli.args import add_column_flags, with_columns
+from loraclf.cli.files import OVERRIDES_HELP, add_column_flags, file_config, split_runs
 from loraclf.data.paths import check_data_path
 from loraclf.runfolder.schema import check_run, read_labels, read_recipe, write_evaluation
 from loraclf.utils.errors import UserError
@@ -35,6 +35,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="accuracy, macro-F1, per-class metrics and confusion matrix of a run (several runs: their ensemble)",
+        epilog=OVERRIDES_HELP,
     )
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--data", required=True, help="labelled data file")
@@ -42,7 +43,11 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
     _inference_flags(p)
 
-    p = sub.add_parser("predict", help="write a Kaggle-style ID,Label file; several runs form an ensemble")
+    p = sub.add_parser(
+        "predict",
+        help="write a Kaggle-style ID,Label file; several runs form an ensemble",
+        epilog=OVERRIDES_HELP,
+    )
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--input", required=True, help="data file (labels not needed)")
     add_column_flags(p, label=False)
@@ -52,16 +57,18 @@ def add_commands(sub) -> None:
 
 
 def _raw_data_config(run: Path, args):
-    """The first run's data settings with cleaning off (each member cleans the raw texts its own way)."""
+    """The first run's data settings with cleaning off (each member cleans the raw texts its own way), then the
+    file overrides and column flags (see :mod:`loraclf.cli.files`)."""
     from loraclf.config.recipe import CleanConfig
 
     off = CleanConfig(**{f.name: False for f in dataclasses.fields(CleanConfig)})
-    return with_columns(dataclasses.replace(read_recipe(run).data, clean=off), args)
+    return file_config(dataclasses.replace(read_recipe(run).data, clean=off), args)
 
 
 def _check_runs(args, data_flag: str, data: str) -> list[Path]:
     if args.mc_dropout < 0:
         raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
+    split_runs(args)  # trailing data.KEY=VALUE words that argparse took for run folders
     runs = [check_run(r) for r in args.runs]
     check_data_path(data, data_flag)
     return runs

@@ -79,6 +79,16 @@ class DataConfig:
     join: str = opt(" ", "between title and description, as the Hugging Face AG News does")
     label_column: str = opt("label", "label column (ints or strings)")
     id_column: str = opt("id", "used for prediction IDs when present, else the row index")
+    header: bool = opt(
+        True,
+        "CSV/TSV: the first row names the columns; false reads every row as data (names from data.columns)",
+    )
+    columns: list[str] | None = opt(
+        None, "CSV/TSV without a header row: column names in file order, e.g. label,title,description"
+    )
+    delimiter: str | None = opt(
+        None, "CSV/TSV field separator: , ; tab | (or any one character); null detects it from the first line"
+    )
     val_size: float = opt(
         0.1, "stratified validation split when no eval file: a fraction (<1) or a row count (>=1)"
     )
@@ -386,7 +396,9 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
                 try:
                     value = yaml.safe_load(raw) if raw.strip() else ""
                 except yaml.YAMLError:
-                    value = raw
+                    value = raw  # e.g. "," as in data.delimiter=,
+                if value in ("", None) and raw.strip() in ("|", ">"):
+                    value = raw.strip()  # YAML block-scalar marks, meant literally (data.delimiter=|)
                 # YAML reads 1e-4 as a string; accept scientific notation for numeric fields.
                 if isinstance(value, str):
                     with contextlib.suppress(ValueError):
@@ -509,6 +521,7 @@ def validate(recipe: Recipe) -> Recipe:
             f"train.save_every ({t.save_every}) exceeds train.max_steps ({t.max_steps}): no checkpoint "
             "would ever be written; lower --save-every"
         )
+    validate_files(d)
     if not 0 <= recipe.distill.alpha <= 1:
         raise UserError(f"distill.alpha must be in [0, 1], got {recipe.distill.alpha}")
     if recipe.distill.temperature <= 0:
@@ -518,6 +531,43 @@ def validate(recipe: Recipe) -> Recipe:
     if t.precision == "fp16" and t.device == "cpu":
         raise UserError("train.precision fp16 needs a GPU; use bf16 or fp32 with train.device cpu")
     return recipe
+
+
+DELIMITER_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+
+def validate_files(d: DataConfig) -> DataConfig:
+    """Check (and normalise) how data files are read: ``data.header``, ``data.columns``, ``data.delimiter``.
+
+    Raises:
+        UserError: a headerless read without column names, repeated or empty names, or a delimiter that is not
+            one character (``tab`` and ``\\t`` spell a tab).
+    """
+    if d.delimiter is not None:
+        d.delimiter = DELIMITER_ALIASES.get(d.delimiter.lower(), d.delimiter)
+        if len(d.delimiter) != 1 or d.delimiter in '"\r\n' or d.delimiter.isalnum() or d.delimiter == " ":
+            raise UserError(
+                f"data.delimiter must be one separator character such as , ; | or tab (got {d.delimiter!r}); "
+                "or null to detect it"
+            )
+    if d.columns is not None:
+        names = [c.strip() for c in d.columns]
+        repeated = sorted({c for c in names if names.count(c) > 1})
+        if not names or not all(names) or repeated:
+            problem = f"repeats {', '.join(repeated)}" if repeated else "has an empty name"
+            raise UserError(f"data.columns {problem}; give one distinct name per field, in file order")
+        d.columns = names
+    if not d.header and not d.columns:
+        raise UserError(
+            "data.header=false needs data.columns, the column names in file order "
+            "(e.g. data.columns=label,title,description)"
+        )
+    if d.header and d.columns:
+        raise UserError(
+            "data.columns names the fields of a file without a header row; add data.header=false (a file with a "
+            "header names its own columns: choose them with data.text_column / data.label_column)"
+        )
+    return d
 
 
 def describe(cls: type | None = None, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -1,21 +1,20 @@
 """Loading, cleaning, splitting and measuring labelled text sets.
 
 A data file is CSV, TSV, JSONL, Parquet, a saved Hugging Face dataset folder, a hub dataset id (``ag_news`` or
-``ag_news:test``), or a pickle read through the restricted loader. Each row gives a text, from ``text`` or from
-``title`` + ``description`` joined as the Hugging Face AG News does, a label (int or string) and optionally an id.
-Labels are mapped to class indices through a label map fixed by the training file and saved with the run, so
-predictions come back in the training file's label space whatever layout the prediction file uses.
+``ag_news:test``), or a pickle read through the restricted loader (reading is :mod:`loraclf.data.readers`; a CSV
+read with the wrong ``data.header`` is caught by :mod:`loraclf.data.headers`). Each row gives a text, from ``text``
+or from ``title`` + ``description`` joined as the Hugging Face AG News does, a label (int or string) and optionally
+an id. Labels are mapped to class indices through a label map fixed by the training file and saved with the run,
+so predictions come back in the training file's label space whatever layout the prediction file uses.
+
+Labels compare exactly, after surrounding whitespace is stripped from string labels (``" World "`` is ``World``)
+and numbers are unified (``3``, ``3.0`` and ``"3"`` are one class). Case is kept: ``world`` in an evaluation file
+is not the training label ``World``, and the error names the training label it resembles rather than guessing.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import re
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +23,9 @@ import pandas as pd
 
 from loraclf.config.recipe import DataConfig
 from loraclf.data.clean import clean_texts
-from loraclf.data.paths import check_data_path
+from loraclf.data.headers import check_header
+from loraclf.data.readers import read_table
 from loraclf.utils.errors import UserError, did_you_mean, short_list
-
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
 
 
 @dataclass
@@ -57,189 +55,6 @@ class TextSet:
             None if self.part is None else self.part[idx],
             None if self.parent is None else self.parent[idx],
         )
-
-
-COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
-
-
-def _raw_bytes(path: Path, flag: str) -> bytes:
-    """The file's bytes, decompressed when it ends in .gz, .bz2 or .xz."""
-    kind = COMPRESSED.get(path.suffix.lower())
-    if kind is None:
-        return path.read_bytes()
-    import importlib
-
-    try:
-        return importlib.import_module(kind).decompress(path.read_bytes())
-    except (OSError, EOFError, ValueError) as exc:
-        raise UserError(f"{flag}: '{path}' is not a readable {path.suffix} file ({exc})") from None
-
-
-def _read_delimited(path: Path, sep: str, flag: str) -> pd.DataFrame:
-    raw = _raw_bytes(path, flag)
-    if not raw.strip():
-        raise UserError(f"{flag}: file '{path}' is empty; give a file with a header row and data rows")
-    try:
-        text = raw.decode("utf-8-sig")  # a BOM is common in files saved by spreadsheet programs
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"{flag}: '{path}' is not UTF-8 (byte {exc.start}, line {line}); re-save it as UTF-8, "
-            "e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
-    if sep == "," and ".csv" in [x.lower() for x in path.suffixes]:
-        first = text.split("\n", 1)[0]
-        if first.count(",") == 0 and (first.count("\t") or first.count(";")):
-            found = "tabs" if first.count("\t") else "semicolons"
-            raise UserError(
-                f"{flag}: '{path}' has no commas in its header but {found}; name it .tsv or use commas"
-            )
-    # Empty lines at the end of a file are an editor's doing, not rows (a line of spaces is a row of spaces).
-    text = re.sub(r"(\r?\n)+\Z", "\n", text)
-    try:
-        with warnings.catch_warnings():
-            # pandas takes a first data row with one field too many for an index column and shifts every
-            # column by one (a header-length warning with index_col=False): a malformed row, not a layout.
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            df = pd.read_csv(
-                io.StringIO(text),
-                sep=sep,
-                dtype=str,
-                keep_default_na=False,
-                quoting=csv.QUOTE_MINIMAL,
-                engine="c",
-                index_col=False,
-                skip_blank_lines=False,  # in a one-column file a blank line is a row with an empty text
-            )
-    except pd.errors.ParserWarning:
-        row = _first_long_row(text, sep)
-        raise UserError(
-            f"{flag}: '{path}' is malformed (row {row} has more fields than the header); quote fields that "
-            f"contain '{sep}'"
-        ) from None
-    except pd.errors.ParserError as exc:
-        msg = str(exc).strip().split("\n")[0]
-        raise UserError(
-            f"{flag}: '{path}' is malformed ({msg}); check quoting and the number of fields per row"
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise UserError(
-            f"{flag}: file '{path}' is empty; give a file with a header row and data rows"
-        ) from None
-    if df.shape[1] > 1:
-        # With several columns a blank line holds no field at all: skip it, and say so.
-        blank = (df.apply(lambda c: c.str.strip()) == "").all(axis=1).to_numpy()
-        if blank.any():
-            print(
-                f"loraclf: note: {flag}: skipped {int(blank.sum()):,} blank line{'s' if blank.sum() > 1 else ''} of '{path}'",
-                file=sys.stderr,
-            )
-            df = df[~blank].reset_index(drop=True)
-    return df
-
-
-def _first_long_row(text: str, sep: str) -> int:
-    """The 1-based data row that has more fields than the header (for the error message)."""
-    reader = csv.reader(io.StringIO(text), delimiter=sep)
-    width = len(next(reader, []))
-    for n, row in enumerate(reader, 1):
-        if len(row) > width:
-            return n
-    return 1
-
-
-def _read_jsonl(path: Path, flag: str) -> pd.DataFrame:
-    rows = []
-    try:
-        text = _raw_bytes(path, flag).decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{flag}: '{path}' is not UTF-8 (byte {exc.start}); re-save it as UTF-8") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):  # a JSON array of records
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{flag}: '{path}' is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"{flag}: '{path}' line {n} is not valid JSON ({exc.msg}); one object per line"
-                ) from None
-    if not rows or not all(isinstance(r, dict) for r in rows):
-        raise UserError(
-            f"{flag}: '{path}' holds no JSON objects; write one object per line with text and label keys"
-        )
-    return pd.DataFrame(rows)
-
-
-def _read_hf(spec: str, flag: str) -> pd.DataFrame:
-    """A saved HF dataset folder (``save_to_disk``) or a hub dataset id with an optional ``:split``."""
-    import datasets
-
-    path = Path(spec)
-    try:
-        if path.is_dir():
-            ds = datasets.load_from_disk(str(path))
-        else:
-            name, _, split = spec.partition(":")
-            ds = datasets.load_dataset(name, split=split or "train")
-    except Exception as exc:  # datasets raises many types for a missing or unreachable dataset
-        raise UserError(
-            f"{flag}: cannot load dataset '{spec}' ({type(exc).__name__}); give a data file or a "
-            "saved dataset folder"
-        ) from None
-    if isinstance(ds, datasets.DatasetDict):
-        split = "train" if "train" in ds else next(iter(ds))
-        ds = ds[split]
-    df = ds.to_pandas()
-    # Hugging Face ClassLabel columns hold ints; keep them, the label map is built from the values.
-    return df
-
-
-def read_table(path_or_id: str, flag: str = "--data") -> pd.DataFrame:
-    """Read any supported file into a DataFrame of strings (labels keep their type where the format has one)."""
-    path = Path(path_or_id).expanduser()
-    if path.is_dir():
-        if any((path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
-            return _read_hf(str(path), flag)
-        raise UserError(
-            f"{flag}: '{path}' is a folder but not a saved Hugging Face dataset; pass a data file"
-        )
-    if not path.exists():
-        check_data_path(path_or_id, flag)
-        return _read_hf(path_or_id, flag)  # a hub dataset id such as "ag_news" or "ag_news:test"
-    if not path.is_file():
-        raise UserError(f"{flag}: '{path}' is not a regular file")
-    try:
-        suffix = path.suffix.lower()
-        if suffix in COMPRESSED:  # data.csv.gz: the format is the suffix before the compression's
-            suffix = Path(path.stem).suffix.lower()
-        if suffix in TABLE_SUFFIXES:
-            return _read_delimited(path, TABLE_SUFFIXES[suffix], flag)
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            return _read_jsonl(path, flag)
-        if suffix in (".parquet", ".pq"):
-            try:
-                return pd.read_parquet(path)
-            except Exception as exc:  # pyarrow raises its own error types for corrupt files
-                raise UserError(
-                    f"{flag}: '{path}' is not a readable Parquet file ({type(exc).__name__})"
-                ) from None
-        if suffix in (".pkl", ".pickle"):
-            from loraclf.data.safe_pickle import load_pickle_table
-
-            return load_pickle_table(path, flag)
-    except PermissionError:
-        raise UserError(f"{flag}: cannot read '{path}' (permission denied)") from None
-    raise UserError(
-        f"{flag}: '{path}' has an unknown format '{suffix}'; use .csv, .tsv, .jsonl, .parquet or .pkl "
-        "(.csv, .tsv and .jsonl may be compressed: .gz, .bz2, .xz)"
-    )
 
 
 def texts_of(
@@ -319,6 +134,12 @@ def build_label_map(labels: list, source: str, flag: str) -> list:
 
 
 def encode_labels(labels: list, label_map: list, source: str, flag: str) -> np.ndarray:
+    """Class indices of ``labels`` in ``label_map``.
+
+    Raises:
+        UserError: a label the training file does not have; names the row and the training label it resembles
+            (same letters in another case, or a close spelling) when there is one.
+    """
     index = {v: i for i, v in enumerate(label_map)}
     # Files may mix string and int spellings of the same label ("1" vs 1): compare by string too.
     by_str = {str(v): i for i, v in enumerate(label_map)}
@@ -327,11 +148,21 @@ def encode_labels(labels: list, label_map: list, source: str, flag: str) -> np.n
         i = index.get(v, by_str.get(str(v)))
         if i is None:
             raise UserError(
-                f"{flag}: '{source}' row {row} has label {v!r}, which the training file does not have "
-                f"(labels: {short_list(map(str, label_map))}); fix the row or the file"
+                f"{flag}: '{source}' row {row} has label {v!r}, which the training file does not have"
+                f"{_resembles(v, label_map)} (labels: {short_list(map(str, label_map))}); fix the row or the file"
             )
         out[row - 1] = i
     return out
+
+
+def _resembles(value, label_map: list) -> str:
+    """Which training label ``value`` resembles, for the error message; '' when none does."""
+    folded = " ".join(str(value).split()).casefold()
+    for known in label_map:
+        if " ".join(str(known).split()).casefold() == folded:
+            # Case is meaning-bearing in some label sets: say what differs instead of merging the two.
+            return f"; it differs only in case or spacing from the training label {str(known)!r}"
+    return did_you_mean(str(value), map(str, label_map))
 
 
 def ids_of(df: pd.DataFrame, cfg: DataConfig) -> list:
@@ -358,9 +189,10 @@ def load_texts(
 
     ``fixes`` are the hints a missing text or label column gets: recipe keys in ``train``, flags elsewhere.
     """
-    df = read_table(path, flag)
+    df = read_table(path, flag, cfg)
     if len(df) == 0:
         raise UserError(f"{flag}: '{path}' has a header but no data rows; add rows")
+    check_header(df, cfg, path, flag, label_map=label_map, labelled=labelled)
     texts = clean_texts(texts_of(df, cfg, path, flag, fixes[0]), cfg.clean)
     labels = None
     if labelled:
@@ -378,9 +210,10 @@ def load_train_texts(paths: list[str], cfg: DataConfig, flag: str) -> tuple[Text
         return load_texts(paths[0], cfg, flag)
     frames = []
     for path in paths:
-        df = read_table(path, flag)
+        df = read_table(path, flag, cfg)
         if len(df) == 0:
             raise UserError(f"{flag}: '{path}' has a header but no data rows; add rows or leave the file out")
+        check_header(df, cfg, path, flag)
         frames.append((path, df, raw_labels(df, cfg, path, flag)))
     source = " + ".join(paths)
     label_map = build_label_map([x for _, _, raw in frames for x in raw], source, flag)

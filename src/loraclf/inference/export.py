@@ -7,8 +7,17 @@ holds ordinary weights and no adapter) and writes a Hugging Face folder with ``s
   ``AutoModelForSequenceClassification.from_pretrained(folder)`` and ``pipeline("text-classification", folder)``
   load it, with ``id2label`` naming the training file's labels;
 * a run with loraclf's ``mlp``/``linear`` head over pooled token states (the CPU recipes) has no counterpart among
-  the transformers classes: the backbone is a plain folder (``AutoModel``), and the head sits beside it as
-  ``head.safetensors`` with ``head.json`` (pooling, layer shapes, labels), documented in the folder's README.md.
+  the transformers classes, so the folder brings its own: ``modeling_loraclf.py`` (shipped in
+  :mod:`loraclf.inference.hf_remote`, importing only torch and transformers) defines ``LoraclfConfig`` (the
+  backbone's config plus the head spec) and ``LoraclfForSequenceClassification`` (backbone → pooling → head), and
+  ``config.json``'s ``auto_map`` points ``AutoConfig`` and ``AutoModelForSequenceClassification`` at them. Then
+  ``AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)`` and
+  ``pipeline("text-classification", model=folder, trust_remote_code=True)`` load it, offline as well.
+
+Either way ``id2label``/``label2id`` carry the training file's label names (as strings: ``"3"`` for label 3), and
+the tokenizer is saved with the run's maximum length, truncation side and model inputs (ids and mask only, as
+loraclf feeds them), so ``clf(texts, truncation=True)`` cuts texts where ``loraclf predict`` does. loraclf also
+cleans texts before tokenising (``data.clean`` of the run's recipe); a pipeline sees the text as given.
 
 ``--format onnx`` writes the int8 ONNX graph that ``predict`` runs on CPUs (``model.onnx``: inputs ``input_ids``
 and ``attention_mask``, output ``logits``), with the tokenizer and ``labels.json``, for ONNX Runtime alone.
@@ -25,6 +34,7 @@ from pathlib import Path
 from loraclf.utils.errors import UserError
 
 FORMATS = ("hf", "onnx")
+REMOTE_CODE = Path(__file__).parent / "hf_remote" / "modeling_loraclf.py"
 
 
 def _check_out(out: Path) -> Path:
@@ -49,28 +59,27 @@ def _readme(run: Path, kind: str, labels: list) -> str:
         )
     elif kind == "pooled":
         body = (
-            "A Hugging Face backbone (adapters merged; load it with `AutoModel`) and loraclf's classification head "
-            "in `head.safetensors`: pool the last hidden states as `head.json` says (mean over the attention mask, "
-            "the first token, or the last real token), then apply `head.N.weight`/`head.N.bias` in order "
-            "(Linear, ReLU, Linear for the mlp head; one Linear for the linear head). transformers reports a BERT "
-            "pooler as missing when it loads the backbone: this head never uses it.\n"
+            "A Hugging Face classifier (adapters merged) whose pooling and head are loraclf's own, defined in "
+            "`modeling_loraclf.py` beside this file (torch and transformers only) and registered in config.json's "
+            "`auto_map`, so transformers loads it when trusted to run that file:\n\n"
+            "```python\nfrom transformers import pipeline\n"
+            "clf = pipeline('text-classification', model='.', trust_remote_code=True)\n"
+            "clf('some text', truncation=True)\n```\n"
         )
     else:
         body = (
             "A plain sequence-classification folder (adapters merged):\n\n"
             "```python\nfrom transformers import pipeline\nclf = pipeline('text-classification', model='.')\n"
-            "clf('some text')\n```\n"
+            "clf('some text', truncation=True)\n```\n"
         )
     return f"# Exported from loraclf run `{run}`\n\nLabels (class index: label): {names}.\n\n{body}"
 
 
 def export_run(run_path: str, out_path: str, fmt: str) -> Path:
     """Write ``run_path`` as a model folder at ``out_path`` in format ``fmt``; return the folder."""
-    from safetensors.torch import save_file
-
     from loraclf.inference.run import build_trained_model
     from loraclf.modeling.backbones import PooledClassifier
-    from loraclf.runfolder.schema import check_run, read_labels, read_recipe
+    from loraclf.runfolder.schema import check_run, read_labels, read_recipe, read_run_info
 
     if fmt not in FORMATS:
         raise UserError(f"--format: '{fmt}' is not a format; use hf or onnx")
@@ -101,23 +110,11 @@ def export_run(run_path: str, out_path: str, fmt: str) -> Path:
                 ) from None
         elif isinstance(model, PooledClassifier):
             kind = "pooled"
-            model.backbone.save_pretrained(str(tmp))
-            save_file(
-                {k: v.contiguous() for k, v in model.head.state_dict().items()}, str(tmp / "head.safetensors")
-            )
-            shapes = [list(m.weight.shape) for m in model.head if hasattr(m, "weight")]
-            spec = {
-                "head": recipe.model.head,
-                "pooling": model.pooling,
-                "linear_shapes": shapes,
-                "labels": labels,
-            }
-            (tmp / "head.json").write_text(json.dumps(spec, indent=1))
+            _save_pooled(model, recipe, labels, tmp)
         else:
-            model.config.id2label = {i: str(lab) for i, lab in enumerate(labels)}
-            model.config.label2id = {str(lab): i for i, lab in enumerate(labels)}
+            model.config.id2label, model.config.label2id = _label_maps(labels)
             model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        _save_tokenizer(run, recipe, read_run_info(run).max_length, tmp)
         (tmp / "labels.json").write_text(json.dumps({"labels": labels}, indent=1))
         (tmp / "README.md").write_text(_readme(run, kind, labels))
         if out.exists():
@@ -127,3 +124,58 @@ def export_run(run_path: str, out_path: str, fmt: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _save_tokenizer(run: Path, recipe, max_length: int, folder: Path) -> None:
+    """The run's tokenizer, set to feed an exported model exactly what loraclf feeds it.
+
+    Three settings only take effect as arguments of ``from_pretrained`` (set as attributes, ``save_pretrained``
+    drops them), hence the reload: ``model_max_length`` is the run's length, where ``truncation=True`` cuts;
+    ``truncation_side`` the recipe's; ``model_input_names`` only ids and mask, because loraclf never passes
+    ``token_type_ids``, which a GPT-2 backbone would add to its token embeddings.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        str(run / "tokenizer"),
+        model_max_length=max_length,
+        truncation_side=recipe.data.truncation_side,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    if tok.pad_token is None:  # as loraclf pads causal LMs: with the end-of-text token
+        tok.pad_token = tok.eos_token
+    tok.save_pretrained(str(folder))
+
+
+def _label_maps(labels: list) -> tuple[dict, dict]:
+    """``id2label`` and ``label2id`` with the training file's label names (JSON keys are strings anyway)."""
+    return {i: str(lab) for i, lab in enumerate(labels)}, {str(lab): i for i, lab in enumerate(labels)}
+
+
+def _save_pooled(model, recipe, labels: list, folder: Path) -> None:
+    """Save a :class:`PooledClassifier` as a ``LoraclfForSequenceClassification`` folder with its modeling file.
+
+    The weights go through the shipped class itself (loaded strictly), so a name or shape that the modeling file
+    would not accept fails here, at export, rather than in a user's pipeline.
+    """
+    from loraclf.inference.hf_remote.modeling_loraclf import LoraclfConfig, LoraclfForSequenceClassification
+
+    id2label, label2id = _label_maps(labels)
+    config = LoraclfConfig(
+        backbone=model.backbone.config.to_dict(),
+        head=recipe.model.head,
+        pooling=model.pooling,
+        head_dropout=recipe.model.head_dropout,
+        id2label=id2label,
+        label2id=label2id,
+        problem_type="single_label_classification",
+        architectures=["LoraclfForSequenceClassification"],
+    )
+    config.auto_map = {
+        "AutoConfig": "modeling_loraclf.LoraclfConfig",
+        "AutoModelForSequenceClassification": "modeling_loraclf.LoraclfForSequenceClassification",
+    }
+    exported = LoraclfForSequenceClassification(config).eval()
+    exported.load_state_dict(model.state_dict(), strict=True)
+    exported.save_pretrained(str(folder))
+    shutil.copyfile(REMOTE_CODE, folder / REMOTE_CODE.name)

@@ -40,7 +40,8 @@ import pandas as pd
 
 from loraclf.config.recipe import CleanConfig, DataConfig
 from loraclf.data.clean import clean_texts
-from loraclf.data.tables import raw_labels, read_table, texts_of
+from loraclf.data.readers import read_table
+from loraclf.data.tables import raw_labels, texts_of
 from loraclf.utils.errors import UserError, did_you_mean
 
 METHODS = ("synonym", "eda", "generate")

@@ -1,0 +1,333 @@
+"""Files as users have them (issue 14): no header row, other delimiters, JSON line separators, label spellings.
+
+Each kind is tested as a whole: the original AG News release (no header, every field quoted), CSVs separated by
+``,`` ``;`` tab or ``|`` under any suffix, JSON Lines and CSV files whose strings hold every character that
+``str.splitlines`` would split on, and evaluation labels that differ from training labels in case or spacing;
+through ``load_texts`` and through the command line (one line on stderr, exit status 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import LABELS, make_rows, run_cli_forked
+from loraclf.config.recipe import CleanConfig, DataConfig, Recipe, apply_overrides, validate
+from loraclf.data.batching import hash_texts
+from loraclf.data.tables import load_texts
+from loraclf.utils.errors import UserError
+
+AG = ["label", "title", "description"]
+DEFAULT = DataConfig()
+
+
+def headerless() -> DataConfig:
+    """The original AG News layout (built per test, so each test stands or falls alone)."""
+    return DataConfig(header=False, columns=AG)
+
+
+RAW = DataConfig(clean=CleanConfig(html=False, escapes=False, whitespace=False))
+# Every character str.splitlines splits on besides \n: the Unicode line and paragraph separators (Zl, Zp), NEL,
+# vertical tab, form feed, the file/group/record separators, and a lone carriage return.
+SEPARATORS = ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\r", "\n"]
+
+
+def original_ag_news(path, n: int = 12, seed: int = 0):
+    """Rows as the original AG News release has them: no header, every field quoted, labels 1-4."""
+    rows = make_rows(n, seed)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, quoting=csv.QUOTE_ALL)
+        for label, title, desc in rows:
+            w.writerow([LABELS.index(label) + 1, f"{title} (Reuters)", f"Reuters - {desc} says the report"])
+    return path, rows
+
+
+def error(path, cfg=DEFAULT, flag="--train", **kw) -> str:
+    with pytest.raises(UserError) as exc:
+        load_texts(str(path), cfg, flag, **kw)
+    msg = str(exc.value)
+    assert "\n" not in msg and flag in msg and path.name in msg
+    return msg
+
+
+# --- 1. headerless files ----------------------------------------------------------------------------------------
+
+
+def test_original_ag_news_reads_with_header_false_and_columns(tmp_path):
+    path, rows = original_ag_news(tmp_path / "train.csv")
+    ts, label_map = load_texts(str(path), headerless(), "--train")
+    assert label_map == [1, 2, 3, 4] and len(ts) == len(rows)  # the first row is data, not names
+    assert ts.texts[0] == f"{rows[0][1]} (Reuters) Reuters - {rows[0][2]} says the report"
+    assert [label_map[i] for i in ts.labels] == [LABELS.index(r[0]) + 1 for r in rows]
+
+
+def test_a_headerless_file_read_with_a_header_gets_the_exact_fix(tmp_path):
+    path, _ = original_ag_news(tmp_path / "train.csv")
+    msg = error(path)
+    assert "line 1 looks like data" in msg
+    assert msg.endswith("read it with data.header=false data.columns=label,title,description")
+
+
+@pytest.mark.parametrize(
+    ("first", "labelled", "label_map", "fix"),
+    [
+        (["world", "troops moved across the border today"], True, ["sports", "world"], "label,text"),
+        (["17", "stocks rose sharply after the bank merger news"], False, None, "id,text"),
+        (["Markets rallied on Monday after the central bank held rates steady"], False, None, "text"),
+        (
+            ["r7", "2", "Stocks rally on merger", "stocks rose as the merger closed"],
+            True,
+            None,
+            "col1,label,title,description",
+        ),
+    ],
+    ids=["class-name-label", "unlabelled-with-id", "one-text-column", "extra-column"],
+)
+def test_the_suggested_columns_follow_the_cells(tmp_path, first, labelled, label_map, fix):
+    path = tmp_path / "in.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([first, first])
+    msg = error(path, flag="--input", labelled=labelled, label_map=label_map)
+    assert f"data.header=false data.columns={fix}" in msg
+
+
+def test_a_header_read_as_data_is_named_with_the_fix(tmp_path):
+    path = tmp_path / "test.csv"
+    pd.DataFrame([{"label": r[0], "title": r[1], "description": r[2]} for r in make_rows(8)]).to_csv(
+        path, index=False
+    )
+    msg = error(path, headerless(), "--eval", label_map=LABELS)
+    assert "row 1" in msg and "looks like a header row" in msg and "data.header=true" in msg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["data.header=false"], "data.header=false needs data.columns"),
+        (["data.columns=label,text"], "add data.header=false"),
+        (["data.header=false", "data.columns=label,text,label"], "data.columns repeats label"),
+        (["data.delimiter=ab"], "data.delimiter must be one separator character"),
+    ],
+)
+def test_file_keys_are_validated(overrides, key):
+    with pytest.raises(UserError, match=key):
+        validate(apply_overrides(Recipe(), overrides))
+
+
+# --- 2. delimiters -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".txt"])
+@pytest.mark.parametrize("sep", [",", ";", "\t", "|"], ids=["comma", "semicolon", "tab", "pipe"])
+def test_the_delimiter_is_detected_from_the_header_whatever_the_suffix(tmp_path, sep, suffix):
+    rows = make_rows(8)
+    path = tmp_path / f"data{suffix}"
+    df = pd.DataFrame({"label": [r[0] for r in rows], "text": [f"{r[1]}, {r[2]}; ok | done" for r in rows]})
+    df.to_csv(path, sep=sep, index=False)
+    ts, label_map = load_texts(str(path), RAW, "--train")
+    assert ts.texts == df["text"].tolist() and label_map == LABELS
+
+
+def test_data_delimiter_wins_over_detection(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("label;text\nworld;troops moved, then left\nsports;goal\n", encoding="utf-8")
+    for spelling in (";", "semicolon"):
+        cfg = validate(apply_overrides(Recipe(), [f"data.delimiter={spelling}"])).data
+        assert load_texts(str(path), cfg, "--train")[0].texts == ["troops moved, then left", "goal"]
+    piped = validate(apply_overrides(Recipe(), ["data.delimiter=|"])).data
+    assert piped.delimiter == "|"
+    assert "columns are label;text" in error(path, piped)  # read with '|' as told: one column
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("label;text\nworld;a\nsports;b;c\n", "line 3 has 3 fields separated by ';', but the header has 2"),
+        (
+            "label;text\nworld;a\nsports;b\ntech\n",
+            "line 4 has 1 field separated by ';', but the header has 2",
+        ),
+        ('label;text\nworld;"a\nb"\nsports;b;\n', "line 4 has 3 fields"),  # line of the file, not row number
+    ],
+    ids=["extra", "missing", "after-a-two-line-record"],
+)
+def test_a_row_with_another_field_count_is_named_by_its_line(tmp_path, content, fragment):
+    path = tmp_path / "bad.csv"
+    path.write_text(content, encoding="utf-8")
+    assert fragment in error(path)
+
+
+def test_a_headerless_row_with_another_field_count_names_the_columns(tmp_path):
+    path = tmp_path / "nohead.csv"
+    path.write_text('"1","a title","a text"\n"2","only a title"\n', encoding="utf-8")
+    msg = error(path, headerless())
+    assert "line 2 has 2 fields" in msg and "data.columns names 3 (label, title, description)" in msg
+
+
+# --- 3. JSON Lines and line separators -----------------------------------------------------------------------------
+
+TEXT = st.text(
+    alphabet=st.one_of(st.sampled_from(SEPARATORS), st.characters(blacklist_categories=("Cs",))), max_size=40
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(TEXT, min_size=1, max_size=6), newline=st.sampled_from(["\n", "\r\n"]))
+def test_any_json_lines_file_round_trips(tmp_path, texts, newline):
+    path = tmp_path / "data.jsonl"
+    records = [json.dumps({"id": f"r{i}", "text": t}, ensure_ascii=False) for i, t in enumerate(texts)]
+    path.write_bytes((newline.join(records) + newline).encode("utf-8"))
+    ts, _ = load_texts(str(path), RAW, "--input", labelled=False)
+    assert ts.texts == texts and ts.ids == [f"r{i}" for i in range(len(texts))]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(TEXT, min_size=1, max_size=6),
+    sep=st.sampled_from([",", ";", "\t", "|"]),
+    quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]),
+)
+def test_any_csv_file_round_trips(tmp_path, texts, sep, quoting):
+    path = tmp_path / "data.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter=sep, quoting=quoting)
+        w.writerows([["id", "text"], *([f"r{i}", t] for i, t in enumerate(texts))])
+    ts, _ = load_texts(str(path), RAW, "--input", labelled=False)
+    assert ts.texts == texts and ts.ids == [f"r{i}" for i in range(len(texts))]
+
+
+def test_the_issue_record_with_u2028_reads(tmp_path):
+    path = tmp_path / "news.jsonl"
+    path.write_text('{"text": "first\u2028second", "label": 1}\n{"text": "x\u2029y", "label": 2}\n', "utf-8")
+    ts, label_map = load_texts(str(path), RAW, "--train")
+    assert ts.texts == ["first\u2028second", "x\u2029y"] and label_map == [1, 2]
+
+
+@pytest.mark.parametrize("sep", [*SEPARATORS, "\r\n"])
+def test_text_hashes_do_not_split_on_line_separators(sep):
+    def digest(texts):
+        h = hashlib.sha256()
+        hash_texts(h, texts)
+        return h.hexdigest()
+
+    assert digest([f"a{sep}b"]) != digest(["a", "b"]) != digest([f"a{sep}", "b"])
+
+
+# --- 4. labels -----------------------------------------------------------------------------------------------------
+
+
+def test_a_label_differing_only_in_case_is_an_error_naming_the_training_label(tmp_path):
+    path = tmp_path / "eval.csv"
+    path.write_text("label,text\nWorld,troops\nworld,treaty\n", encoding="utf-8")
+    msg = error(path, flag="--eval", label_map=["Sports", "World"])
+    assert (
+        "row 2 has label 'world'" in msg
+        and "differs only in case or spacing from the training label 'World'" in msg
+    )
+
+
+def test_string_labels_are_compared_without_surrounding_whitespace(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"text": "a", "label": " World "}\n{"text": "b", "label": "Sports\\t"}\n', "utf-8")
+    _, label_map = load_texts(str(train), DataConfig(), "--train")
+    assert label_map == ["Sports", "World"]
+    ev = tmp_path / "eval.csv"
+    ev.write_text('label,text\n"World ",c\n Sports,d\n', encoding="utf-8")
+    ts, _ = load_texts(str(ev), DataConfig(), "--eval", label_map=label_map)
+    assert ts.labels.tolist() == [1, 0]
+
+
+# --- through the command line --------------------------------------------------------------------------------------
+
+TINY = [
+    "--quiet",
+    "train.batch_size=8",
+    "train.lr=2e-2",
+    "model.head=linear",
+    "train.threads=1",
+    "--epochs",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_bert_dir):
+    """Two tiny runs: one trained on the original (headerless) layout, one on a file with a header."""
+    d = tmp_path_factory.mktemp("files")
+    bare, _ = original_ag_news(d / "bare.csv", 48)
+    headed = d / "headed.csv"
+    pd.read_csv(bare, header=None, names=AG).to_csv(headed, index=False)
+    semi = d / "semi.csv"
+    pd.read_csv(bare, header=None, names=AG).to_csv(semi, index=False, sep=";")
+    common = ["--model", tiny_bert_dir, *TINY]
+    jobs = {
+        "bare": [
+            "train",
+            "--train",
+            bare,
+            "--out",
+            d / "bare-run",
+            *common,
+            "data.header=false",
+            "data.columns=" + ",".join(AG),
+        ],
+        "headed": ["train", "--train", semi, "--out", d / "headed-run", *common],
+    }
+    results = run_cli_forked({**jobs, "unfixed": ["train", "--train", bare, "--out", d / "x", *common]}, d)
+    for name in jobs:
+        assert results[name].returncode == 0, (name, results[name])
+    return {"d": d, "bare": bare, "headed": headed, "semi": semi, "unfixed": results["unfixed"]}
+
+
+def one_line(res, *fragments) -> str:
+    assert res.returncode == 2, res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+def test_cli_train_on_a_headerless_file_says_the_fix(runs):
+    one_line(runs["unfixed"], "bare.csv", "data.header=false data.columns=label,title,description")
+    assert not (runs["d"] / "x").exists()
+
+
+def test_cli_evaluate_and_predict_read_either_layout_with_file_overrides(runs):
+    d, fix = runs["d"], ["data.header=false", "data.columns=label,title,description"]
+    jobs = {
+        # the headerless run reads headerless files as trained, and headed ones when told
+        "bare-bare": ["evaluate", d / "bare-run", "--data", runs["bare"], "--json"],
+        "bare-headed": ["evaluate", d / "bare-run", "--data", runs["headed"], "--json", "data.header=true"],
+        "bare-headed-unset": ["evaluate", d / "bare-run", "--data", runs["headed"]],
+        # the run trained on a ';' file with a header reads a headerless ',' file when told
+        "headed-bare": ["evaluate", d / "headed-run", *fix, "--data", runs["bare"], "--json"],
+        "headed-bare-unset": ["evaluate", d / "headed-run", "--data", runs["bare"]],
+        "predict": ["predict", d / "headed-run", "--input", runs["bare"], "--output", d / "p.csv", *fix],
+        "not-a-file-key": ["evaluate", d / "headed-run", "--data", runs["bare"], "train.lr=1"],
+    }
+    res = run_cli_forked(jobs, d)
+    for name in ("bare-bare", "bare-headed", "headed-bare"):
+        assert res[name].returncode == 0, (name, res[name])
+        assert json.loads(res[name].stdout)["n"] == 48
+    one_line(res["bare-headed-unset"], "headed.csv", "row 1", "data.header=true")
+    one_line(res["headed-bare-unset"], "bare.csv", "data.header=false data.columns=label,title,description")
+    assert res["predict"].returncode == 0, res["predict"]
+    pred = pd.read_csv(d / "p.csv")
+    assert len(pred) == 48 and set(pred["Label"]) <= {1, 2, 3, 4}
+    one_line(res["not-a-file-key"], "'train.lr=1' cannot change a finished run", "data.header")
+
+
+def test_a_headerless_run_still_reads_json_lines_by_their_keys(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    path.write_text('{"label": "world", "text": "label"}\n{"label": "sports", "text": "goal"}\n', "utf-8")
+    ts, _ = load_texts(
+        str(path), DataConfig(header=False, columns=["label", "text"]), "--eval", label_map=LABELS
+    )
+    assert ts.texts == ["label", "goal"]  # data.header concerns CSV/TSV only
