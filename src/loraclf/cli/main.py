@@ -135,6 +135,12 @@ def build_parser() -> Parser:
     )
     p.add_argument("--save-every", type=int, help="optimizer steps between resumable checkpoints")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train in N processes on this machine (one per GPU; starts torchrun with the same flags)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides, e.g. train.lr=1e-4")
 
@@ -289,6 +295,12 @@ def cmd_train(args) -> int:
     from loraclf.training.loop import train
     from loraclf.training.prepare import prepare, resume_run
 
+    if args.nproc is not None and args.nproc != 1:
+        from loraclf.cli.launch import relaunch
+
+        return relaunch(args.nproc, args.argv)
+    if os.environ.get("RANK", "0") != "0":
+        args.quiet = True  # rank 0 alone shows progress (distributed.py)
     if args.resume:
         # A resumed run continues exactly as recorded; a changed setting would silently mix two recipes.
         given = [
@@ -325,6 +337,8 @@ def cmd_train(args) -> int:
             recipe.train.progress = False
         p = prepare(recipe, args.train, args.eval)
         m = train(p, out)
+    if not m:
+        return 0  # a rank other than 0: rank 0 reports
     print(format_report(m))
     print(f"\n{summary_line(m)}")
     print(
@@ -466,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = _parse(parser, argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         if args.version:
             from loraclf.utils.version import __version__
 
@@ -479,7 +494,12 @@ def main(argv: list[str] | None = None) -> int:
             args.quiet = True
         return _commands()[args.command](args)
     except UserError as exc:
-        print(f"loraclf: error: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        if rank != "0":
+            # Ranks usually hit the same mistake together; give rank 0 the moment to say it once (the launcher
+            # then stops this rank), and speak only if the mistake was this rank's alone.
+            time.sleep(5)
+        print(f"loraclf: error: {'' if rank == '0' else f'rank {rank}: '}{exc}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("loraclf: interrupted", file=sys.stderr)
