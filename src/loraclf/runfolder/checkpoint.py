@@ -216,4 +216,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed process nobody has reaped yet (a launcher's worker whose parent was killed too) still answers
+    # kill(pid, 0); on Linux its state says it is a zombie, which holds no lock.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"

@@ -194,15 +194,15 @@ def _train_ranked(p: Prepared, out: Path, resume: bool, dist: Dist, device) -> d
     dist.barrier()  # every rank has checked --out before rank 0 creates it
     if not resume and dist.main:
         create_run_folder(out, p)
-    try:
-        with RunLock(out) if dist.main else contextlib.nullcontext():
+    with RunLock(out) if dist.main else contextlib.nullcontext():
+        try:
             if not resume and dist.main:
                 write_static(out, p, env)
             return _train_locked(p, out, resume, model, dist, device, precision)
-    except Diverged as exc:
-        if dist.main and not exc.checkpoint and not resume:
-            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no half-written run folder
-        raise
+        except UserError:  # diverged, out of memory: a new run without a checkpoint leaves no folder behind
+            if dist.main and not resume and not list_checkpoints(out):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 class Diverged(UserError):
@@ -319,7 +319,11 @@ def _checkpoint_activations(model: torch.nn.Module, name: str) -> None:
         raise UserError(
             f"train.gradient_checkpointing: {name} does not support it; set train.gradient_checkpointing=false"
         )
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x's name for it
+        base.activation_checkpointing_enable(kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     # With LoRA the embeddings are frozen, so no block input would need a gradient and a checkpointed block
     # could drop its adapters' gradients (always so with reentrant checkpointing); input grads keep them flowing.
     base.enable_input_require_grads()
