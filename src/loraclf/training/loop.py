@@ -4,7 +4,9 @@
 folder exists, so a mistake never leaves a half-written folder. ``train`` then runs AdamW with a warmup schedule over
 length-grouped, dynamically padded batches, evaluates every N optimizer steps, keeps the best weights by the chosen
 metric, stops early when asked, and writes resumable checkpoints. ``loss_step`` is the one place that turns a batch
-into a loss: distillation or R-Drop swap it, they do not fork the loop.
+into a loss: distillation or R-Drop swap it, they do not fork the loop. One optimizer step's micro-batches are
+``steps.accumulate`` (row-weighted, no host reads); under a launcher the same loop runs on every rank, with the few
+distributed calls (DDP wrapping, shares, sums, gathers, rank-0 writing) in ``distributed``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from loraclf.config.recipe import FORMAT_VERSION, Recipe, save_recipe
-from loraclf.data.batching import collate, epoch_batches
+from loraclf.data.batching import epoch_batches
 from loraclf.inference.metrics import metrics, summary_line
 from loraclf.inference.predict import forward_probs
 from loraclf.modeling.adapters import count_parameters
@@ -41,11 +43,11 @@ from loraclf.runfolder.checkpoint import (
 )
 from loraclf.runfolder.metrics_log import MetricsLogger
 from loraclf.runfolder.schema import RunInfo, read_run_info, write_labels, write_run_info
-from loraclf.training import distributed
+from loraclf.training import distributed, steps
 from loraclf.training.distributed import Dist
 from loraclf.training.losses import LossStep, balanced_weights
 from loraclf.training.prepare import Prepared
-from loraclf.utils.devices import autocast, environment, pick_device, pick_precision, set_threads
+from loraclf.utils.devices import environment, pick_device, pick_precision, set_threads
 from loraclf.utils.errors import UserError, say
 from loraclf.utils.progress import TrainProgress
 from loraclf.utils.version import __version__
@@ -295,7 +297,7 @@ def _build_model(p: Prepared, device, precision: str) -> torch.nn.Module:
             f"plan said {p.plan.trainable:,} trainable parameters, the model has {trainable:,}"
         )
     if t.gradient_checkpointing:
-        _checkpoint_activations(model, r.model.name)
+        steps.checkpoint_activations(model, r.model.name)
     model.to(device)
     if precision == "bf16" and r.adapter.method != "full":
         # Frozen weights never receive updates, so bf16 copies lose nothing and save autocast's per-step casts
@@ -304,29 +306,6 @@ def _build_model(p: Prepared, device, precision: str) -> torch.nn.Module:
             if not prm.requires_grad and prm.is_floating_point():
                 prm.data = prm.data.to(torch.bfloat16)
     return model
-
-
-def _checkpoint_activations(model: torch.nn.Module, name: str) -> None:
-    """Recompute each block's activations in backward instead of keeping them (train.gradient_checkpointing).
-
-    Raises:
-        UserError: the backbone has no gradient checkpointing.
-    """
-    from transformers import PreTrainedModel
-
-    base = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
-    if base is None or not base.supports_gradient_checkpointing:
-        raise UserError(
-            f"train.gradient_checkpointing: {name} does not support it; set train.gradient_checkpointing=false"
-        )
-    kwargs = {"use_reentrant": False}
-    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x's name for it
-        base.activation_checkpointing_enable(kwargs)
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    # With LoRA the embeddings are frozen, so no block input would need a gradient and a checkpointed block
-    # could drop its adapters' gradients (always so with reentrant checkpointing); input grads keep them flowing.
-    base.enable_input_require_grads()
 
 
 def _session(p: Prepared, model, device, precision: str, dist: Dist) -> Session:
@@ -431,7 +410,7 @@ def _run_steps(p, out, s: Session, state: TrainState, logger, bar, device, preci
             # The epoch's last step may hold fewer batches than grad_accum; rows, not batches, weigh it.
             group = batches[state.batch : state.batch + t.grad_accum]
             rows = sum(len(b) for b in group)
-            _accumulate(p, s, group, rows, device, precision)
+            steps.accumulate(p, s, group, rows, device, precision)
             _check_finite(out, s, state, rows)
             _optimizer_step(s.model, s.optimizer, s.scheduler, s.scaler, t.max_grad_norm)
             state.step += 1
@@ -446,52 +425,6 @@ def _run_steps(p, out, s: Session, state: TrainState, logger, bar, device, preci
             stop = _after_step(p, out, s, state, logger, bar, device, precision, started, window)
             if state.batch == 0:
                 break  # a new epoch: a new order
-
-
-def _accumulate(p, s: Session, group: list, rows: int, device, precision) -> None:
-    """Forward and backward of this rank's share of each batch of one optimizer step.
-
-    Each share's mean loss is weighted by ``n_share · world / rows``: summed over batches and averaged over ranks
-    by DDP, the gradient is that of the step's mean loss over its ``rows`` rows, at any world size and for a
-    short last step of an epoch alike. Statistics stay on the device (no host synchronisation here).
-    """
-    labels_all = torch.from_numpy(p.train.labels)
-    for i, batch in enumerate(group):
-        mine, n = s.dist.share(batch)
-        input_ids, mask = collate(p.train_ids, mine, p.tokenizer.pad_token_id, device, pin=True)
-        if s.cache is not None:
-            s.cache.select(mine, input_ids.shape[1])
-        labels = labels_all[mine].to(device, non_blocking=True)
-        with s.dist.no_sync(s.fwd, last=i == len(group) - 1), _memory_hint(p, input_ids.shape, device):
-            with autocast(device, precision):
-                loss, logits = s.loss_step(s.fwd, input_ids, mask, labels, mine)
-                if s.method.extra_loss is not None:
-                    loss = loss + s.method.extra_loss(s.model)
-            weighted = loss * (n * s.dist.world / rows)
-            (s.scaler.scale(weighted) if s.scaler else weighted).backward()
-        if n:
-            hits = (logits.detach().argmax(-1) == labels).sum()
-            s.step_stats += torch.stack((loss.detach().float() * n, hits.float()))
-
-
-@contextlib.contextmanager
-def _memory_hint(p: Prepared, shape, device):
-    """Out of device memory: one line naming what to change instead of a traceback.
-
-    Raises:
-        UserError: the batch did not fit.
-    """
-    try:
-        yield
-    except torch.OutOfMemoryError:
-        t = p.recipe.train
-        raise UserError(
-            f"out of {device.type} memory on a batch of {shape[0]} rows × {shape[1]} tokens "
-            f"(train.batch_size={t.batch_size}, max length {p.max_length}, "
-            f"train.gradient_checkpointing={str(t.gradient_checkpointing).lower()}); lower train.batch_size and "
-            "raise train.grad_accum (the same global batch), lower data.max_length, or set "
-            "train.gradient_checkpointing=true"
-        ) from None
 
 
 def _check_finite(out: Path, s: Session, state: TrainState, rows: int) -> None:
