@@ -190,9 +190,8 @@ def _train_ranked(p: Prepared, out: Path, resume: bool, dist: Dist, device) -> d
     env["nondeterministic"] = nondeterministic_paths(device, t)
     for why in env["nondeterministic"] if dist.main else []:
         say(f"warning: {why}; the same seed may not give bit-identical results")
-    model = _build_model(
-        p, device, precision
-    )  # its count is checked against the plan before anything is written
+    # The built model's trainable count is checked against the plan here, before anything is written.
+    model = _build_model(p, device, precision)
     dist.barrier()  # every rank has checked --out before rank 0 creates it
     if not resume and dist.main:
         create_run_folder(out, p)
