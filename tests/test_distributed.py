@@ -5,7 +5,8 @@ floating-point sums (each rank sums its share, gloo sums the ranks): adapters ag
 ~1e-7 after 8 steps), evaluation metrics to ~1e-8 and predicted labels exactly. The data are chosen to hit the
 awkward cases: 75 training rows in batches of 8 (the last batch has 3 rows, split 2/1 between ranks),
 ``grad_accum=3`` (the epoch's last optimizer step has one batch, not three) and 41 evaluation rows (an odd count:
-rank 0 scores 21, rank 1 scores 20). Each torchrun start costs an interpreter start-up per rank, so there are three.
+rank 0 scores 21, rank 1 scores 20). Each launch costs an interpreter start-up per rank, so there are three (two
+through torchrun, the resume through ``loraclf train --nproc 2``).
 """
 
 from __future__ import annotations
@@ -158,8 +159,9 @@ def test_kill_9_of_a_two_process_job_then_resume(files, tmp_path):
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("loraclf: error:")]
     assert len(errors) == 1 and "written by 2 process" in errors[0], res.stderr
 
-    cmd, env = _torchrun(["train", "--resume", str(run), "--quiet"])
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    # Resumed through `loraclf train --nproc 2`, which starts the same two-rank job without torchrun's command.
+    cmd = [sys.executable, "-m", "loraclf", "train", "--resume", str(run), "--quiet", "--nproc", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(OMP_NUM_THREADS="1"), timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     assert res.stderr.count("resuming from step-") == 1
     assert {p.name for p in run.iterdir()} == RUN_FILES
