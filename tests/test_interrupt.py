@@ -49,8 +49,8 @@ def test_checkpoints_follow_the_clock_as_well_as_the_steps(data, tmp_path, monke
     saved, kept = [], []
     real_save = loop.save_checkpoint
 
-    def spy(run, step, *args):
-        path = real_save(run, step, *args)
+    def spy(run, step, *args, **kwargs):
+        path = real_save(run, step, *args, **kwargs)
         saved.append(step)
         kept.append(sorted(p.name for p in (run / "checkpoints").iterdir()))
         return path
@@ -78,17 +78,22 @@ def test_default_clock_loses_at_most_ten_minutes():
 
 
 def _interrupt_at(monkeypatch, step: int) -> None:
-    """Raise KeyboardInterrupt (as Ctrl-C does) in the middle of the batch after optimizer step ``step``."""
-    from loraclf.training import loop
+    """Raise KeyboardInterrupt (as Ctrl-C does) in the middle of the optimizer step after step ``step``.
 
-    real = loop._count_batch
+    With train.grad_accum=1 the loop accumulates one group of batches per optimizer step, so the interrupt comes
+    after the (step+1)-th group's backward pass and before its optimizer step.
+    """
+    from loraclf.training import steps
 
-    def count(state, *args):
-        real(state, *args)
-        if state.step == step:
+    real, calls = steps.accumulate, [0]
+
+    def accumulate(*args, **kwargs):
+        real(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == step + 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "_count_batch", count)
+    monkeypatch.setattr(steps, "accumulate", accumulate)
 
 
 def test_ctrl_c_keeps_a_checkpoint_and_resume_appends_to_the_history(data, tmp_path, monkeypatch):

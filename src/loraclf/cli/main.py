@@ -17,6 +17,7 @@ import argparse
 import difflib
 import os
 import sys
+import time
 
 from loraclf.cli import augment, export, plan, predict, report, toolbox, train
 from loraclf.utils.errors import UserError
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = _parse(parser, argv)
+        args.argv = list(
+            sys.argv[1:] if argv is None else argv
+        )  # `train --nproc` relaunches the same command
         if args.version:
             from loraclf.utils.version import __version__
 
@@ -102,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             args.quiet = True
         return _commands()[args.command](args)
     except UserError as exc:
-        print(f"loraclf: error: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        if rank != "0":
+            # Ranks usually hit the same mistake together; give rank 0 the moment to say it once (the launcher
+            # then stops this rank), and speak only if the mistake was this rank's alone.
+            time.sleep(5)
+        print(f"loraclf: error: {'' if rank == '0' else f'rank {rank}: '}{exc}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("loraclf: interrupted", file=sys.stderr)

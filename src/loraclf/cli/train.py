@@ -32,6 +32,12 @@ def add_command(sub) -> None:
     p.add_argument("--eval", help="evaluation data file (default: a stratified split of --train)")
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train in N processes on this machine (one per GPU; starts torchrun with the same flags)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides, e.g. train.lr=1e-4")
 
@@ -85,6 +91,12 @@ def _read_rows(args):
 
 
 def cmd_train(args) -> int:
+    if args.nproc is not None and args.nproc != 1:
+        from loraclf.cli.launch import relaunch  # torch's launcher: only when several processes are asked for
+
+        return relaunch(args.nproc, args.argv)
+    if os.environ.get("RANK", "0") != "0":
+        args.quiet = True  # rank 0 alone shows progress (training/distributed.py)
     if args.resume:
         _check_resume(args)
     else:
@@ -107,6 +119,8 @@ def cmd_train(args) -> int:
         same = recipe.data == checked.data and recipe.train.seed == checked.train.seed
         p = prepare(recipe, args.train, args.eval, rows if same else None)  # rows of other settings: reread
         m = train(p, out)
+    if not m:
+        return 0  # a rank other than 0: rank 0 reports
     print(format_report(m))
     print(f"\n{summary_line(m)}")
     print(

@@ -206,6 +206,9 @@ class TrainConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     threads: int | None = opt(None, "torch intra-op threads on CPU")
     compile: bool = opt(False, "torch.compile the model (dynamic shapes)")
+    gradient_checkpointing: bool = opt(
+        False, "recompute block activations in backward: less memory for about a third more compute"
+    )
     cache_frozen: bool = opt(
         True,
         "adapters from layer k up: run layers below k once and reuse their output each epoch (dropout off there)",

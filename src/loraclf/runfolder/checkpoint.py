@@ -55,9 +55,20 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    run: Path, step: int, model, optimizer, scheduler, scaler, state: dict, keep: int
+    run: Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    state: dict,
+    keep: int,
+    rank_rng: list[dict] | None = None,
 ) -> Path:
-    """Write checkpoints/step-N atomically, then prune to the newest ``keep``."""
+    """Write checkpoints/step-N atomically, then prune to the newest ``keep``.
+
+    ``rank_rng`` holds every rank's RNG state when several processes train (rank 0 writes them all).
+    """
     root = run / CKPT_DIR
     root.mkdir(exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -75,6 +86,7 @@ def save_checkpoint(
             "scaler": scaler.state_dict() if scaler is not None else None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rank_rng": rank_rng or [],
         },
         tmp / "trainer.pt",
     )
@@ -103,8 +115,8 @@ def list_checkpoints(run: Path) -> list[Path]:
     )
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
-    """Restore a checkpoint into live objects; returns its state.json."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> dict:
+    """Restore a checkpoint into live objects (RNG: rank ``rank``'s when several ranks wrote it); returns state.json."""
     weights = load_file(str(path / "weights.safetensors"))
     params = dict(model.named_parameters())
     missing = [k for k in weights if k not in params]
@@ -127,6 +139,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> dict:
     scheduler.load_state_dict(blob["scheduler"])
     if scaler is not None and blob.get("scaler"):
         scaler.load_state_dict(blob["scaler"])
+    ranks = blob.get("rank_rng") or []
+    if rank < len(ranks):
+        torch.set_rng_state(ranks[rank]["torch_rng"])
+        if "cuda_rng" in ranks[rank] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ranks[rank]["cuda_rng"])
+        return json.loads((path / "state.json").read_text())
     torch.set_rng_state(blob["torch_rng"])
     if blob.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(blob["cuda_rng"])
@@ -190,4 +208,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed process nobody has reaped yet (a launcher's worker whose parent was killed too) still answers
+    # kill(pid, 0); on Linux its state says it is a zombie, which holds no lock.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"

@@ -9,6 +9,10 @@ batch, the others pass their input through. The model's own forward (embeddings,
 head) runs unchanged, so the saving is the forward cost of k layers per step, for any architecture with a list of
 blocks. Backward never reached the frozen layers anyway: nothing below k needs a gradient.
 
+With several processes (distributed.py) each rank caches only the rows it owns and trains on those; the cache
+maps the run's row numbers to its own. The size check compares the cache with the memory of the device that holds
+it (free GPU memory on CUDA, physical memory on a CPU).
+
 Before training uses it, the cache checks itself: the model's logits on one batch through the stand-ins must match
 the logits of the real layers. Anything it cannot serve (trainable parameters below k, an architecture without a
 block list, a mismatch, too little memory) leaves training as it was and says why in one line.
@@ -94,9 +98,16 @@ class FrozenCache:
     """The outputs of blocks 0..k-1 for every training row, and the module swap that replays them."""
 
     def __init__(
-        self, blocks: nn.ModuleList, k: int, flat: torch.Tensor, offsets: np.ndarray, as_tuple: bool
+        self,
+        blocks: nn.ModuleList,
+        k: int,
+        flat: torch.Tensor,
+        offsets: np.ndarray,
+        as_tuple: bool,
+        local: np.ndarray | None = None,
     ):
         self.blocks, self.k, self.flat, self.offsets = blocks, k, flat, offsets
+        self.local = local  # run row number → cached row (None: the same), when a rank caches its own rows
         self.real = list(blocks[:k])
         self.stand_ins = [_Pass(as_tuple) for _ in range(k - 1)] + [_Replay(as_tuple)]
         self.zero_row = flat.shape[0] - 1  # the flat tensor ends with a row of zeros for padding positions
@@ -107,6 +118,8 @@ class FrozenCache:
 
     def select(self, rows: np.ndarray, width: int) -> None:
         """Load the cached states of ``rows`` into the replay, padded to ``width`` positions."""
+        if self.local is not None:
+            rows = self.local[rows]
         index = np.full((len(rows), width), self.zero_row, dtype=np.int64)
         for j, i in enumerate(rows):
             start, end = self.offsets[i], self.offsets[i + 1]
@@ -163,24 +176,40 @@ def _capture(model, blocks, k, ids, pad_id, device, precision, batch_size, progr
     return flat, offsets, caught.get("tuple", False)
 
 
-def _physical_memory() -> int | None:
+def device_memory(device: torch.device) -> tuple[int | None, str]:
+    """Bytes the cache may draw on where it lives, and what they are: free GPU memory on CUDA, else RAM."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free, f"the {free / 2**30:.1f} GB free on {device}"
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return None
+        return None, "memory"
+    return memory, f"the {memory / 2**30:.1f} GB of memory"
 
 
-def build(model, head: str, ids, pad_id, device, precision, batch_size, progress, say) -> FrozenCache | None:
-    """A checked FrozenCache for the training rows, or None (with one line through ``say``) when it cannot help."""
+def build(
+    model, head: str, ids, pad_id, device, precision, batch_size, progress, say, rows=None
+) -> FrozenCache | None:
+    """A checked FrozenCache for the training rows, or None (with one line through ``say``) when it cannot help.
+
+    ``rows`` (run row numbers) limits the cache to those rows: a rank's own share when several train.
+    """
     blocks = block_list(model)
     k = first_trainable_layer(model, head)
     if blocks is None or not k:
         return None  # adapters in layer 0 (or outside the blocks): nothing frozen below them
+    local = None
+    if rows is not None:
+        local = np.full(len(ids), -1, dtype=np.int64)
+        local[rows] = np.arange(len(rows))
+        ids = [ids[i] for i in rows]
     hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", 0)
     need = sum(len(x) for x in ids) * hidden * (2 if precision == "bf16" else 4)
-    memory = _physical_memory()
+    memory, what = device_memory(device)
     if memory and need > MEMORY_SHARE * memory:
-        say(f"frozen-layer cache: off ({need / 2**30:.1f} GB would exceed {MEMORY_SHARE:.0%} of memory)")
+        # The model, its activations and the optimizer need the rest: training without the cache is only slower.
+        say(f"frozen-layer cache: off ({need / 2**30:.1f} GB would exceed {MEMORY_SHARE:.0%} of {what})")
         return None
     # The cached states must not depend on dropout: turn it off below k, as the recipe option promises.
     for block in blocks[:k]:
@@ -195,6 +224,7 @@ def build(model, head: str, ids, pad_id, device, precision, batch_size, progress
         )
         cache = FrozenCache(blocks, k, flat, offsets, as_tuple)
         ok = _agrees(model, cache, ids, pad_id, device, precision)
+        cache.local = local
     finally:
         model.train(was_training)
     if not ok:

@@ -4,7 +4,9 @@
 folder exists, so a mistake never leaves a half-written folder. ``train`` then runs AdamW with a warmup schedule over
 length-grouped, dynamically padded batches, evaluates every N optimizer steps, keeps the best weights by the chosen
 metric, stops early when asked, and writes resumable checkpoints. ``loss_step`` is the one place that turns a batch
-into a loss: distillation or R-Drop swap it, they do not fork the loop.
+into a loss: distillation or R-Drop swap it, they do not fork the loop. One optimizer step's micro-batches are
+``steps.accumulate`` (row-weighted, no host reads); under a launcher the same loop runs on every rank, with the few
+distributed calls (DDP wrapping, shares, sums, gathers, rank-0 writing) in ``distributed``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from loraclf.config.recipe import FORMAT_VERSION, Recipe, save_recipe
-from loraclf.data.batching import collate, epoch_batches
+from loraclf.data.batching import epoch_batches
 from loraclf.inference.metrics import metrics, summary_line
 from loraclf.inference.predict import forward_probs
 from loraclf.modeling.adapters import count_parameters
@@ -42,9 +44,11 @@ from loraclf.runfolder.checkpoint import (
 )
 from loraclf.runfolder.metrics_log import MetricsLogger
 from loraclf.runfolder.schema import RunInfo, read_run_info, write_labels, write_run_info
+from loraclf.training import distributed, steps
+from loraclf.training.distributed import Dist
 from loraclf.training.losses import LossStep, balanced_weights
 from loraclf.training.prepare import Prepared
-from loraclf.utils.devices import autocast, environment, pick_device, pick_precision, set_threads
+from loraclf.utils.devices import environment, pick_device, pick_precision, set_threads
 from loraclf.utils.errors import UserError, say
 from loraclf.utils.progress import TrainProgress
 from loraclf.utils.version import __version__
@@ -78,11 +82,22 @@ def make_scheduler(optimizer, recipe: Recipe, total_steps: int):
 
 
 def evaluate_model(
-    model, ids, labels, label_names, pad_id, device, precision, batch_size, progress=False
+    model, ids, labels, label_names, pad_id, device, precision, batch_size, progress=False, dist=None
 ) -> dict:
+    """Metrics of the model on tokenised rows; with several ranks each scores its share and all gather them."""
+    dist = dist or Dist()
+    mine = dist.my_rows(len(ids))
     probs = forward_probs(
-        model, ids, pad_id, device, precision, batch_size, progress=progress, desc="evaluate"
+        model,
+        [ids[i] for i in mine],
+        pad_id,
+        device,
+        precision,
+        batch_size,
+        progress=progress,
+        desc="evaluate",
     )
+    probs = dist.gather_rows(probs, len(ids), device)
     preds = probs.argmax(1)
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
     return metrics(labels, preds, label_names, loss)
@@ -159,26 +174,41 @@ def nondeterministic_paths(device: torch.device, t) -> list[str]:
 
 
 def train(p: Prepared, out: Path, resume: bool = False) -> dict:
-    """Run the training loop into ``out``; returns the final metrics."""
+    """Run the training loop into ``out``; returns the final metrics (an empty dict on ranks other than 0).
+
+    Under a launcher (torchrun, accelerate) every rank calls this with the same arguments; rank 0 alone writes.
+    """
     t = p.recipe.train
-    device = pick_device(t.device)
+    dist, device = distributed.setup(pick_device(t.device))
+    try:
+        return _train_ranked(p, out, resume, dist, device)
+    finally:
+        distributed.shutdown()
+
+
+def _train_ranked(p: Prepared, out: Path, resume: bool, dist: Dist, device) -> dict:
+    t = p.recipe.train
     precision = pick_precision(t.precision, device)
     set_threads(t.threads)
     env = environment(device, precision)
+    env["world_size"] = dist.world
     env["nondeterministic"] = nondeterministic_paths(device, t)
-    for why in env["nondeterministic"]:
+    for why in env["nondeterministic"] if dist.main else []:
         say(f"warning: {why}; the same seed may not give bit-identical results")
-    if not resume:
+    # The built model's trainable count is checked against the plan here, before anything is written.
+    model = _build_model(p, device, precision)
+    dist.barrier()  # every rank has checked --out before rank 0 creates it
+    if not resume and dist.main:
         create_run_folder(out, p)
-    try:
-        with RunLock(out):
-            if not resume:
+    with RunLock(out) if dist.main else contextlib.nullcontext():
+        try:
+            if not resume and dist.main:
                 write_static(out, p, env)
-            return _train_locked(p, out, resume, device, precision)
-    except Diverged as exc:
-        if not exc.checkpoint and not resume:
-            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no half-written run folder
-        raise
+            return _train_locked(p, out, resume, model, dist, device, precision)
+        except UserError:  # diverged, out of memory: a new run without a checkpoint leaves no folder behind
+            if dist.main and not resume and not list_checkpoints(out):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 class Diverged(UserError):
@@ -202,8 +232,9 @@ class Diverged(UserError):
 class TrainState:
     """Where training is and what it has seen: everything a checkpoint restores to continue bit-identically.
 
-    ``epoch``/``batch`` are the data position (the next batch of that epoch's length-grouped order); the running
-    statistics (``ema_loss``, ``correct``, ``seen``) live here so that a resumed run logs exactly the same numbers.
+    ``epoch``/``batch`` are the data position (the next batch of that epoch's length-grouped order, the same at
+    any world size); the running statistics since the last log line (``loss_sum``, ``correct``, ``seen``) live
+    here so that a resumed run logs exactly the same numbers. ``world`` is the number of ranks that wrote it.
     """
 
     step: int = 0
@@ -216,9 +247,11 @@ class TrainState:
     samples: int = 0
     train_seconds: float = 0.0
     pause_seconds: float = 0.0  # evaluation and checkpoint time inside the loop, kept out of samples/s
-    ema_loss: float | None = None
-    correct: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
     seen: int = 0
+    shown: tuple[float, float] | None = None  # (loss, accuracy) of the last log line, for the progress bar
+    world: int = 1
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -234,7 +267,7 @@ class Session:
     """The live objects of one training run and its step arithmetic (built once, before the first step)."""
 
     model: torch.nn.Module
-    fwd: torch.nn.Module  # the model, or its torch.compile wrapper
+    fwd: torch.nn.Module  # the model, wrapped in DDP on several ranks and in torch.compile when asked
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: torch.amp.GradScaler | None
@@ -246,7 +279,15 @@ class Session:
     total_steps: int
     eval_every: int
     save_every: int
+    dist: Dist
+    # Sums kept on the device so that no micro-batch waits for the GPU: (loss · rows, correct rows) of the
+    # current optimizer step, and of the steps since the statistics were last read (at log lines and checkpoints).
+    step_stats: torch.Tensor
+    window_stats: torch.Tensor
     last_save: float = 0.0  # clock() at the last checkpoint (or the start): time-based saves count from here
+
+
+LOG_EVERY_STEPS = 20  # train lines in metrics.jsonl; the device-side statistics are read only then
 
 
 def _build_model(p: Prepared, device, precision: str) -> torch.nn.Module:
@@ -260,6 +301,8 @@ def _build_model(p: Prepared, device, precision: str) -> torch.nn.Module:
         raise RuntimeError(
             f"plan said {p.plan.trainable:,} trainable parameters, the model has {trainable:,}"
         )
+    if t.gradient_checkpointing:
+        steps.checkpoint_activations(model, r.model.name)
     model.to(device)
     if precision == "bf16" and r.adapter.method != "full":
         # Frozen weights never receive updates, so bf16 copies lose nothing and save autocast's per-step casts
@@ -270,9 +313,11 @@ def _build_model(p: Prepared, device, precision: str) -> torch.nn.Module:
     return model
 
 
-def _session(p: Prepared, model, device, precision: str) -> Session:
+def _session(p: Prepared, model, device, precision: str, dist: Dist) -> Session:
     r, t = p.recipe, p.recipe.train
-    cache, cache_seconds = _frozen_cache(p, model, device, precision)
+    cache, cache_seconds = _frozen_cache(p, model, device, precision, dist)
+    if cache is not None and dist.world > 1:
+        dist = dataclasses.replace(dist, owned_rows=True)  # each rank cached its own rows (distributed.py)
     optimizer = make_optimizer(model, r, device)
     steps_per_epoch = math.ceil(math.ceil(len(p.train_ids) / t.batch_size) / t.grad_accum)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
@@ -282,9 +327,10 @@ def _session(p: Prepared, model, device, precision: str) -> Session:
         else None
     )
     eval_every = t.eval_every or steps_per_epoch
+    fwd = dist.wrap(model, device)
     return Session(
         model=model,
-        fwd=torch.compile(model, dynamic=True) if t.compile else model,
+        fwd=torch.compile(fwd, dynamic=True) if t.compile else fwd,
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, r, total_steps),
         scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None,
@@ -296,30 +342,56 @@ def _session(p: Prepared, model, device, precision: str) -> Session:
         total_steps=total_steps,
         eval_every=eval_every,
         save_every=t.save_every or eval_every,
+        dist=dist,
+        step_stats=torch.zeros(2, device=device),
+        window_stats=torch.zeros(2, device=device),
     )
 
 
-def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) -> dict:
+class _NoLog:
+    """The metrics logger of ranks other than 0, which write nothing."""
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _train_locked(p: Prepared, out: Path, resume: bool, model, dist: Dist, device, precision: str) -> dict:
     t = p.recipe.train
-    model = _build_model(p, device, precision)
-    s = _session(p, model, device, precision)
-    state = TrainState()
+    s = _session(p, model, device, precision, dist)
+    state = TrainState(world=dist.world)
     ckpts = list_checkpoints(out)
     if resume and ckpts:
-        state = TrainState.from_dict(load_checkpoint(ckpts[-1], model, s.optimizer, s.scheduler, s.scaler))
-        say(f"resuming from step {state.step} of {s.total_steps:,} ({out / CKPT_DIR / ckpts[-1].name})")
-    elif resume:
+        blob = load_checkpoint(ckpts[-1], model, s.optimizer, s.scheduler, s.scaler, dist.rank)
+        state = TrainState.from_dict(blob)
+        if state.world != dist.world:
+            raise UserError(
+                f"--resume: {ckpts[-1]} was written by {state.world} process(es), this job has {dist.world}; "
+                f"resume with the same number (e.g. `torchrun --nproc-per-node {state.world} -m loraclf train "
+                "--resume …`), since each rank's random-number stream is part of the checkpoint"
+            )
+        if dist.main:
+            say(f"resuming from step {state.step} of {s.total_steps:,} ({out / CKPT_DIR / ckpts[-1].name})")
+    elif resume and dist.main:
         say("no checkpoint yet: starting from step 0")
-    logger = MetricsLogger(
-        out / "metrics.jsonl", keep_until_step=state.step if resume else None, tensorboard=t.tensorboard
-    )
-    if not resume:
-        trainable, total = count_parameters(model)
-        say(
-            f"training {trainable:,} of {total:,} parameters ({trainable / total:.3%}) on {device} ({precision}); "
-            f"{len(p.train):,} train / {len(p.eval):,} eval rows, max length {p.max_length}, {s.total_steps:,} steps"
+    logger = (
+        MetricsLogger(
+            out / "metrics.jsonl", keep_until_step=state.step if resume else None, tensorboard=t.tensorboard
         )
-    bar = TrainProgress(s.total_steps, state.step, t.progress)
+        if dist.main
+        else _NoLog()
+    )
+    if not resume and dist.main:
+        trainable, total = count_parameters(model)
+        ranks = f" × {dist.world} processes" if dist.world > 1 else ""
+        say(
+            f"training {trainable:,} of {total:,} parameters ({trainable / total:.3%}) on {device}{ranks} "
+            f"({precision}); {len(p.train):,} train / {len(p.eval):,} eval rows, max length {p.max_length}, "
+            f"{s.total_steps:,} steps"
+        )
+    bar = TrainProgress(s.total_steps, state.step, t.progress and dist.main)
     # The frozen-layer cache replaces forward compute, so building it counts as training time.
     started = time.perf_counter() - state.train_seconds - s.cache_seconds
     s.last_save = clock()
@@ -333,57 +405,58 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
         logger.close()
     seconds = time.perf_counter() - started
     del model, s  # free the training copy before the inference copy loads
-    return _finish(p, out, state, seconds)
+    return _finish(p, out, state, seconds) if dist.main else {}
 
 
 def _run_steps(p, out, s: Session, state: TrainState, logger, bar, device, precision, started) -> None:
-    """Micro-batches and optimizer steps until ``total_steps`` or early stopping."""
+    """Optimizer steps until ``total_steps`` or early stopping; each takes ``grad_accum`` batches of the epoch."""
     t = p.recipe.train
     lengths = np.array([len(x) for x in p.train_ids])
-    labels_all = torch.from_numpy(p.train.labels)
-    pad_id = p.tokenizer.pad_token_id
-    micro, stop = 0, False
+    stop = False
     window = [time.perf_counter(), 0]  # start of the speed window, samples in it
     s.model.train()
     while state.step < s.total_steps and not stop:
         batches = epoch_batches(lengths, t.batch_size, t.seed, state.epoch, t.group_by_length)
-        for bi in range(state.batch, len(batches)):
-            rows = batches[bi]
-            input_ids, mask = collate(p.train_ids, rows, pad_id, device, pin=True)
-            if s.cache is not None:
-                s.cache.select(rows, input_ids.shape[1])
-            labels = labels_all[rows].to(device, non_blocking=True)
-            with autocast(device, precision):
-                loss, logits = s.loss_step(s.fwd, input_ids, mask, labels, rows)
-                if s.method.extra_loss is not None:
-                    loss = loss + s.method.extra_loss(s.model)
-            if not torch.isfinite(loss):
-                raise Diverged(out, loss.item(), state.step)
-            (s.scaler.scale(loss / t.grad_accum) if s.scaler else loss / t.grad_accum).backward()
-            micro += 1
-            _count_batch(state, loss, logits, labels, len(rows))
-            window[1] += len(rows)
-            last_in_epoch = bi == len(batches) - 1
-            if micro % t.grad_accum and not last_in_epoch:
-                continue
+        while not stop and state.step < s.total_steps:
+            # The epoch's last step may hold fewer batches than grad_accum; rows, not batches, weigh it.
+            group = batches[state.batch : state.batch + t.grad_accum]
+            rows = sum(len(b) for b in group)
+            steps.accumulate(p, s, group, rows, device, precision)
+            _check_finite(out, s, state, rows)
             _optimizer_step(s.model, s.optimizer, s.scheduler, s.scaler, t.max_grad_norm)
-            micro = 0
             state.step += 1
             if s.method.after_step is not None:
                 s.method.after_step(s.model, state.step)
-            state.epoch, state.batch = (state.epoch + 1, 0) if last_in_epoch else (state.epoch, bi + 1)
+            state.samples += rows
+            state.seen += rows
+            window[1] += rows
+            state.batch += len(group)
+            if state.batch == len(batches):
+                state.epoch, state.batch = state.epoch + 1, 0
             stop = _after_step(p, out, s, state, logger, bar, device, precision, started, window)
-            if state.step >= s.total_steps or stop:
-                break
+            if state.batch == 0:
+                break  # a new epoch: a new order
 
 
-def _count_batch(state: TrainState, loss, logits, labels, n: int) -> None:
-    """Running training statistics for the progress bar and the train log lines."""
-    state.correct += int((logits.argmax(-1) == labels).sum())
-    state.seen += n
-    state.samples += n
-    value = loss.item()
-    state.ema_loss = value if state.ema_loss is None else 0.98 * state.ema_loss + 0.02 * value
+def _check_finite(out: Path, s: Session, state: TrainState, rows: int) -> None:
+    """Sum the step's statistics over ranks and stop on a NaN or infinite loss: one host read per step.
+
+    Raises:
+        Diverged: the step's loss is not finite (on every rank alike, since the sum is shared).
+    """
+    step = s.dist.sum_(s.step_stats)
+    if not bool(torch.isfinite(step[0])):
+        raise Diverged(out, float(step[0]) / rows, state.step)
+    s.window_stats += step
+    step.zero_()
+
+
+def _read_stats(s: Session, state: TrainState) -> None:
+    """Move the device-side statistics into the state (a host read: only at log lines and checkpoints)."""
+    loss_sum, correct = s.window_stats.tolist()
+    state.loss_sum += loss_sum
+    state.correct += correct
+    s.window_stats.zero_()
 
 
 def _after_step(
@@ -393,40 +466,38 @@ def _after_step(
     t, step = p.recipe.train, state.step
     now = time.perf_counter()
     speed = window[1] / max(now - window[0], 1e-9)
-    bar.update(
-        loss=f"{state.ema_loss:.4f}",
-        acc=f"{state.correct / max(state.seen, 1):.3f}",
-        samples_s=f"{speed:.0f}",
-    )
-    if step % 20 == 0 or step == s.total_steps:
+    if step % LOG_EVERY_STEPS == 0 or step == s.total_steps:
+        _read_stats(s, state)
+        state.shown = (state.loss_sum / max(state.seen, 1), state.correct / max(state.seen, 1))
         logger.log(
             {
                 "step": step,
                 "epoch": round(step / s.steps_per_epoch, 4),
                 "split": "train",
-                "loss": state.ema_loss,
-                "accuracy": state.correct / max(state.seen, 1),
+                "loss": state.shown[0],
+                "accuracy": state.shown[1],
                 "lr": s.scheduler.get_last_lr()[0],
                 "samples_per_s": speed,
             }
         )
-        state.correct = state.seen = 0
+        state.loss_sum = state.correct = state.seen = 0
         window[:] = [now, 0]
+    shown = {"loss": f"{state.shown[0]:.4f}", "acc": f"{state.shown[1]:.3f}"} if state.shown else {}
+    bar.update(**shown, samples_s=f"{speed:.0f}")
     paused = time.perf_counter()
     stop = False
     if step % s.eval_every == 0 or step == s.total_steps:
         with s.cache.bypassed() if s.cache is not None else contextlib.nullcontext():
             stop = _evaluate_and_keep(
-                p, s.model, out, state, logger, device, precision, step, s.steps_per_epoch
+                p, s.model, out, state, logger, device, precision, step, s.steps_per_epoch, s.dist
             )
         s.model.train()
     now = time.perf_counter()
     state.pause_seconds += now - paused
     state.train_seconds = now - started
-    if _checkpoint_due(t, s, step) and step < s.total_steps and not stop:
-        save_checkpoint(
-            out, step, s.model, s.optimizer, s.scheduler, s.scaler, state.as_dict(), t.keep_checkpoints
-        )
+    # Rank 0's clock decides for every rank: a checkpoint is a collective, so the ranks must agree to take one.
+    if s.dist.first(_checkpoint_due(t, s, step)) and step < s.total_steps and not stop:
+        _save(out, s, state, t.keep_checkpoints)
         s.last_save = clock()
         state.pause_seconds += time.perf_counter() - now
     window[0] += time.perf_counter() - paused  # the progress bar's speed counts training time only
@@ -446,6 +517,12 @@ def _checkpoint_due(t, s: Session, step: int) -> bool:
 
 def _save_on_interrupt(p, out: Path, s: Session, state: TrainState, started: float) -> None:
     """Ctrl-C: keep the last finished optimizer step as a checkpoint, and say how to continue."""
+    if s.dist.world > 1:
+        # The ranks are not in step after a signal; a checkpoint needs all of them (a collective).
+        say(
+            f"interrupted at step {state.step}; `loraclf train --resume {out}` continues from the last checkpoint"
+        )
+        return
     if state.step == 0:
         say(
             "interrupted before the first optimizer step finished: no checkpoint; "
@@ -453,7 +530,19 @@ def _save_on_interrupt(p, out: Path, s: Session, state: TrainState, started: flo
         )
         return
     state.train_seconds = time.perf_counter() - started
-    path = save_checkpoint(
+    path = _save(out, s, state, p.recipe.train.keep_checkpoints)
+    say(
+        f"interrupted at step {state.step}: checkpoint written to {path}; continue with `loraclf train --resume {out}`"
+    )
+
+
+def _save(out: Path, s: Session, state: TrainState, keep: int) -> Path | None:
+    """A resumable checkpoint: rank 0 writes the shared state and every rank's RNG state; returns its folder."""
+    _read_stats(s, state)
+    rngs = s.dist.gather_objects(distributed.rng_state())  # a collective: every rank takes part
+    if not s.dist.main:
+        return None
+    return save_checkpoint(
         out,
         state.step,
         s.model,
@@ -461,15 +550,16 @@ def _save_on_interrupt(p, out: Path, s: Session, state: TrainState, started: flo
         s.scheduler,
         s.scaler,
         state.as_dict(),
-        p.recipe.train.keep_checkpoints,
-    )
-    say(
-        f"interrupted at step {state.step}: checkpoint written to {path}; continue with `loraclf train --resume {out}`"
+        keep,
+        rank_rng=rngs if s.dist.world > 1 else None,
     )
 
 
-def _frozen_cache(p: Prepared, model, device, precision: str):
-    """The frozen-layer cache when adapters start above layer 0 (see training/frozen.py), installed; and its build time."""
+def _frozen_cache(p: Prepared, model, device, precision: str, dist: Dist):
+    """The frozen-layer cache when adapters start above layer 0 (see training/frozen.py), installed; and its build time.
+
+    With several ranks each caches the rows it owns; all ranks use the cache or none does.
+    """
     from loraclf.modeling.backbones import head_module_name
     from loraclf.training import frozen
 
@@ -486,12 +576,19 @@ def _frozen_cache(p: Prepared, model, device, precision: str):
         device,
         precision,
         t.eval_batch_size,
-        t.progress,
-        say,
+        t.progress and dist.main,
+        say if dist.main else _quiet,
+        rows=dist.my_rows(len(p.train_ids)) if dist.world > 1 else None,
     )
+    if not all(dist.gather_objects(cache is not None)):
+        return None, 0.0  # a rank without the cache would take strided rows: all ranks must agree
     if cache is not None:
         cache.install()
     return cache, time.perf_counter() - start
+
+
+def _quiet(_message: str) -> None:
+    pass
 
 
 def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
@@ -516,8 +613,10 @@ def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
     optimizer.zero_grad(set_to_none=True)
 
 
-def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, steps_per_epoch) -> bool:
-    """Evaluate, log, save the weights when they are the best so far; return True to stop early."""
+def _evaluate_and_keep(
+    p, model, out, state, logger, device, precision, step, steps_per_epoch, dist: Dist
+) -> bool:
+    """Evaluate (sharded over ranks), log, save the weights when they are the best so far; True to stop early."""
     t = p.recipe.train
     m = evaluate_model(
         model,
@@ -528,6 +627,7 @@ def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, st
         device,
         precision,
         t.eval_batch_size,
+        dist=dist,
     )
     value = m[t.metric]
     improved = _better(t.metric, value, state.best, m["loss"], state.best_loss)
@@ -542,10 +642,12 @@ def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, st
             "best": improved,
         }
     )
-    tqdm.write(f"step {step:,}: eval {summary_line(m)}{'  *best' if improved else ''}", file=sys.stderr)
+    if dist.main:
+        tqdm.write(f"step {step:,}: eval {summary_line(m)}{'  *best' if improved else ''}", file=sys.stderr)
     if improved:
         state.best, state.best_loss, state.best_step, state.bad_evals = value, m["loss"], step, 0
-        save_weights(trainable_state(model), out / "model.safetensors")
+        if dist.main:
+            save_weights(trainable_state(model), out / "model.safetensors")
         return False
     state.bad_evals += 1
     return t.early_stopping is not None and state.bad_evals >= t.early_stopping

@@ -9,6 +9,7 @@ do about it.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Iterable
 
@@ -37,5 +38,11 @@ def short_list(items: Iterable[str], limit: int = 12) -> str:
 
 
 def say(msg: str) -> None:
-    """A note for the user on stderr (progress, counts, warnings); errors are UserError instead."""
+    """A note for the user on stderr (progress, counts, warnings); errors are UserError instead.
+
+    Under a multi-process launcher only rank 0 speaks (``RANK`` is set by torchrun and accelerate): the ranks
+    prepare the same data and would print every note N times.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return
     print(msg, file=sys.stderr, flush=True)

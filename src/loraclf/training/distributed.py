@@ -1,0 +1,194 @@
+"""Several processes: everything the loop needs to train one run on N ranks, and nothing more.
+
+A launcher (``torchrun``, ``accelerate launch``, or ``loraclf train --nproc N``, which starts torchrun) runs the
+same ``loraclf train`` command in N processes and tells each its place through environment variables (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). :func:`setup` joins them into one process
+group: NCCL between GPUs, gloo between CPU processes. Without those variables it returns a one-process ``Dist``
+and every call here is free, so the single-process loop reads as before.
+
+**Same run at any world size.** The data order is one process's order: ``epoch_batches`` cuts each epoch into
+length-grouped batches of ``train.batch_size`` rows, and ``train.grad_accum`` consecutive batches make one
+optimizer step, at any N. Each rank takes its share of every batch (:meth:`Dist.share`): rows at strided
+positions of the length-sorted batch, so the shares have the same size and length mix. Each rank's loss is the
+mean over its rows times ``n_rank · N / n_step``, where ``n_step`` counts the rows of the whole optimizer step on
+all ranks; DDP then *averages* gradients over ranks, which leaves ``Σ_rows ∇loss / n_step``: the single-process
+gradient of the step's mean loss, exactly, however unevenly the rows divide. A rank whose share of a small batch
+is empty runs one row with weight 0, so every rank makes the same calls and DDP's all-reduce lines up.
+
+With the frozen-layer cache on, a rank caches only the rows it owns (``row % N``) and its share of a batch is
+those rows: the cache then costs 1/N of the memory and compute on each rank, at the price of shares that differ
+by a few rows (the weights above keep the gradient exact).
+
+**Why torch.distributed directly, not HF accelerate.** The loop already does what ``Accelerator`` would add
+(mixed precision, fused AdamW, checkpoints with the data position); what it needs from a distributed engine is
+init from the launcher's variables, DDP wrapping, a barrier and gathers, about a hundred lines here. Accelerate's
+data-loader sharding would not follow one process's length-grouped order, and its ``gather_for_metrics`` undoes
+padding only for its own samplers. ``accelerate launch`` still works: it sets the same variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from loraclf.utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place among the ranks of a job (rank 0 of 1 without a launcher)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owned_rows: bool = (
+        False  # shares are the rows a rank owns (frozen-layer cache on), else strided positions
+    )
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 alone writes the run folder, logs, progress lines and the report."""
+        return self.rank == 0
+
+    def share(self, batch: np.ndarray) -> tuple[np.ndarray, int]:
+        """This rank's rows of one batch and how many of them count (0: a stand-in row with weight 0)."""
+        if self.world == 1:
+            return batch, len(batch)
+        mine = batch[batch % self.world == self.rank] if self.owned_rows else batch[self.rank :: self.world]
+        if len(mine):
+            return mine, len(mine)
+        # An empty share still runs a forward and backward (weighted 0) so every rank's DDP all-reduce lines up.
+        # With owned rows the stand-in must be a row this rank has cached: row ``rank`` is its first.
+        return (np.array([self.rank]) if self.owned_rows else batch[:1]), 0
+
+    def my_rows(self, n: int) -> np.ndarray:
+        """The row indices out of ``n`` that this rank owns."""
+        return np.arange(self.rank, n, self.world)
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """The model wrapped in DistributedDataParallel (gradients averaged over ranks), or itself on one rank."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # Buffers (position ids) never change; broadcasting them every forward would only cost time.
+            broadcast_buffers=False,
+        )
+
+    def no_sync(self, fwd: torch.nn.Module, last: bool):
+        """Skip DDP's all-reduce on all but the last micro-batch of an optimizer step (gradients accumulate)."""
+        if self.world == 1 or last or not hasattr(fwd, "no_sync"):
+            return contextlib.nullcontext()
+        return fwd.no_sync()
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over ranks in place (asynchronous on a GPU: no host synchronisation)."""
+        if self.world > 1:
+            tdist.all_reduce(tensor)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            tdist.barrier()
+
+    def first(self, value):
+        """Rank 0's value on every rank (for decisions taken from a clock or a file, which ranks may see differently)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        tdist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_objects(self, value) -> list:
+        """Every rank's (small, picklable) value, in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        out = [None] * self.world
+        tdist.all_gather_object(out, value)
+        return out
+
+    def gather_rows(self, local: np.ndarray, n: int, device: torch.device) -> np.ndarray:
+        """Assemble an ``(n, k)`` table from each rank's rows ``rank::world`` (see :meth:`my_rows`).
+
+        Shares differ by at most one row when ``n`` does not divide by the world size; each is padded to the
+        largest for the collective and the padding is dropped, so no row is duplicated or lost.
+        """
+        if self.world == 1:
+            return local
+        width = -(-n // self.world)
+        buf = torch.zeros((width, local.shape[1]), dtype=torch.float64)
+        buf[: len(local)] = torch.from_numpy(np.asarray(local, dtype=np.float64))
+        comm = device if device.type == "cuda" else torch.device("cpu")  # NCCL moves GPU tensors only
+        parts = [torch.empty_like(buf, device=comm) for _ in range(self.world)]
+        tdist.all_gather(parts, buf.to(comm))
+        out = np.zeros((n, local.shape[1]), dtype=np.float64)
+        for r, part in enumerate(parts):
+            rows = np.arange(r, n, self.world)
+            out[rows] = part[: len(rows)].cpu().numpy()
+        return out
+
+
+def launched() -> bool:
+    """Whether a launcher started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the launcher's process group (once) and return this rank's place and device.
+
+    Raises:
+        UserError: the launcher's variables are incomplete, or a GPU rank has no GPU of its own.
+    """
+    if not launched():
+        return Dist(), device
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        raise UserError(
+            "WORLD_SIZE is set but RANK is missing or not a number; start several processes with "
+            "`torchrun --nproc-per-node N -m loraclf train …` or `accelerate launch -m loraclf train …`"
+        ) from None
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise UserError(
+                f"rank {rank}: LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs are visible; "
+                "start at most one process per GPU (--nproc-per-node)"
+            )
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not tdist.is_initialized():
+        tdist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            # Rank 0 alone evaluates the best weights and writes the report at the end, while the others wait.
+            timeout=timedelta(minutes=60),
+        )
+    return Dist(rank, world, local), device
+
+
+def shutdown() -> None:
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+def rng_state() -> dict:
+    """This rank's random-number-generator state (CPU and the current GPU), for checkpoints."""
+    state = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])

@@ -1,0 +1,192 @@
+"""Two gloo processes on the CPU (torchrun) train the run one process trains, and survive kill -9.
+
+Dropout is off and the arithmetic fp32, so the only difference between one process and two is the order of
+floating-point sums (each rank sums its share, gloo sums the ranks): adapters agree within ``TOL`` (measured
+~1e-7 after 8 steps), evaluation metrics to ~1e-8 and predicted labels exactly. The data are chosen to hit the
+awkward cases: 75 training rows in batches of 8 (the last batch has 3 rows, split 2/1 between ranks),
+``grad_accum=3`` (the epoch's last optimizer step has one batch, not three) and 41 evaluation rows (an odd count:
+rank 0 scores 21, rank 1 scores 20). Each launch costs an interpreter start-up per rank, so there are three (two
+through torchrun, the resume through ``loraclf train --nproc 2``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import cli_env, make_rows, run_cli, write_text_csv
+from loraclf.cli.launch import strip_nproc
+from loraclf.training.distributed import Dist
+
+TOL = 1e-5  # largest absolute difference allowed between adapter weights of the 1- and 2-process runs
+SAME = [
+    "--quiet", "train.batch_size=8", "train.grad_accum=3", "train.lr=2e-2", "model.head=linear",
+    "model.head_dropout=0", "model.dropout=0", "adapter.dropout=0", "train.threads=1", "train.precision=fp32",
+]  # fmt: skip
+RUN_FILES = {
+    "run.json", "recipe.yaml", "labels.json", "model.safetensors", "tokenizer", "metrics.jsonl", "metrics.json",
+    "confusion_matrix.csv", "report.html", "figures",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_bert_dir) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ddp-data")
+    rows = make_rows(23, seed=9)
+    pd.DataFrame({"text": [f"{r[1]} {r[2]}" for r in rows]}).to_csv(d / "predict.csv", index=False)
+    return {
+        "bert": tiny_bert_dir,
+        "train": write_text_csv(d / "train.csv", 75, seed=0),
+        "eval": write_text_csv(d / "eval.csv", 41, seed=5),
+        "predict": d / "predict.csv",
+    }
+
+
+def _args(files, out: Path, *extra) -> list[str]:
+    return [
+        "train", "--model", str(files["bert"]), "--train", str(files["train"]), "--eval", str(files["eval"]),
+        "--out", str(out), *SAME, *extra,
+    ]  # fmt: skip
+
+
+def _torchrun(args: list[str]):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return [*cmd, "-m", "loraclf", *args], cli_env(OMP_NUM_THREADS="1")
+
+
+def _kill_job(pid: int) -> None:
+    """SIGKILL a launcher and its workers at once (torchrun starts each worker in a session of its own)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    job, grew = {pid}, True
+    while grew:
+        more = {p for p, pp in parent.items() if pp in job} - job
+        job |= more
+        grew = bool(more)
+    for p in job:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _weights_differ(a: Path, b: Path) -> float:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    return max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+
+
+def _evals(run: Path) -> list[tuple]:
+    lines = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return [(h["step"], h["accuracy"], h["macro_f1"], h["loss"]) for h in lines if h["split"] == "eval"]
+
+
+def _labels(run: Path, files, tmp_path: Path) -> list[str]:
+    out = tmp_path / f"{run.name}.csv"
+    res = run_cli(
+        "predict", run, "--input", files["predict"], "--output", out, "--precision", "fp32", "--quiet"
+    )
+    assert res.returncode == 0, res
+    return pd.read_csv(out)["Label"].tolist()
+
+
+def test_two_processes_train_what_one_trains(files, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(*_args(files, one, "--epochs", "2")).returncode == 0
+    cmd, env = _torchrun(_args(files, two, "--epochs", "2"))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert {p.name for p in two.iterdir()} == RUN_FILES  # one run folder, written by rank 0 alone
+    assert res.stdout.count("run folder:") == 1  # one report, not one per rank
+    assert res.stderr.count("training 1") <= 1
+    assert _weights_differ(one, two) < TOL
+    a, b = _evals(one), _evals(two)
+    # Evaluation with 41 rows over 2 ranks: a duplicated or dropped row would change accuracy by 1/41.
+    assert [x[:3] for x in a] == [x[:3] for x in b]
+    assert np.allclose([x[3] for x in a], [x[3] for x in b], atol=1e-6)
+    m = json.loads((two / "metrics.json").read_text())
+    assert sum(map(sum, m["confusion_matrix"])) == 41
+    assert json.loads((two / "run.json").read_text())["environment"]["world_size"] == 2
+    assert _labels(one, files, tmp_path) == _labels(two, files, tmp_path)
+
+
+def test_kill_9_of_a_two_process_job_then_resume(files, tmp_path):
+    # adapter.layers=1: layer 0 is frozen, so each rank caches its own rows (and rebuilds them on resume).
+    extra = [
+        "--epochs",
+        "1",
+        "train.max_steps=40",
+        "train.grad_accum=1",
+        "--save-every",
+        "2",
+        "adapter.layers=1",
+    ]
+    reference, run = tmp_path / "reference", tmp_path / "interrupted"
+    assert run_cli(*_args(files, reference, *extra)).returncode == 0
+    cmd, env = _torchrun(_args(files, run, *extra))
+    log = (tmp_path / "killed.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            ckpts = list((run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
+            if any(int(c.name.split("-")[1]) >= 10 for c in ckpts):
+                _kill_job(proc.pid)  # the launcher and both ranks at once
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            _kill_job(proc.pid)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    assert not (run / "metrics.json").exists()
+
+    # One process cannot continue two ranks' random streams: refused in one line.
+    res = run_cli("train", "--resume", run, "--quiet")
+    assert res.returncode == 2, res
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("loraclf: error:")]
+    assert len(errors) == 1 and "written by 2 process" in errors[0], res.stderr
+
+    # Resumed through `loraclf train --nproc 2`, which starts the same two-rank job without torchrun's command.
+    cmd = [sys.executable, "-m", "loraclf", "train", "--resume", str(run), "--quiet", "--nproc", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(OMP_NUM_THREADS="1"), timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.stderr.count("resuming from step-") == 1
+    assert {p.name for p in run.iterdir()} == RUN_FILES
+    assert _weights_differ(reference, run) < TOL
+    assert [x[:3] for x in _evals(reference)] == [x[:3] for x in _evals(run)]
+
+
+@pytest.mark.parametrize("owned", [False, True])
+def test_shares_cover_every_row_once(owned):
+    batches = [np.array([5, 2, 9]), np.array([4]), np.arange(10, 18)]
+    for batch in batches:
+        got, counted = [], 0
+        for rank in range(2):
+            rows, n = Dist(rank, 2, rank, owned_rows=owned).share(batch)
+            assert len(rows) >= 1  # every rank runs each batch, so DDP's all-reduce lines up
+            if n:
+                got.extend(rows.tolist())
+            counted += n
+        assert sorted(got) == sorted(batch.tolist()) and counted == len(batch)
+
+
+def test_nproc_is_stripped_from_the_relaunched_command():
+    assert strip_nproc(["train", "--nproc", "2", "--out", "x", "--nproc=3"]) == ["train", "--out", "x"]
+
+
+def test_nproc_below_one_is_a_user_error(tmp_path):
+    res = run_cli("train", "--nproc", "0", "--train", "x.csv", "--out", tmp_path / "r")
+    assert res.returncode == 2 and "--nproc 0" in res.stderr
