@@ -163,7 +163,7 @@ def test_kill_9_of_a_two_process_job_then_resume(files, tmp_path):
     cmd = [sys.executable, "-m", "loraclf", "train", "--resume", str(run), "--quiet", "--nproc", "2"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(OMP_NUM_THREADS="1"), timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
-    assert res.stderr.count("resuming from step-") == 1
+    assert res.stderr.count("resuming from step ") == 1
     assert {p.name for p in run.iterdir()} == RUN_FILES
     assert _weights_differ(reference, run) < TOL
     assert [x[:3] for x in _evals(reference)] == [x[:3] for x in _evals(run)]
