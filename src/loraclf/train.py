@@ -149,8 +149,17 @@ def nondeterministic_paths(device: torch.device, t) -> list[str]:
     return reasons
 
 
-def train(p: Prepared, out: Path, resume: bool = False) -> dict:
-    """Run the training loop into ``out``; returns the final metrics."""
+def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dict:
+    """Run the training loop into ``out``; returns the final metrics.
+
+    Args:
+        p: The prepared run (see :func:`loraclf.prepare.prepare`).
+        out: The run folder to create (or, with ``resume``, to continue).
+        resume: Continue from the newest checkpoint in ``out``.
+        on_evaluate: Optional ``callback(step, metrics) -> bool`` called after every evaluation with the
+            optimizer step and that evaluation's metrics (``accuracy``, ``macro_f1``, ``loss``, …); returning
+            True stops training there, and the run finishes as after early stopping (sweeps prune with it).
+    """
     t = p.recipe.train
     device = pick_device(t.device)
     precision = pick_precision(t.precision, device)
@@ -165,7 +174,7 @@ def train(p: Prepared, out: Path, resume: bool = False) -> dict:
         with RunLock(out):
             if not resume:
                 write_static(out, p, env)
-            return _train_locked(p, out, resume, device, precision)
+            return _train_locked(p, out, resume, device, precision, on_evaluate)
     except Diverged as exc:
         if not exc.checkpoint and not resume:
             shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no half-written run folder
@@ -189,7 +198,7 @@ class Diverged(UserError):
         )
 
 
-def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) -> dict:
+def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str, on_evaluate=None) -> dict:
     r, t = p.recipe, p.recipe.train
     torch.manual_seed(t.seed)
     model = build_model(r.model.name, len(p.label_map), r.model, pad_token_id=p.tokenizer.pad_token_id)
@@ -312,7 +321,7 @@ def _train_locked(p: Prepared, out: Path, resume: bool, device, precision: str) 
             if step % eval_every == 0 or step == total_steps:
                 with cache.bypassed() if cache is not None else contextlib.nullcontext():
                     stop = _evaluate_and_keep(
-                        p, model, out, state, logger, device, precision, step, steps_per_epoch
+                        p, model, out, state, logger, device, precision, step, steps_per_epoch, on_evaluate
                     )
                 model.train()
             now = time.perf_counter()
@@ -379,8 +388,11 @@ def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
     optimizer.zero_grad(set_to_none=True)
 
 
-def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, steps_per_epoch) -> bool:
-    """Evaluate, log, save the weights when they are the best so far; return True to stop early."""
+def _evaluate_and_keep(
+    p, model, out, state, logger, device, precision, step, steps_per_epoch, on_evaluate=None
+) -> bool:
+    """Evaluate, log, save the weights when they are the best so far; return True to stop early (no
+    improvement for ``train.early_stopping`` evaluations, or ``on_evaluate`` asked to stop)."""
     t = p.recipe.train
     m = evaluate_model(
         model,
@@ -409,9 +421,10 @@ def _evaluate_and_keep(p, model, out, state, logger, device, precision, step, st
     if improved:
         state.update(best=value, best_loss=m["loss"], best_step=step, bad_evals=0)
         save_weights(trainable_state(model), out / "model.safetensors")
-        return False
-    state["bad_evals"] += 1
-    return t.early_stopping is not None and state["bad_evals"] >= t.early_stopping
+    else:
+        state["bad_evals"] += 1
+    asked = on_evaluate is not None and bool(on_evaluate(step, m))
+    return asked or (t.early_stopping is not None and state["bad_evals"] >= t.early_stopping)
 
 
 def _finish(p: Prepared, out: Path, state: dict, seconds: float) -> dict:
