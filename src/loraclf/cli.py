@@ -175,12 +175,14 @@ def build_parser() -> Parser:
     from .augment_cli import add_command as add_augment
     from .export import add_command as add_export
     from .report_cli import add_commands as add_report
+    from .sweep_cli import add_commands as add_sweep
     from .toolbox_cli import add_commands as add_toolbox
 
     add_report(sub)
     add_augment(sub)
     add_toolbox(sub)
     add_export(sub)
+    add_sweep(sub)
     return parser
 
 
@@ -433,6 +435,7 @@ def _commands() -> dict:
     from .augment_cli import COMMANDS as AUGMENT
     from .export import COMMANDS as EXPORT
     from .report_cli import COMMANDS as REPORT
+    from .sweep_cli import COMMANDS as SWEEP
     from .toolbox_cli import COMMANDS as TOOLBOX
 
     return {
@@ -444,6 +447,7 @@ def _commands() -> dict:
         **AUGMENT,
         **TOOLBOX,
         **EXPORT,
+        **SWEEP,
     }
 
 
