@@ -317,7 +317,7 @@ def format_leaderboard(rows: list[dict], keys: list[str], metric: str) -> str:
         return f"{v:,}" if isinstance(v, int) else str(v)
 
     mcols = metric_columns(metric)
-    widths = {k: min(max(len(k), *(len(cell(r[k])) for r in rows)), 22) for k in keys} if rows else {}
+    widths = {k: min(max([len(k)] + [len(cell(r[k])) for r in rows]), 22) for k in keys}
     head = f"{'trial':>5}  {'state':<11} " + "".join(f"{k[:22]:>{widths[k]}} " for k in keys)
     head += f"{'trainable':>10} " + "".join(f"{m:>9} " for m in mcols) + f"{'train s':>8}"
     lines = [head]
