@@ -108,6 +108,18 @@ def test_space_parses_the_issue_example(tmp_path):
     assert r.suggest(trial) == 8
 
 
+def test_the_benchmark_space_fits_the_minilm_recipe():
+    """benchmarks/sweep-space.yaml parses against the recipe it is run with, and part of it fits the budget."""
+    from loraclf.config import apply_overrides, load_recipe
+    from loraclf.sweep_space import Planner, check_some_point_fits, parse_space
+
+    repo = Path(__file__).resolve().parents[1]
+    base = apply_overrides(load_recipe(repo / "recipes" / "minilm-cpu.yaml"), ["adapter.alpha=null"])
+    space = parse_space(repo / "benchmarks" / "sweep-space.yaml", base)
+    assert {d.key for d in space} >= {"adapter.targets", "adapter.r", "train.lr"}
+    check_some_point_fits(base, space, Planner(4), "sweep-space.yaml")  # raises when nothing fits
+
+
 SPACE_ERRORS = {
     "unknown key": ("adapter.rank: {int: [1, 8]}", ["adapter.rank", 'did you mean "adapter.r"']),
     "short key": ("lr: {float: [1e-4, 1e-3]}", ['did you mean "train.lr"']),

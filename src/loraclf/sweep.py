@@ -39,6 +39,7 @@ import os
 import socket
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Recipe, from_dict, to_dict, validate
@@ -202,7 +203,9 @@ class Objective:
         the_plan = self.planner(recipe)
         trial.set_user_attr("trainable", the_plan.trainable)
         trial.set_user_attr("method", recipe.adapter.method)
-        trial.set_user_attr("recipe", to_dict(recipe))
+        trial.set_user_attr(
+            "recipe", to_dict(recipe)
+        )  # the configuration, before the sweep's evaluation schedule
         if recipe.budget is not None and the_plan.trainable > recipe.budget:
             trial.set_user_attr("over_budget", True)
             trial.set_user_attr("note", f"over budget by {the_plan.trainable - recipe.budget:,}; not trained")
@@ -213,7 +216,6 @@ class Objective:
         total = _total_steps(p)
         if p.recipe.train.eval_every is None:
             p.recipe.train.eval_every = max(1, math.ceil(total / EVALS_PER_TRIAL))
-        trial.set_user_attr("recipe", to_dict(p.recipe))
         reporter = Reporter(trial, self.metric, total, math.ceil(total / p.recipe.train.eval_every))
         try:
             m = train(p, run, on_evaluate=reporter)
@@ -333,18 +335,34 @@ def format_leaderboard(rows: list[dict], keys: list[str], metric: str) -> str:
 # --- the command -----------------------------------------------------------------------------------------------------
 
 
-def run_sweep(args: argparse.Namespace, pruner=None) -> int:
-    """``loraclf sweep``: check everything, open (or resume) the study, run N trials, write the results.
+@dataclass
+class Sweep:
+    """An opened sweep: the recipe every trial starts from, the space, the study, the folder it writes to."""
 
-    Args:
-        args: The parsed command line (see :mod:`loraclf.sweep_cli`).
-        pruner: An Optuna pruner to use instead of ``--pruner`` (how the Python API passes any pruner).
+    base: Recipe
+    space: list[Dist]
+    planner: Planner
+    study: object
+    out: Path
+    where: str  # the storage as shown to users
 
-    Returns:
-        The exit status (0).
+    @property
+    def metric(self) -> str:
+        return self.base.train.metric
+
+    def results(self) -> tuple[list[dict], list[str]]:
+        """The leaderboard rows, best first (also written to DIR/leaderboard.csv), and the searched keys."""
+        keys = searched_keys(self.study, [d.key for d in self.space])
+        rows = leaderboard(self.study, keys, self.metric)
+        write_leaderboard(rows, self.out / "leaderboard.csv", columns_of(keys, self.metric))
+        return rows, keys
+
+
+def open_sweep(args: argparse.Namespace, pruner=None) -> Sweep:
+    """Check every input, then open (or resume) the study; nothing is created before the checks pass.
 
     Raises:
-        UserError: Any input mistake, before a study is created or a folder written.
+        UserError: A mistake in the flags, recipe, space, data files or storage, or another study in DIR.
     """
     _check_args(args)
     base = _base_recipe(args)
@@ -367,49 +385,60 @@ def run_sweep(args: argparse.Namespace, pruner=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     storage = open_storage(args.storage or f"sqlite:///{(out / 'study.db').resolve()}")
     out.mkdir(parents=True, exist_ok=True)
-    metric = base.train.metric
     pruner = pruner or make_pruner(args.pruner)
-    study = open_study(storage, name, metric, base.train.seed, bool(args.storage), pruner)
-    _write_record(out, name, where, metric, space)
+    study = open_study(storage, name, base.train.metric, base.train.seed, bool(args.storage), pruner)
+    _write_record(out, name, where, base.train.metric, space)
+    return Sweep(base, space, planner, study, out, where)
+
+
+def run_sweep(args: argparse.Namespace, pruner=None) -> int:
+    """``loraclf sweep``: open (or resume) the study, add N trials, write the leaderboard, --top and the report.
+
+    Args:
+        args: The parsed command line (see :mod:`loraclf.sweep_cli`).
+        pruner: An Optuna pruner to use instead of ``--pruner`` (how the Python API passes any pruner).
+
+    Returns:
+        The exit status (0).
+
+    Raises:
+        UserError: Any input mistake, before a study is created or a folder written.
+    """
+    sweep = open_sweep(args, pruner)
+    study = sweep.study
     lost = fail_lost_trials(study)
     if lost:
         say(f"sweep: marked {lost} trial(s) of stopped workers on this host as failed")
-    say(
-        f"sweep: study '{name}' ({where}) has {len(study.get_trials(deepcopy=False))} trials; adding {args.trials}"
-    )
-    board = out / "leaderboard.csv"
-
-    def results() -> tuple[list[dict], list[str]]:
-        keys = searched_keys(study, [d.key for d in space])
-        rows = leaderboard(study, keys, metric)
-        write_leaderboard(rows, board, columns_of(keys, metric))
-        return rows, keys
+    n = len(study.get_trials(deepcopy=False))
+    say(f"sweep: study '{study.study_name}' ({sweep.where}) has {n} trials; adding {args.trials}")
 
     def after_trial(study, trial) -> None:
-        results()
-        say(_trial_line(trial, metric))
+        sweep.results()
+        say(_trial_line(trial, sweep.metric))
 
+    objective = Objective(sweep.base, sweep.space, sweep.planner, args, sweep.out)
     try:
         study.optimize(
-            Objective(base, space, planner, args, out),
-            n_trials=args.trials,
+            objective,
+            args.trials,
             timeout=args.timeout,
             catch=(TrialFailed,),
             callbacks=[after_trial],
-            gc_after_trial=True,
+            gc_after_trial=True,  # free each trial's model before the next builds its own
         )
     except KeyboardInterrupt:
-        results()
+        sweep.results()
         say("sweep: interrupted; the running trial is marked failed; the same command goes on from here")
         raise
-    rows, keys = results()
-    print(format_leaderboard(rows, keys, metric))
-    print(f"leaderboard: {board}")
+    rows, keys = sweep.results()
+    print(format_leaderboard(rows, keys, sweep.metric))
+    print(f"leaderboard: {sweep.out / 'leaderboard.csv'}")
     if args.top:
-        retrain_top(study, rows, args, out)
+        retrain_top(study, rows, args, sweep.out)
     from .sweep_report import write_sweep_report
 
-    print(f"report: {write_sweep_report(out, study, rows, keys, metric, space, where)}")
+    page = write_sweep_report(sweep.out, study, rows, keys, sweep.metric, sweep.space, sweep.where)
+    print(f"report: {page}")
     return 0
 
 
@@ -496,10 +525,12 @@ def retrain_top(study, rows: list[dict], args, out: Path) -> None:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     entries = []
     for r in best:
-        name = f"trial-{r['trial']:04d}"
-        save_recipe(
-            from_dict(Recipe, trials[r["trial"]].user_attrs["recipe"], source=name), top / f"{name}.yaml"
+        name, t = f"trial-{r['trial']:04d}", trials[r["trial"]]
+        recipe = from_dict(Recipe, t.user_attrs["recipe"], source=name)
+        recipe.description = f"sweep {study.study_name} {name}: " + " ".join(
+            f"{k}={v}" for k, v in t.params.items()
         )
+        save_recipe(recipe, top / f"{name}.yaml")
         entries.append(f"{name}={top / f'{name}.yaml'}")
     seeds = args.seeds or "1,2,3"
     print(f"\nretraining the {len(best)} best trial(s) with seeds {seeds}:")
