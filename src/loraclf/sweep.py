@@ -48,7 +48,11 @@ from .sweep_space import Dist, Planner, check_some_point_fits, parse_space, reci
 
 EVALS_PER_TRIAL = 4
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker() -> str:
+    """This process as trials record it: host and process id (read at call time, so forked workers differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class TrialFailed(Exception):
@@ -137,7 +141,7 @@ def open_study(storage, name: str, metric: str, seed: int, shared: bool, pruner)
         )
     # Seeded by the study's size (a resumed sweep does not redraw its first points) and, when workers share a
     # database, by host and process (two workers starting together do not draw the same points).
-    salt = f"{seed}:{len(study.get_trials(deepcopy=False))}:{WORKER if shared else ''}"
+    salt = f"{seed}:{len(study.get_trials(deepcopy=False))}:{worker() if shared else ''}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant_liar is marked experimental
         study.sampler = optuna.samplers.TPESampler(seed=zlib.crc32(salt.encode()), constant_liar=True)
@@ -181,19 +185,29 @@ def fail_lost_trials(study) -> int:
 
 
 class Objective:
-    """Suggest, plan, and train one trial when it fits the budget."""
+    """One trial: suggest, plan, and train when the point fits the budget."""
 
     def __init__(self, base: Recipe, space: list[Dist], planner: Planner, args, out: Path):
         self.base, self.space, self.planner, self.args, self.out = base, space, planner, args, out
         self.metric = base.train.metric
 
     def __call__(self, trial) -> float:
+        trial.set_user_attr("worker", worker())
+        try:
+            return self._run(trial)
+        except UserError as exc:  # a problem of the inputs: the sweep stops with it, the trial records it
+            trial.set_user_attr("note", str(exc))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("note", "interrupted (Ctrl-C)")
+            raise
+
+    def _run(self, trial) -> float:
         import optuna
 
         from .prepare import prepare
         from .train import Diverged, train
 
-        trial.set_user_attr("worker", WORKER)
         values = {d.key: d.suggest(trial) for d in self.space}
         try:
             recipe = recipe_with(self.base, values, source=f"trial {trial.number}")
@@ -201,11 +215,10 @@ class Objective:
             trial.set_user_attr("note", f"invalid combination: {exc}")
             raise TrialFailed(str(exc)) from None
         the_plan = self.planner(recipe)
-        trial.set_user_attr("trainable", the_plan.trainable)
-        trial.set_user_attr("method", recipe.adapter.method)
-        trial.set_user_attr(
-            "recipe", to_dict(recipe)
-        )  # the configuration, before the sweep's evaluation schedule
+        # The configuration itself (before the sweep's evaluation schedule below): what --top retrains.
+        for key, value in (("trainable", the_plan.trainable), ("method", recipe.adapter.method)):
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("recipe", to_dict(recipe))
         if recipe.budget is not None and the_plan.trainable > recipe.budget:
             trial.set_user_attr("over_budget", True)
             trial.set_user_attr("note", f"over budget by {the_plan.trainable - recipe.budget:,}; not trained")
@@ -219,7 +232,7 @@ class Objective:
         reporter = Reporter(trial, self.metric, total, math.ceil(total / p.recipe.train.eval_every))
         try:
             m = train(p, run, on_evaluate=reporter)
-        except Diverged as exc:
+        except Diverged as exc:  # a learning rate too high for this point: a failed trial, not a failed sweep
             trial.set_user_attr("note", str(exc))
             raise TrialFailed(str(exc)) from None
         for key in ("accuracy", "macro_f1", "loss", "train_seconds", "steps"):
@@ -276,7 +289,7 @@ def leaderboard(study, keys: list[str], metric: str) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         state = "over_budget" if a.get("over_budget") else t.state.name.lower()
-        note = a.get("note") or ("its worker stopped (interrupted or killed)" if state == "fail" else "")
+        note = a.get("note") or ("its worker stopped without finishing it" if state == "fail" else "")
         row = {"trial": t.number, "state": state, "method": a.get("method", "")}
         row.update({k: t.params.get(k, "") for k in keys})
         row["trainable"] = a.get("trainable", "")

@@ -89,8 +89,6 @@ def _number(value) -> float | None:
     """A bound as a number; YAML 1.1 reads ``1e-4`` (no dot) as a string, which is still meant as a number."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
         return float(value)
     except (TypeError, ValueError):
