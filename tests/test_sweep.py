@@ -193,9 +193,10 @@ def test_flag_mistakes(files, tmp_path):
 
 def test_the_sweep_modules_import_neither_optuna_nor_torch():
     """Argument and space errors must come fast: the heavy libraries load only once a sweep runs."""
-    code = (
-        "import sys, loraclf.sweep, loraclf.sweep_cli; print(sorted({'optuna', 'torch'} & set(sys.modules)))"
+    modules = (
+        "loraclf.sweep, loraclf.sweep_cli, loraclf.sweep_space, loraclf.sweep_study, loraclf.sweep_report"
     )
+    code = f"import sys, {modules}; print(sorted({{'optuna', 'torch'}} & set(sys.modules)))"
     res = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120
     )
@@ -396,7 +397,7 @@ def postgres_url() -> str:
 def test_two_workers_share_one_postgres_study(files, tmp_path):
     import optuna
 
-    from loraclf.sweep import with_driver
+    from loraclf.sweep_study import with_driver
 
     url = postgres_url()
     study = f"test-{uuid.uuid4().hex[:12]}"

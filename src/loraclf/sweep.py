@@ -17,13 +17,9 @@ The method, step by step:
    weights are evaluated, ``metrics.json`` and ``report.html`` are written, and the trial keeps those metrics as
    user attributes. A finished trial's value is its final metric (the kept weights, scored as ``loraclf evaluate``
    scores them).
-4. **Storage and workers.** The study lives in ``DIR/study.db`` (SQLite) unless ``--storage URL`` names another
-   database (PostgreSQL or MySQL, for workers on several machines). Running the command again loads the study and
-   adds N trials. Every trial is in the database as it happens, so stopping a worker loses at most its running
-   trial: Ctrl-C marks it failed at once; on start, a worker marks failed the RUNNING trials of dead processes on
-   its own host (``kill -9``); those of dead workers elsewhere fail through Optuna's heartbeat (no beat for
-   ``GRACE_SECONDS``). Samplers are seeded by the study's size (a resumed sweep does not redraw its first points)
-   and, with a shared ``--storage``, by host and process; TPE's constant liar keeps concurrent workers apart.
+4. **Storage and workers** (:mod:`loraclf.sweep_study`). The study lives in ``DIR/study.db`` (SQLite) unless
+   ``--storage URL`` names another database (PostgreSQL or MySQL, for workers on several machines). Running the
+   command again loads the study and adds N trials; stopping a worker loses at most its running trial.
 5. **Results.** ``DIR/leaderboard.csv`` (best first: finished trials by the metric, then pruned ones, then the
    rest), the same table on stdout, ``DIR/report.html`` (:mod:`loraclf.sweep_report`), and with ``--top K`` the K
    best finished trials retrained once per seed through ``loraclf compare`` (mean ± standard deviation).
@@ -36,149 +32,19 @@ import csv
 import json
 import math
 import os
-import socket
-import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Recipe, from_dict, to_dict, validate
 from .errors import UserError, say
 from .sweep_space import Dist, Planner, check_some_point_fits, parse_space, recipe_with
+from .sweep_study import fail_lost_trials, make_pruner, open_storage, open_study, shown_url, worker
 
 EVALS_PER_TRIAL = 4
-HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180
-
-
-def worker() -> str:
-    """This process as trials record it: host and process id (read at call time, so forked workers differ)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class TrialFailed(Exception):
     """A trial that cannot run (an invalid combination of values) or diverged: recorded as FAIL, the sweep goes on."""
-
-
-# --- storage and study -----------------------------------------------------------------------------------------------
-
-
-def shown_url(url: str) -> str:
-    """The storage URL with its password hidden, for messages and sweep.json."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # a malformed URL is reported by the caller; hide a password-looking part anyway
-        return url.split("@")[-1] if "@" in url else url
-
-
-def with_driver(url: str) -> str:
-    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 defaults to psycopg 3, while the
-    ``sweep-postgres`` extra installs psycopg2 (``postgres://`` is accepted as an alias, as many services write it).
-    """
-    import importlib.util
-
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme in ("postgresql", "postgres"):
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return f"postgresql+psycopg2://{rest}"
-        return f"postgresql://{rest}"
-    return url
-
-
-def open_storage(url: str):
-    """Optuna's RDB storage with heartbeats; a URL that cannot be opened is a one-line error."""
-    import optuna  # pulls in sqlalchemy and alembic: loaded only once the inputs are known to be good
-    import sqlalchemy.exc
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line per trial
-    kwargs = {}
-    if url.startswith("postgres"):  # an unreachable host fails in seconds, not minutes
-        kwargs = {"connect_args": {"connect_timeout": 10}}
-    elif url.startswith("sqlite"):  # several local workers wait for the write lock
-        kwargs = {"connect_args": {"timeout": 60}}
-    errors = (
-        sqlalchemy.exc.SQLAlchemyError,
-        optuna.exceptions.StorageInternalError,
-        ValueError,
-        RuntimeError,
-    )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
-            return optuna.storages.RDBStorage(
-                with_driver(url),
-                engine_kwargs=kwargs,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-            )
-    except ImportError:
-        raise UserError(
-            f"--storage: no database driver for '{shown_url(url)}'; for PostgreSQL install "
-            "'loraclf[sweep-postgres]' (psycopg2-binary)"
-        ) from None
-    except errors as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(
-            f"--storage: cannot open '{shown_url(url)}' ({why}); check the URL and that the database server runs "
-            "and is reachable"
-        ) from None
-
-
-def open_study(storage, name: str, metric: str, seed: int, shared: bool, pruner):
-    import optuna
-
-    direction = "minimize" if metric == "loss" else "maximize"
-    study = optuna.create_study(
-        storage=storage, study_name=name, direction=direction, pruner=pruner, load_if_exists=True
-    )
-    have = study.user_attrs.get("metric")
-    if have is None:
-        study.set_user_attr("metric", metric)
-    elif have != metric:
-        raise UserError(
-            f"--metric {metric}: study '{name}' optimises {have}; pass --metric {have} or a new --study"
-        )
-    # Seeded by the study's size (a resumed sweep does not redraw its first points) and, when workers share a
-    # database, by host and process (two workers starting together do not draw the same points).
-    salt = f"{seed}:{len(study.get_trials(deepcopy=False))}:{worker() if shared else ''}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant_liar is marked experimental
-        study.sampler = optuna.samplers.TPESampler(seed=zlib.crc32(salt.encode()), constant_liar=True)
-    return study
-
-
-def make_pruner(name: str):
-    import optuna
-
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_lost_trials(study) -> int:
-    """Mark failed the RUNNING trials whose worker process on this host is gone (killed with -9)."""
-    from optuna.trial import TrialState
-
-    host, lost = socket.gethostname(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if h == host and pid.isdigit() and not _alive(int(pid)):
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            lost += 1
-    return lost
 
 
 # --- one trial -----------------------------------------------------------------------------------------------------
