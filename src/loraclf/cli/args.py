@@ -14,30 +14,18 @@ config through transformers) is built.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import types
 import typing
 
-from loraclf.config.recipe import Recipe, apply_overrides, describe, load_recipe, validate
-
-
-def _flag_fields(cls: type = Recipe, prefix: str = "") -> list[tuple[str, dataclasses.Field, typing.Any]]:
-    """(dotted key, field, annotation) of every recipe field that declares a command-line flag."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += _flag_fields(tp, f"{prefix}{f.name}.")
-        elif f.metadata.get("flag"):
-            rows.append((f"{prefix}{f.name}", f, tp))
-    return rows
-
-
-FLAG_FIELDS = _flag_fields()
-# flag dest → recipe key path (``layer_ranks`` → ``adapter.layer_ranks``)
-FLAG_KEYS = {f.metadata["flag"].lstrip("-").replace("-", "_"): key for key, f, _ in FLAG_FIELDS}
+from loraclf.config.recipe import (
+    FLAG_FIELDS,
+    Recipe,
+    apply_overrides,
+    describe,
+    load_recipe,
+    validate,
+)
 
 
 def _members(tp: typing.Any) -> list:

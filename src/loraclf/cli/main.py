@@ -19,10 +19,10 @@ import os
 import sys
 import time
 
-from loraclf.cli import augment, export, plan, predict, report, toolbox, train
+from loraclf.cli import augment, export, plan, predict, report, sweep, toolbox, train
 from loraclf.utils.errors import UserError
 
-GROUPS = (plan, train, predict, report, augment, toolbox, export)
+GROUPS = (plan, train, predict, report, augment, toolbox, export, sweep)
 
 
 class Parser(argparse.ArgumentParser):

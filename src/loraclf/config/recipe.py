@@ -590,3 +590,24 @@ def describe(cls: type | None = None, prefix: str = "") -> list[tuple[str, str, 
 
 def save_recipe(recipe: Recipe, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False), encoding="utf-8")
+
+
+def _flag_fields(
+    cls: type | None = None, prefix: str = ""
+) -> list[tuple[str, dataclasses.Field, typing.Any]]:
+    """(dotted key, field, annotation) of every recipe field that declares a command-line flag."""
+    cls = cls or Recipe
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += _flag_fields(tp, f"{prefix}{f.name}.")
+        elif f.metadata.get("flag"):
+            rows.append((f"{prefix}{f.name}", f, tp))
+    return rows
+
+
+FLAG_FIELDS = _flag_fields()
+# flag dest → recipe key path (``layer_ranks`` → ``adapter.layer_ranks``)
+FLAG_KEYS = {f.metadata["flag"].lstrip("-").replace("-", "_"): key for key, f, _ in FLAG_FIELDS}

@@ -173,20 +173,31 @@ def nondeterministic_paths(device: torch.device, t) -> list[str]:
     return reasons
 
 
-def train(p: Prepared, out: Path, resume: bool = False) -> dict:
+def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dict:
     """Run the training loop into ``out``; returns the final metrics (an empty dict on ranks other than 0).
 
     Under a launcher (torchrun, accelerate) every rank calls this with the same arguments; rank 0 alone writes.
+
+    Args:
+        p: The prepared run (see :func:`loraclf.training.prepare.prepare`).
+        out: The run folder to create (or, with ``resume``, to continue).
+        resume: Continue from the newest checkpoint in ``out``.
+        on_evaluate: Optional ``callback(step, metrics) -> bool`` called on rank 0 after every evaluation with
+            the optimizer step and that evaluation's metrics (``accuracy``, ``macro_f1``, ``loss``, …); True
+            stops training there, and the run finishes as after early stopping (sweeps prune with it).
+
+    Raises:
+        UserError: a diverged loss, out of memory, a locked or unwritable folder, a resume that cannot continue.
     """
     t = p.recipe.train
     dist, device = distributed.setup(pick_device(t.device))
     try:
-        return _train_ranked(p, out, resume, dist, device)
+        return _train_ranked(p, out, resume, dist, device, on_evaluate)
     finally:
         distributed.shutdown()
 
 
-def _train_ranked(p: Prepared, out: Path, resume: bool, dist: Dist, device) -> dict:
+def _train_ranked(p: Prepared, out: Path, resume: bool, dist: Dist, device, on_evaluate=None) -> dict:
     t = p.recipe.train
     precision = pick_precision(t.precision, device)
     set_threads(t.threads)
@@ -204,7 +215,7 @@ def _train_ranked(p: Prepared, out: Path, resume: bool, dist: Dist, device) -> d
         try:
             if not resume and dist.main:
                 write_static(out, p, env)
-            return _train_locked(p, out, resume, model, dist, device, precision)
+            return _train_locked(p, out, resume, model, dist, device, precision, on_evaluate)
         except UserError:  # diverged, out of memory: a new run without a checkpoint leaves no folder behind
             if dist.main and not resume and not list_checkpoints(out):
                 shutil.rmtree(out, ignore_errors=True)
@@ -285,6 +296,9 @@ class Session:
     step_stats: torch.Tensor
     window_stats: torch.Tensor
     last_save: float = 0.0  # clock() at the last checkpoint (or the start): time-based saves count from here
+    on_evaluate: object | None = (
+        None  # train()'s evaluation callback (sweeps report to their pruner through it)
+    )
 
 
 LOG_EVERY_STEPS = 20  # train lines in metrics.jsonl; the device-side statistics are read only then
@@ -358,9 +372,12 @@ class _NoLog:
         pass
 
 
-def _train_locked(p: Prepared, out: Path, resume: bool, model, dist: Dist, device, precision: str) -> dict:
+def _train_locked(
+    p: Prepared, out: Path, resume: bool, model, dist: Dist, device, precision: str, on_evaluate=None
+) -> dict:
     t = p.recipe.train
     s = _session(p, model, device, precision, dist)
+    s.on_evaluate = on_evaluate
     state = TrainState(world=dist.world)
     ckpts = list_checkpoints(out)
     if resume and ckpts:
@@ -489,7 +506,17 @@ def _after_step(
     if step % s.eval_every == 0 or step == s.total_steps:
         with s.cache.bypassed() if s.cache is not None else contextlib.nullcontext():
             stop = _evaluate_and_keep(
-                p, s.model, out, state, logger, device, precision, step, s.steps_per_epoch, s.dist
+                p,
+                s.model,
+                out,
+                state,
+                logger,
+                device,
+                precision,
+                step,
+                s.steps_per_epoch,
+                s.dist,
+                s.on_evaluate,
             )
         s.model.train()
     now = time.perf_counter()
@@ -614,9 +641,10 @@ def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
 
 
 def _evaluate_and_keep(
-    p, model, out, state, logger, device, precision, step, steps_per_epoch, dist: Dist
+    p, model, out, state, logger, device, precision, step, steps_per_epoch, dist: Dist, on_evaluate=None
 ) -> bool:
-    """Evaluate (sharded over ranks), log, save the weights when they are the best so far; True to stop early."""
+    """Evaluate (sharded over ranks), log, save the weights when they are the best so far; True to stop early
+    (no improvement for ``train.early_stopping`` evaluations, or ``on_evaluate`` asked to stop)."""
     t = p.recipe.train
     m = evaluate_model(
         model,
@@ -648,9 +676,11 @@ def _evaluate_and_keep(
         state.best, state.best_loss, state.best_step, state.bad_evals = value, m["loss"], step, 0
         if dist.main:
             save_weights(trainable_state(model), out / "model.safetensors")
-        return False
-    state.bad_evals += 1
-    return t.early_stopping is not None and state.bad_evals >= t.early_stopping
+    else:
+        state.bad_evals += 1
+    # Rank 0 asks the callback; every rank follows its answer so that they stop at the same step.
+    asked = on_evaluate is not None and bool(dist.first(bool(on_evaluate(step, m)) if dist.main else False))
+    return asked or (t.early_stopping is not None and state.bad_evals >= t.early_stopping)
 
 
 def _finish(p: Prepared, out: Path, state: TrainState, seconds: float) -> dict:

@@ -1,0 +1,1 @@
+"""``loraclf sweep``: Optuna search of recipe keys under the exact budget (see run.py)."""
