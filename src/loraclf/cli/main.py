@@ -25,6 +25,7 @@ FLAG_KEYS = {
     "bias": "adapter.bias",
     "layer_ranks": "adapter.layer_ranks",
     "method": "adapter.method",
+    "virtual_tokens": "adapter.virtual_tokens",
     "epochs": "train.epochs",
     "max_train_samples": "data.max_train_samples",
     "seed": "train.seed",
@@ -46,12 +47,16 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="recipe YAML (see recipes/)")
     p.add_argument("--model", help="alias (minilm, mpnet-base), hub id or local folder")
     p.add_argument("--head", help="default | mlp | linear")
-    p.add_argument("--method", help="lora | head (feature extraction) | full")
+    p.add_argument(
+        "--method",
+        help="lora | dora | vera | adalora | ia3 | loha | lokr | bitfit | prompt | prefix | head | full",
+    )
     p.add_argument(
         "--targets",
         help="module names, comma separated (query,value; q,v; c_attn) or attention/mlp/all-linear",
     )
-    p.add_argument("--rank", type=int, help="LoRA rank r")
+    p.add_argument("--rank", type=int, help="rank of rank-based methods (AdaLoRA: initial rank)")
+    p.add_argument("--virtual-tokens", type=int, help="prompt/prefix tuning: number of virtual tokens")
     p.add_argument("--alpha", type=float, help="LoRA alpha (default 2r)")
     p.add_argument("--bias", help="none | all | lora_only")
     p.add_argument(
@@ -190,7 +195,11 @@ def resolve_recipe(args) -> object:
     from loraclf.modeling.defaults import default_recipe
     from loraclf.modeling.methods import validate_recipe
 
-    recipe = load_recipe(args.config) if args.config else default_recipe(args.model or "minilm")
+    recipe = (
+        load_recipe(args.config)
+        if args.config
+        else default_recipe(args.model or "minilm", getattr(args, "method", None))
+    )
     pairs = []
     for dest, key in FLAG_KEYS.items():
         value = getattr(args, dest, None)
@@ -259,16 +268,26 @@ def cmd_plan(args) -> int:
 def format_plan(p, recipe) -> str:
     a = recipe.adapter
     lines = [f"model    {p.model}   labels {p.num_labels}   head {recipe.model.head}   method {a.method}"]
-    if a.method == "lora":
+    targets = ",".join(a.targets) if a.targets is not None else "default"
+    if a.method in ("lora", "dora"):
         ranks = a.layer_ranks if a.layer_ranks is not None else a.r
         lines.append(
-            f"lora     targets {','.join(a.targets)}   r {ranks}   alpha {a.alpha if a.alpha else '2r'}   "
-            f"bias {a.bias}"
+            f"{a.method:<9}targets {targets}   r {ranks}   alpha {a.alpha if a.alpha else '2r'}   "
+            f"bias {a.bias}{'   rslora' if a.rslora else ''}{'' if a.init is True else f'   init {a.init}'}"
         )
+    elif a.method in ("vera", "adalora", "ia3", "loha", "lokr"):
+        lines.append(f"{a.method:<9}targets {targets}   r {a.r}   bias {a.bias}")
+    elif a.method in ("prompt", "prefix"):
+        lines.append(f"{a.method:<9}virtual tokens {a.virtual_tokens}")
     lines.append("")
     lines.append(f"{'part':<24}{'trainable':>14}")
     for layer, n in sorted(p.adapters_per_layer.items()):
-        lines.append(f"{'  adapters layer ' + str(layer):<24}{n:>14,}")
+        kinds = p.kinds_per_layer.get(layer, {})
+        named = ", ".join(
+            f"{k} {v:,}" for k, v in sorted(kinds.items()) if k not in ("head", "bias", "other")
+        )
+        label = "  adapters layer " + str(layer) if layer >= 0 else "  adapters (no layer)"
+        lines.append(f"{label:<24}{n:>14,}   {named}")
     if p.adapters_per_layer:
         lines.append(f"{'adapters':<24}{p.adapters:>14,}")
     lines.append(f"{'biases':<24}{p.biases:>14,}")
