@@ -7,6 +7,7 @@ Flags are shortcuts for recipe keys (``--rank`` is ``adapter.r``); any key can a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -116,6 +117,10 @@ def build_parser() -> Parser:
         "--search", action="store_true", help="list the strongest configurations that fit --budget"
     )
     p.add_argument("--top", type=int, default=12, help="rows of --search")
+    p.add_argument(
+        "--methods",
+        help="with --search: adaptation methods to compare, comma separated (lora,dora,vera,ia3,…)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
 
@@ -233,6 +238,8 @@ def cmd_plan(args) -> int:
             raise UserError("--search needs --budget N (the trainable-parameter limit to search under)")
         if args.top < 1:
             raise UserError(f"--top must be at least 1 (rows of --search), got {args.top}")
+        if args.methods:
+            return _search_methods(recipe, num_labels, args)
         found = search(recipe, num_labels, recipe.budget, top=args.top)
         if args.json:
             print(
@@ -262,6 +269,29 @@ def cmd_plan(args) -> int:
     else:
         print(format_plan(p, recipe))
     check_budget(p)
+    return 0
+
+
+def _search_methods(recipe, num_labels: int, args) -> int:
+    from loraclf.modeling.method_search import search_methods
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    found = search_methods(recipe, num_labels, recipe.budget, methods, top=args.top)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in found], indent=1))
+        return 0
+    print(
+        f"Configurations of {recipe.model.name} ({num_labels} labels, head {recipe.model.head}) within "
+        f"{recipe.budget:,} trainable parameters, by method, ranked by parameters spent on the method:"
+    )
+    head = f" --head {recipe.model.head}" if recipe.model.head != "default" else ""
+    for c in found:
+        print(
+            f"  {c.method:<8}{c.trainable:>10,}  method params {c.adapters:>9,}   "
+            f"loraclf train --model {recipe.model.name}{head} {c.flags}"
+        )
+    if not found:
+        print("  (none fits: the head alone may exceed the budget; use --head linear or a larger budget)")
     return 0
 
 

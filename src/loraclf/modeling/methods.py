@@ -51,6 +51,8 @@ class Method:
         extra_loss: Optional ``(model) -> scalar tensor`` added to the training loss.
         prepare: Optional ``(model, total_steps) -> None`` run once before the first step.
         final_state: Optional ``(model) -> dict`` recorded in run.json as ``method_state`` after training.
+        plain: False when the trained model stays a peft wrapper (prompt/prefix tuning: the virtual tokens are
+            inputs, nothing to merge), so the int8 ONNX graph and ``export`` cannot represent it.
     """
 
     name: str
@@ -64,6 +66,9 @@ class Method:
     after_step: Callable[[nn.Module, int], None] | None = None
     extra_loss: Callable[[nn.Module], object] | None = None
     prepare: Callable[[nn.Module, int], None] | None = None
+    plain: bool = (
+        True  # the trained model is a plain transformers model (after merging): int8 ONNX and export
+    )
     final_state: Callable[[nn.Module], dict] | None = None
 
 
@@ -165,18 +170,11 @@ def _peft(build: Callable) -> Callable[[nn.Module, AdapterConfig], nn.Module]:
     def apply(model: nn.Module, spec: AdapterConfig) -> nn.Module:
         from peft import get_peft_model
 
-        from loraclf.modeling.peft_methods import train_biases
+        from loraclf.modeling.peft_methods import after_build
 
-        peft_model = get_peft_model(model, build(model, spec, _is_meta(model)))
-        # Methods without a bias option in peft train every bias themselves under bias=all (see _bias_all).
-        return (
-            train_biases(peft_model) if spec.bias == "all" and spec.method in _BIAS_BY_LORACLF else peft_model
-        )
+        return after_build(get_peft_model(model, build(model, spec, _is_meta(model))), spec)
 
     return apply
-
-
-_BIAS_BY_LORACLF = ("ia3", "loha", "lokr", "prompt", "prefix")
 
 
 def _lora_family(dora: bool) -> Callable:
@@ -366,6 +364,7 @@ for _name, _prefix, _source in (
             source=_source + " (peft)",
             apply=_peft(_config("prompt_config", _prefix)),
             param_kind=_kind,
+            plain=False,
             check=_checks,
         )
     )

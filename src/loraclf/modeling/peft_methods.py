@@ -212,12 +212,22 @@ def prompt_config(model: nn.Module, spec: AdapterConfig, prefix: bool):
     )
 
 
-def train_biases(model: nn.Module) -> nn.Module:
-    """bias=all for methods whose peft config has no bias option: every bias trains beside the method."""
+def after_build(model: nn.Module, spec: AdapterConfig) -> nn.Module:
+    """Settle what trains after peft built the model, identically on the meta device and on real weights.
+
+    AdaLoRA's ``ranknum`` is a constant (the initial rank) that peft leaves trainable when built on the meta device
+    and frozen on real weights; it never receives a gradient, so it is frozen. Methods whose peft config has no bias
+    option train every bias themselves under bias=all.
+    """
     for name, p in model.named_parameters():
-        if name.endswith("bias"):
+        if ".ranknum." in name:
+            p.requires_grad_(False)
+        elif spec.bias == "all" and spec.method in BIAS_BY_LORACLF and name.endswith("bias"):
             p.requires_grad_(True)
     return model
+
+
+BIAS_BY_LORACLF = ("ia3", "loha", "lokr", "prompt", "prefix")
 
 
 # --- parameter kinds for the plan breakdown ---------------------------------------------------------------------
@@ -243,7 +253,6 @@ KINDS = {
     "lokr_w2_a": "lokr factor",
     "lokr_w2_b": "lokr factor",
     "prompt_encoder": "virtual tokens",
-    "ranknum": "adalora ranknum",
 }
 
 
