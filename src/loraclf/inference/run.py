@@ -141,7 +141,9 @@ def build_trained_model(
         for k, v in weights.items():
             params[k].copy_(v)
     if merge and get_method(recipe.adapter.method).merges:
-        model = model.merge_and_unload()
+        from loraclf.modeling.peft_methods import merge as merge_method
+
+        model = merge_method(model)
     return model
 
 

@@ -241,6 +241,11 @@ class PooledClassifier(nn.Module):
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
         self.config = backbone.config
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (peft's prompt tuning asks the wrapped model, as transformers models answer)."""
+        return next(self.parameters()).device
+
     def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None, **kwargs):
         # Prompt tuning (peft) passes embeddings with its virtual tokens prepended instead of token ids.
         states = self.backbone(

@@ -230,6 +230,21 @@ def after_build(model: nn.Module, spec: AdapterConfig) -> nn.Module:
 BIAS_BY_LORACLF = ("ia3", "loha", "lokr", "prompt", "prefix")
 
 
+def merge(model: nn.Module) -> nn.Module:
+    """Fold the trained method into the frozen weights and drop peft's wrappers (``merge_and_unload``).
+
+    The trained head copies (peft's ``modules_to_save``) are put in place first: peft's VeRA, IA³, LoHa and LoKr
+    unloading reads a ``weight`` from each wrapper it replaces, which loraclf's MLP head (a Sequential) has not.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), leaf, module.modules_to_save[module.active_adapter])
+    return model.merge_and_unload()
+
+
 # --- parameter kinds for the plan breakdown ---------------------------------------------------------------------
 
 KINDS = {
