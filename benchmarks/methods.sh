@@ -8,7 +8,8 @@
 #   .venv/bin/python benchmarks/methods_table.py [WORK_DIR]
 #
 # Environment: ROWS (training rows, default 3200), SEEDS (default "42 1 2"), METHODS (default: all twelve),
-# TEST_ROWS (score only the first N rows of test.csv; default all), LORACLF (the loraclf command).
+# VAL (validation rows drawn from train.csv, default 320), TEST_ROWS (score only the first N rows of test.csv;
+# default all), EXTRA (more flags or key=value overrides for every run), LORACLF (the loraclf command).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DATA=$(cd "${1:-$ROOT/../shared/data}" && pwd)/ag_news
@@ -17,6 +18,7 @@ L=${LORACLF:-$ROOT/.venv/bin/loraclf}
 ROWS=${ROWS:-3200}
 SEEDS=${SEEDS:-42 1 2}
 METHODS=${METHODS:-lora dora rslora loraplus vera adalora ia3 loha lokr bitfit prompt prefix}
+VAL=${VAL:-320}
 export HF_HUB_OFFLINE=1 LORACLF_QUIET=1
 mkdir -p "$WORK/runs" && cd "$WORK"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -55,7 +57,7 @@ for m in $METHODS; do
       rm -rf "$run"; log "train $run"
       # shellcheck disable=SC2046
       if ! $L train --model minilm --train "$DATA/train.csv" --max-train-samples "$ROWS" --seed "$s" \
-          --out "$run" $(flags "$m") > "$run.log" 2>&1; then
+          --out "$run" $(flags "$m") data.val_size="$VAL" ${EXTRA:-} > "$run.log" 2>&1; then
         tail -n 1 "$run.log" > "$run.refused"; log "$m: $(cat "$run.refused")"; continue
       fi
     fi

@@ -45,6 +45,11 @@ def recipe(name, model: dict | None = None, **adapter) -> Recipe:
     return Recipe(model=ModelConfig(name=str(name), **(model or {})), adapter=AdapterConfig(**adapter))
 
 
+def test_lora_default_targets_are_query_value(tiny_model_dirs):
+    default = plan(recipe(tiny_model_dirs["roberta"]), 3)
+    assert default.trainable == plan(recipe(tiny_model_dirs["roberta"], targets=["query", "value"]), 3).trainable
+
+
 def test_every_method_is_registered():
     assert {*PEFT_METHODS, "prefix", "head", "full"} <= set(METHODS)
 
