@@ -47,7 +47,9 @@ def recipe(name, model: dict | None = None, **adapter) -> Recipe:
 
 def test_lora_default_targets_are_query_value(tiny_model_dirs):
     default = plan(recipe(tiny_model_dirs["roberta"]), 3)
-    assert default.trainable == plan(recipe(tiny_model_dirs["roberta"], targets=["query", "value"]), 3).trainable
+    assert (
+        default.trainable == plan(recipe(tiny_model_dirs["roberta"], targets=["query", "value"]), 3).trainable
+    )
 
 
 def test_every_method_is_registered():
