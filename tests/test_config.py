@@ -18,7 +18,7 @@ RECIPES = sorted((REPO / "recipes").glob("**/*.yaml"))
 def test_default_recipe_validates():
     r = Recipe()
     assert validate(r) is r
-    assert r.adapter.targets == ["query", "value"]
+    assert r.adapter.targets is None  # each method's default modules; LoRA's are query/value (test_methods)
     assert r.adapter.r == 8
 
 

@@ -108,6 +108,10 @@ def resolve_recipe(args) -> Recipe:
     from loraclf.modeling.defaults import default_recipe
     from loraclf.modeling.methods import validate_recipe
 
-    recipe = load_recipe(args.config) if args.config else default_recipe(args.model or "minilm")
+    recipe = (
+        load_recipe(args.config)
+        if args.config
+        else default_recipe(args.model or "minilm", getattr(args, "method", None))
+    )
     recipe = apply_overrides(recipe, flag_overrides(args) + list(getattr(args, "overrides", []) or []))
     return validate_recipe(recipe)

@@ -6,6 +6,7 @@ With ``--search --budget N`` it lists the strongest configurations that fit the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from loraclf.cli.args import add_recipe_flags, check_recipe, resolve_recipe
@@ -23,6 +24,10 @@ def add_command(sub) -> None:
         "--search", action="store_true", help="list the strongest configurations that fit --budget"
     )
     p.add_argument("--top", type=int, default=12, help="rows of --search")
+    p.add_argument(
+        "--methods",
+        help="with --search: adaptation methods to compare, comma separated (lora,dora,vera,ia3,…)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
 
@@ -67,6 +72,8 @@ def _search(args, recipe, num_labels: int) -> int:
 
     if not recipe.budget:
         raise UserError("--search needs --budget N (the trainable-parameter limit to search under)")
+    if args.methods:
+        return _search_methods(recipe, num_labels, args)
     found = search(recipe, num_labels, recipe.budget, top=args.top)
     if args.json:
         rows = [{"flags": c.flags(), "trainable": c.trainable, "adapters": c.adapters} for c in found]
@@ -88,19 +95,60 @@ def _search(args, recipe, num_labels: int) -> int:
     return 0
 
 
+def _search_methods(recipe, num_labels: int, args) -> int:
+    """``--search --methods a,b,…``: the strongest configuration of each method within the budget."""
+    from loraclf.modeling.method_search import search_methods
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    found = search_methods(recipe, num_labels, recipe.budget, methods, top=args.top)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in found], indent=1))
+        return 0
+    print(
+        f"Configurations of {recipe.model.name} ({num_labels} labels, head {recipe.model.head}) within "
+        f"{recipe.budget:,} trainable parameters, by method, ranked by parameters spent on the method:"
+    )
+    head = f" --head {recipe.model.head}" if recipe.model.head != "default" else ""
+    for c in found:
+        print(
+            f"  {c.method:<8}{c.trainable:>10,}  method params {c.adapters:>9,}   "
+            f"loraclf train --model {recipe.model.name}{head} {c.flags}"
+        )
+    if not found:
+        print("  (none fits: the head alone may exceed the budget; use --head linear or a larger budget)")
+    return 0
+
+
+def _method_line(a) -> str | None:
+    """The method's settings line of the plan table."""
+    targets = ",".join(a.targets) if a.targets is not None else "default"
+    if a.method in ("lora", "dora"):
+        ranks = a.layer_ranks if a.layer_ranks is not None else a.r
+        return (
+            f"{a.method:<9}targets {targets}   r {ranks}   alpha {a.alpha if a.alpha else '2r'}   "
+            f"bias {a.bias}{'   rslora' if a.rslora else ''}{'' if a.init is True else f'   init {a.init}'}"
+        )
+    if a.method in ("vera", "adalora", "ia3", "loha", "lokr"):
+        return f"{a.method:<9}targets {targets}   r {a.r}   bias {a.bias}"
+    if a.method in ("prompt", "prefix"):
+        return f"{a.method:<9}virtual tokens {a.virtual_tokens}"
+    return None
+
+
 def format_plan(p, recipe) -> str:
     """The plan as a table: adapters per layer, biases, head, other, totals and the budget verdict."""
     a = recipe.adapter
     lines = [f"model    {p.model}   labels {p.num_labels}   head {recipe.model.head}   method {a.method}"]
-    if a.method == "lora":
-        ranks = a.layer_ranks if a.layer_ranks is not None else a.r
-        lines.append(
-            f"lora     targets {','.join(a.targets)}   r {ranks}   alpha {a.alpha if a.alpha else '2r'}   "
-            f"bias {a.bias}"
-        )
+    method_line = _method_line(a)
+    lines += [method_line] if method_line else []
     lines += ["", f"{'part':<24}{'trainable':>14}"]
     for layer, n in sorted(p.adapters_per_layer.items()):
-        lines.append(f"{'  adapters layer ' + str(layer):<24}{n:>14,}")
+        kinds = p.kinds_per_layer.get(layer, {})
+        named = ", ".join(
+            f"{k} {v:,}" for k, v in sorted(kinds.items()) if k not in ("head", "bias", "other")
+        )
+        label = "  adapters layer " + str(layer) if layer >= 0 else "  adapters (no layer)"
+        lines.append(f"{label:<24}{n:>14,}   {named}".rstrip())
     if p.adapters_per_layer:
         lines.append(f"{'adapters':<24}{p.adapters:>14,}")
     lines.append(f"{'biases':<24}{p.biases:>14,}")

@@ -143,18 +143,19 @@ class AdapterConfig:
 
     method: str = opt(
         "lora",
-        "adaptation method: lora | head (feature extraction) | full (full fine-tuning); see modeling/methods",
+        "adaptation method: lora | dora | vera | adalora | ia3 | loha | lokr | bitfit | prompt | prefix | head "
+        "(feature extraction) | full (full fine-tuning); see modeling/methods.py and the README's table",
         "--method",
     )
-    targets: list[str] = field(
-        default_factory=lambda: ["query", "value"],
-        metadata={
-            "help": "module names, comma separated (query,value; q,v; c_attn) or attention/mlp/all-linear",
-            "flag": "--targets",
-            "commands": ("plan", "train"),
-        },
+    targets: list[str] | None = opt(
+        None,
+        "module names, comma separated (query,value; q,v; c_attn) or attention/mlp/all-linear; null = the "
+        "method's default for the architecture (LoRA: query/value)",
+        "--targets",
     )
-    r: int = opt(8, "LoRA rank (all layers unless layer_ranks is set)", "--rank")
+    r: int = opt(
+        8, "rank of rank-based methods (LoRA, DoRA, VeRA, LoHa, LoKr; AdaLoRA's initial rank)", "--rank"
+    )
     alpha: float | None = opt(None, "LoRA alpha; None = 2 * r", "--alpha")
     dropout: float = opt(0.1, "LoRA dropout on the adapter input")
     bias: str = opt("none", "none | all | lora_only", "--bias")
@@ -163,6 +164,12 @@ class AdapterConfig:
     )
     layer_alphas: list[float] | str | None = opt(None, "per-layer alphas, list or expression in i and r")
     layers: list[int] | None = opt(None, "which layers to adapt (default: all)")
+    rslora: bool = opt(False, "LoRA/DoRA: scale updates by alpha/sqrt(r) instead of alpha/r (rsLoRA)")
+    init: bool | str = opt(
+        True, "LoRA/DoRA init_lora_weights: true | gaussian | pissa | pissa_niter_N | olora | orthogonal"
+    )
+    target_rank: int | None = opt(None, "AdaLoRA's final average rank; null = half of adapter.r (at least 1)")
+    virtual_tokens: int = opt(20, "prompt/prefix tuning: number of virtual tokens", "--virtual-tokens")
 
 
 @dataclass
@@ -182,6 +189,10 @@ class TrainConfig:
     max_grad_norm: float | None = opt(1.0, "gradient clipping norm; null disables")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
     class_weights: str = opt("none", "none | balanced (weight classes by inverse frequency in the loss)")
+    loraplus_lr_ratio: float | None = opt(
+        None,
+        "LoRA+: the B matrices learn at lr times this ratio (LoRA/DoRA only; 16 in the paper); null = off",
+    )
     rdrop: float = opt(0.0, "R-Drop weight: KL between two dropout passes (0 = off; doubles forward cost)")
     precision: str = opt("auto", "auto (bf16 where the device supports it) | bf16 | fp16 | fp32")
     seed: int = opt(42, "seed of initialisation, data order, splits and sampling", "--seed", ("train",))
@@ -435,6 +446,13 @@ def validate(recipe: Recipe) -> Recipe:
         (a.r >= 1, "adapter.r (--rank)", f"must be a positive integer, got {a.r}"),
         (a.alpha is None or a.alpha > 0, "adapter.alpha (--alpha)", f"must be positive, got {a.alpha}"),
         (0 <= a.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {a.dropout}"),
+        (a.virtual_tokens >= 1, "adapter.virtual_tokens (--virtual-tokens)", "must be at least 1"),
+        (a.target_rank is None or a.target_rank >= 1, "adapter.target_rank", "must be at least 1 or null"),
+        (
+            t.loraplus_lr_ratio is None or t.loraplus_lr_ratio > 0,
+            "train.loraplus_lr_ratio",
+            f"must be positive or null, got {t.loraplus_lr_ratio}",
+        ),
         (
             t.epochs > 0 or (t.max_steps or 0) > 0,
             "train.epochs (--epochs)",

@@ -88,6 +88,13 @@ def export_run(run_path: str, out_path: str, fmt: str) -> Path:
     recipe = read_recipe(run)
     labels = read_labels(run)
     from loraclf.modeling.backbones import load_tokenizer
+    from loraclf.modeling.methods import get_method
+
+    if not get_method(recipe.adapter.method).plain:
+        raise UserError(
+            f"export: a {recipe.adapter.method}-tuned run is a peft wrapper with virtual tokens, not a plain "
+            "transformers model; predict with `loraclf predict` instead"
+        )
 
     tokenizer = load_tokenizer(str(run / "tokenizer"), truncation_side=recipe.data.truncation_side)
     model = build_trained_model(run, recipe, len(labels), tokenizer.pad_token_id).eval()

@@ -15,7 +15,7 @@ import torch
 
 from loraclf.config import Recipe
 from loraclf.runfolder.schema import RunInfo, check_run, read_labels, read_recipe, read_run_info
-from loraclf.utils.errors import UserError
+from loraclf.utils.errors import UserError, say
 
 
 @dataclass
@@ -141,7 +141,9 @@ def build_trained_model(
         for k, v in weights.items():
             params[k].copy_(v)
     if merge and get_method(recipe.adapter.method).merges:
-        model = model.merge_and_unload()
+        from loraclf.modeling.peft_methods import merge as merge_method
+
+        model = merge_method(model)
     return model
 
 
@@ -173,6 +175,7 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", finish
     ``bf16``, ``fp16`` or ``fp32``.
     """
     from loraclf.modeling.backbones import load_tokenizer
+    from loraclf.modeling.methods import get_method
     from loraclf.utils.devices import pick_device, pick_inference_precision, pick_precision
 
     run = check_run(path, finished=finished)
@@ -185,6 +188,17 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", finish
         # GPT-2-style models carry a few huge activation channels that one int8 scale per tensor cannot hold
         # (a tiny GPT-2 moved class probabilities by 0.3); they predict with PyTorch unless int8 is asked for.
         prec = pick_precision("auto", dev)
+    if prec == "int8" and not get_method(recipe.adapter.method).plain:
+        # Prompt/prefix tuning keep their virtual tokens as inputs of a peft wrapper; the ONNX graph has none.
+        if precision == "int8":
+            raise UserError(
+                f"--precision int8: a {recipe.adapter.method}-tuned run cannot run as an int8 ONNX graph "
+                "(its virtual tokens are not weights to merge); use --precision auto or fp32"
+            )
+        prec = pick_precision("auto", dev)
+        say(
+            f"predict: {recipe.adapter.method} tuning runs unmerged, with PyTorch in {prec} (no int8 ONNX graph)"
+        )
     tokenizer = load_tokenizer(str(run / "tokenizer"), truncation_side=recipe.data.truncation_side)
     loaded = Run(run, recipe, labels, info, tokenizer, dev, prec)
     if prec == "int8":

@@ -215,8 +215,11 @@ def num_layers_of(model: nn.Module) -> int:
     raise UserError(f"cannot tell the number of layers of {type(model).__name__}")
 
 
-def lora_config(model: nn.Module, spec: AdapterConfig, task_type: str | None):
-    """Build the exact peft LoraConfig for this model: full module names and a per-module rank pattern."""
+def lora_config(model: nn.Module, spec: AdapterConfig, task_type: str | None, **extra):
+    """Build the exact peft LoraConfig for this model: full module names and a per-module rank pattern.
+
+    ``extra`` goes to LoraConfig as is (DoRA, rsLoRA and the initialisation; see peft_methods.py).
+    """
     from peft import LoraConfig
 
     targets = select_targets(model, spec)
@@ -250,6 +253,7 @@ def lora_config(model: nn.Module, spec: AdapterConfig, task_type: str | None):
             alpha_pattern=alpha_pattern,
             fan_in_fan_out=any(t.conv1d for t in targets),
             modules_to_save=[head_name(model)],
+            **extra,
         ),
         targets,
         per_layer,

@@ -241,8 +241,16 @@ class PooledClassifier(nn.Module):
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
         self.config = backbone.config
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (peft's prompt tuning asks the wrapped model, as transformers models answer)."""
+        return next(self.parameters()).device
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None, **kwargs):
+        # Prompt tuning (peft) passes embeddings with its virtual tokens prepended instead of token ids.
+        states = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds
+        ).last_hidden_state
         return SequenceClassifierOutput(logits=self.head(self.pool(states, attention_mask)))
 
     def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -34,17 +34,20 @@ def default_targets(model_name: str) -> list[str]:
     return list(QV_TARGETS.get(config.model_type, ["attention"]))
 
 
-def default_recipe(model_name: str) -> Recipe:
-    """The recipe used when only ``--model`` is given."""
+def default_recipe(model_name: str, method: str | None = None) -> Recipe:
+    """The recipe used when only ``--model`` (and perhaps ``--method``) is given.
+
+    Targets stay null, so each adaptation method takes its own default modules (LoRA: :data:`QV_TARGETS`); the
+    offline CPU models adapt every linear layer with the LoRA family.
+    """
     r = Recipe()
     r.model.name = model_name
-    r.adapter.targets = default_targets(model_name)
     if model_name in ("minilm", "mpnet-base"):
         r.model.head = "mlp"
         r.model.pooling = "mean"
         r.model.dropout = 0.0
         r.model.attention = "eager"
-        r.adapter.targets = ["all-linear"]
+        r.adapter.targets = ["all-linear"] if method in (None, "lora", "dora") else None
         r.adapter.r = 8
         r.adapter.alpha = 16
         r.train.lr = 1e-3 if model_name == "minilm" else 5e-4

@@ -42,6 +42,17 @@ class Plan:
     head: int = 0
     other: int = 0
     budget: int | None = None
+    kinds_per_layer: dict[int, dict[str, int]] = field(
+        default_factory=dict
+    )  # layer (-1: none) → kind → count
+
+    @property
+    def kinds(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for per_kind in self.kinds_per_layer.values():
+            for kind, n in per_kind.items():
+                out[kind] += n
+        return dict(sorted(out.items()))
 
     @property
     def adapters(self) -> int:
@@ -65,6 +76,10 @@ class Plan:
             "head": self.head,
             "other": self.other,
             "budget": self.budget,
+            "kinds": self.kinds,
+            "kinds_per_layer": {
+                str(k): dict(sorted(v.items())) for k, v in sorted(self.kinds_per_layer.items())
+            },
             "fits": self.budget is None or self.trainable <= self.budget,
         }
 
@@ -72,25 +87,43 @@ class Plan:
 def breakdown(model, name: str, num_labels: int, spec: AdapterConfig, budget: int | None) -> Plan:
     """Count a built (meta or real) model's parameters and split the trainable ones by kind."""
     trainable, total = count_parameters(model)
-    head = head_name(model.base_model.model if hasattr(model, "peft_config") else model)
+    head = head_name(model.get_base_model() if hasattr(model, "peft_config") else model)
     kind_of = check_spec(spec).param_kind
     per_layer: dict[int, int] = defaultdict(int)
+    kinds: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     biases = head_n = other = 0
     for pname, p in model.named_parameters():
         if not p.requires_grad:
             continue
         n = p.numel()
         parts = pname.split(".")
-        if kind_of(pname) is not None:
-            per_layer[layer_of(pname) if layer_of(pname) is not None else -1] += n
+        layer = layer_of(pname) if layer_of(pname) is not None else -1
+        kind = kind_of(pname)
+        if kind is not None:
+            per_layer[layer] += n
         elif head in parts[: parts.index(head) + 1] if head in parts else False:
             head_n += n
+            kind = "head"
         elif pname.endswith("bias"):
             biases += n
+            kind = "bias"
         else:
             other += n
+            kind = "other"
+        kinds[layer][kind] += n
     return Plan(
-        name, num_labels, spec.method, trainable, total, dict(per_layer), {}, biases, head_n, other, budget
+        name,
+        num_labels,
+        spec.method,
+        trainable,
+        total,
+        dict(per_layer),
+        {},
+        biases,
+        head_n,
+        other,
+        budget,
+        {k: dict(v) for k, v in kinds.items()},
     )
 
 

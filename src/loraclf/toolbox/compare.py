@@ -25,7 +25,14 @@ from pathlib import Path
 
 from loraclf.utils.errors import UserError
 
-PRESETS = ("head", "lora", "full")
+
+def presets() -> tuple[str, ...]:
+    """Entries that name an adaptation method: the model's default recipe with that ``adapter.method``."""
+    from loraclf.modeling.methods import METHODS
+
+    return tuple(METHODS)
+
+
 OVERRIDE = re.compile(r"^(model|adapter|data|train|distill)\.[\w.]+=|^(budget|description)=")
 
 
@@ -44,8 +51,8 @@ def parse_entries(specs: list[str], model: str, shared: list[str]) -> list[Entry
     entries, seen = [], set()
     for spec in specs:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        if path in PRESETS:
-            recipe = default_recipe(model)
+        if path in presets():
+            recipe = default_recipe(model, path)
             recipe.adapter.method = path
             if path == "full":
                 recipe.budget = None
@@ -55,7 +62,7 @@ def parse_entries(specs: list[str], model: str, shared: list[str]) -> list[Entry
         else:
             if not Path(path).is_file():
                 raise UserError(
-                    f"compare: entry '{spec}' is neither a recipe file nor one of {', '.join(PRESETS)}"
+                    f"compare: entry '{spec}' is neither a recipe file nor one of {', '.join(presets())}"
                 )
             recipe = load_recipe(path)
             name = name or Path(path).stem

@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,23 @@ clock = time.monotonic
 
 
 def make_optimizer(model, recipe: Recipe, device: torch.device):
-    """AdamW; no weight decay on biases and normalisation weights (the usual transformer practice)."""
+    """AdamW; no weight decay on biases and normalisation weights (the usual transformer practice).
+
+    With ``train.loraplus_lr_ratio`` it is peft's LoRA+ optimizer instead (Hayou et al. 2024, "LoRA+: Efficient Low
+    Rank Adaptation of Large Models"): the B matrices learn at ``lr · ratio``, everything else at ``lr``.
+    """
+    fused = device.type == "cuda"  # the fused kernel is one launch per step on GPUs
+    if recipe.train.loraplus_lr_ratio is not None:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model,
+            torch.optim.AdamW,
+            lr=recipe.train.lr,
+            loraplus_lr_ratio=recipe.train.loraplus_lr_ratio,
+            weight_decay=recipe.train.weight_decay,
+            fused=fused,
+        )
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -68,7 +85,6 @@ def make_optimizer(model, recipe: Recipe, device: torch.device):
         {"params": decay, "weight_decay": recipe.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    fused = device.type == "cuda"  # the fused kernel is one launch per step on GPUs
     return torch.optim.AdamW(groups, lr=recipe.train.lr, fused=fused)
 
 
@@ -342,6 +358,9 @@ def _session(p: Prepared, model, device, precision: str, dist: Dist) -> Session:
     )
     eval_every = t.eval_every or steps_per_epoch
     fwd = dist.wrap(model, device)
+    method = get_method(r.adapter.method)
+    if method.prepare is not None:  # e.g. AdaLoRA's pruning schedule, which needs the number of steps
+        method.prepare(model, total_steps)
     return Session(
         model=model,
         fwd=torch.compile(fwd, dynamic=True) if t.compile else fwd,
@@ -351,7 +370,7 @@ def _session(p: Prepared, model, device, precision: str, dist: Dist) -> Session:
         cache=cache,
         cache_seconds=cache_seconds,
         loss_step=LossStep(r, weights, p.teacher_log_probs),
-        method=get_method(r.adapter.method),
+        method=method,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         eval_every=eval_every,
@@ -421,8 +440,9 @@ def _train_locked(
         bar.close()
         logger.close()
     seconds = time.perf_counter() - started
+    method_state = s.method.final_state(s.model) if s.method.final_state is not None else {}
     del model, s  # free the training copy before the inference copy loads
-    return _finish(p, out, state, seconds) if dist.main else {}
+    return _finish(p, out, state, seconds, method_state) if dist.main else {}
 
 
 def _run_steps(p, out, s: Session, state: TrainState, logger, bar, device, precision, started) -> None:
@@ -440,10 +460,17 @@ def _run_steps(p, out, s: Session, state: TrainState, logger, bar, device, preci
             rows = sum(len(b) for b in group)
             steps.accumulate(p, s, group, rows, device, precision)
             _check_finite(out, s, state, rows)
-            _optimizer_step(s.model, s.optimizer, s.scheduler, s.scaler, t.max_grad_norm)
+            hook = s.method.after_step
+            _optimizer_step(
+                s.model,
+                s.optimizer,
+                s.scheduler,
+                s.scaler,
+                t.max_grad_norm,
+                # The method's hook may read the gradients (AdaLoRA's importance scores): before zero_grad.
+                None if hook is None else partial(hook, s.model, state.step + 1),
+            )
             state.step += 1
-            if s.method.after_step is not None:
-                s.method.after_step(s.model, state.step)
             state.samples += rows
             state.seen += rows
             window[1] += rows
@@ -618,7 +645,7 @@ def _quiet(_message: str) -> None:
     pass
 
 
-def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
+def _optimizer_step(model, optimizer, scheduler, scaler, max_norm, before_zero_grad=None):
     params = [q for q in model.parameters() if q.requires_grad]
     if scaler:
         scaler.unscale_(optimizer)
@@ -637,6 +664,8 @@ def _optimizer_step(model, optimizer, scheduler, scaler, max_norm):
         optimizer.step()
     if stepped:
         scheduler.step()
+    if before_zero_grad is not None:
+        before_zero_grad()
     optimizer.zero_grad(set_to_none=True)
 
 
@@ -683,7 +712,9 @@ def _evaluate_and_keep(
     return asked or (t.early_stopping is not None and state.bad_evals >= t.early_stopping)
 
 
-def _finish(p: Prepared, out: Path, state: TrainState, seconds: float) -> dict:
+def _finish(
+    p: Prepared, out: Path, state: TrainState, seconds: float, method_state: dict | None = None
+) -> dict:
     """Evaluate the best weights exactly as `loraclf evaluate` will, write final metrics, mark the run complete."""
     from loraclf.inference.run import load
 
@@ -713,6 +744,7 @@ def _finish(p: Prepared, out: Path, state: TrainState, seconds: float) -> dict:
     info.train_seconds = round(seconds, 2)
     info.train_samples_per_s = m["train_samples_per_s"]
     info.best_step = state.best_step
+    info.method_state = method_state or {}
     write_run_info(out, info)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     from loraclf.reporting.report import write_report

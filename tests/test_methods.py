@@ -1,0 +1,238 @@
+"""Every adaptation method on tiny BERT, RoBERTa and GPT-2: plan == built model, training, merging, save and load.
+
+Tolerances: merged and unmerged models compute the same function up to float32 rounding of the folded weights,
+so their probabilities agree to 1e-4; a run loaded from its folder in fp32 reproduces the in-memory unmerged model
+to 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+import loraclf
+from conftest import run_cli, write_text_csv
+from loraclf.config.recipe import AdapterConfig, ModelConfig, Recipe
+from loraclf.modeling.adapters import count_parameters
+from loraclf.modeling.backbones import build_model
+from loraclf.modeling.methods import METHODS, apply_adapters
+from loraclf.modeling.plan import plan
+from loraclf.utils.errors import UserError
+
+PEFT_METHODS = ["lora", "dora", "vera", "adalora", "ia3", "loha", "lokr", "bitfit", "prompt"]
+# What peft itself cannot build with this transformers, refused by loraclf in one line at plan time.
+REFUSED = {
+    ("gpt2", "loha"): "Conv1D",
+    ("gpt2", "lokr"): "Conv1D",
+    ("bert", "prefix"): "past_key_values",
+    ("roberta", "prefix"): "past_key_values",
+    ("gpt2", "prefix"): "past_key_values",
+}
+LORA_VARIANTS = [
+    {"rslora": True},
+    {"init": "gaussian"},
+    {"init": "pissa"},
+    {"init": "olora"},
+    {"init": "pissa_niter_2"},
+]
+
+
+def recipe(name, model: dict | None = None, **adapter) -> Recipe:
+    return Recipe(model=ModelConfig(name=str(name), **(model or {})), adapter=AdapterConfig(**adapter))
+
+
+def test_lora_default_targets_are_query_value(tiny_model_dirs):
+    default = plan(recipe(tiny_model_dirs["roberta"]), 3)
+    assert (
+        default.trainable == plan(recipe(tiny_model_dirs["roberta"], targets=["query", "value"]), 3).trainable
+    )
+
+
+def test_every_method_is_registered():
+    assert {*PEFT_METHODS, "prefix", "head", "full"} <= set(METHODS)
+
+
+CASES = [(a, m) for a in ("bert", "roberta", "gpt2") for m in [*PEFT_METHODS, "prefix"]]
+
+
+@pytest.mark.parametrize(("arch", "method"), CASES, ids=[f"{a}-{m}" for a, m in CASES])
+def test_plan_equals_built_model(tiny_model_dirs, arch, method):
+    r = recipe(tiny_model_dirs[arch], method=method, r=4)
+    if (arch, method) in REFUSED:
+        with pytest.raises(UserError, match=REFUSED[(arch, method)]) as exc:
+            plan(r, 3)
+        assert "\n" not in str(exc.value)
+        return
+    p = plan(r, 3)
+    torch.manual_seed(0)
+    real = apply_adapters(build_model(r.model.name, 3, r.model, meta=False), r.adapter)
+    assert (p.trainable, p.total) == count_parameters(real)
+    assert p.trainable == p.adapters + p.biases + p.head + p.other
+    assert sum(p.kinds.values()) == p.trainable
+    assert not any(t.is_meta for t in real.parameters())
+    if method not in ("bitfit",):
+        assert p.adapters > 0 and p.other == 0, p.kinds
+
+
+@pytest.mark.parametrize("variant", LORA_VARIANTS, ids=[str(v) for v in LORA_VARIANTS])
+def test_lora_variants_plan_on_meta_equals_real_build(tiny_model_dirs, variant):
+    # PiSSA/OLoRA decompose real weights; the plan builds the same shapes with the default init on the meta device.
+    r = recipe(tiny_model_dirs["roberta"], targets=["query", "value"], r=4, **variant)
+    p = plan(r, 3)
+    real = apply_adapters(build_model(r.model.name, 3, r.model, meta=False), r.adapter)
+    assert (p.trainable, p.total) == count_parameters(real)
+    assert (
+        p.trainable == plan(recipe(tiny_model_dirs["roberta"], targets=["query", "value"], r=4), 3).trainable
+    )
+
+
+@pytest.mark.parametrize(
+    ("adapter", "fragment"),
+    [
+        ({"method": "ia3", "rslora": True}, "adapter.rslora"),
+        ({"method": "lora", "init": "eva"}, "calibration"),
+        ({"method": "lora", "init": "fancy"}, "adapter.init"),
+        ({"method": "prompt", "targets": ["query"]}, "adapter.targets"),
+        ({"method": "loha", "bias": "lora_only"}, "adapter.bias"),
+    ],
+)
+def test_settings_a_method_cannot_use_are_refused_in_one_line(tiny_model_dirs, adapter, fragment):
+    with pytest.raises(UserError, match=fragment) as exc:
+        plan(recipe(tiny_model_dirs["bert"], **adapter), 3)
+    assert "\n" not in str(exc.value)
+
+
+def test_budget_refuses_every_method_through_cli(tiny_bert_dir):
+    for method in PEFT_METHODS:
+        res = run_cli(
+            "plan", "--model", tiny_bert_dir, "--num-labels", "3", "--method", method, "--budget", "50"
+        )
+        assert res.returncode == 2, (method, res)
+        assert "over the budget" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_adalora_counted_at_its_initial_rank(tiny_model_dirs):
+    small = plan(recipe(tiny_model_dirs["bert"], method="adalora", r=2, targets=["query"]), 3)
+    big = plan(recipe(tiny_model_dirs["bert"], method="adalora", r=4, targets=["query"], target_rank=1), 3)
+    # per query matrix (32×32) and rank r: A r×32, B 32×r, E r×1; 2 layers
+    assert big.adapters - small.adapters == 2 * 2 * (32 + 32 + 1)
+
+
+def test_plan_json_names_kinds_per_layer_through_cli():
+    res = run_cli("plan", "--model", "roberta-base", "--num-labels", "4", "--method", "dora", "--json")
+    assert res.returncode == 0, res
+    out = json.loads(res.stdout)
+    assert out["trainable"] == 907_012
+    assert out["kinds_per_layer"]["0"] == {"dora magnitude": 1536, "lora A": 12288, "lora B": 12288}
+
+
+def test_search_across_methods_reproduces_through_cli(tiny_bert_dir):
+    model, budget = str(tiny_bert_dir), 3_000
+    res = run_cli(
+        "plan", "--model", model, "--num-labels", "4", "--search", "--budget", budget,
+        "--methods", "lora,dora,vera,ia3,prompt", "--top", "20", "--json",
+    )  # fmt: skip
+    assert res.returncode == 0, res
+    found = json.loads(res.stdout)
+    assert {c["method"] for c in found} == {"lora", "dora", "vera", "ia3", "prompt"}
+    assert [c["adapters"] for c in found] == sorted((c["adapters"] for c in found), reverse=True)
+    for c in [next(c for c in found if c["method"] == m) for m in ("lora", "dora", "vera", "ia3", "prompt")]:
+        assert c["trainable"] <= budget
+        again = run_cli("plan", "--model", model, "--num-labels", "4", *shlex.split(c["flags"]), "--json")
+        assert json.loads(again.stdout)["trainable"] == c["trainable"], c
+
+
+# --- training, merging, saving and loading -----------------------------------------------------------------------
+
+TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "train.threads=1"]
+# AdaLoRA (the method with training hooks) runs by default; the rest are marked slow to keep this file near 2 min.
+TRAINED = [
+    "adalora",
+    *(
+        pytest.param(m, marks=pytest.mark.slow)
+        for m in ("lora", "dora", "vera", "ia3", "loha", "lokr", "bitfit")
+    ),
+    pytest.param("prompt", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_model_dirs):
+    d = tmp_path_factory.mktemp("methods-data")
+    for name in ("roberta", "gpt2"):  # give the backbones without a tokenizer the BERT word-level one
+        for f in tiny_model_dirs["bert"].iterdir():
+            if "token" in f.name or f.name == "vocab.txt":
+                (tiny_model_dirs[name] / f.name).write_bytes(f.read_bytes())
+    return write_text_csv(d / "train.csv", 48, seed=0), write_text_csv(d / "eval.csv", 16, seed=5)
+
+
+def _train(model_dir, method, data, out, *extra):
+    train_csv, eval_csv = data
+    res = run_cli(
+        "train", "--model", model_dir, "--train", train_csv, "--eval", eval_csv, "--out", out, "--epochs", "3",
+        "--method", method, "--rank", "4", "train.eval_every=2", *TINY, *extra,
+    )  # fmt: skip
+    assert res.returncode == 0, res
+    return out
+
+
+def _train_losses(run) -> list[float]:
+    """Validation losses, every 2 optimizer steps (train.eval_every=2 in _train)."""
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [h["loss"] for h in history if h["split"] == "eval"]
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_short_run_learns_merges_and_reloads(tiny_bert_dir, data, tmp_path, method):
+    from loraclf.inference.run import build_trained_model
+
+    run = _train(tiny_bert_dir, method, data, tmp_path / method, "train.precision=fp32")
+    losses = _train_losses(run)
+    assert losses[-1] < losses[0], losses
+    loaded = loraclf.load(run, device="cpu", precision="fp32")
+    texts = ["stocks shares profit bank", "football tennis goal", "the chip software nasa", "treaty troops"]
+    probs = loaded.predict_proba(texts)
+    ids = loaded.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        kept = build_trained_model(run, loaded.recipe, 4, loaded.tokenizer.pad_token_id, merge=False).eval()
+        unmerged = torch.softmax(kept(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits, -1)
+        merged_model = build_trained_model(run, loaded.recipe, 4, loaded.tokenizer.pad_token_id).eval()
+        merged = torch.softmax(
+            merged_model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits, -1
+        )
+    np.testing.assert_allclose(merged.numpy(), unmerged.numpy(), atol=1e-4)
+    np.testing.assert_allclose(probs, unmerged.numpy(), atol=1e-5)
+    if method == "adalora":
+        state = json.loads((run / "run.json").read_text())["method_state"]
+        assert state["init_rank"] == 4 and state["final_ranks"]
+        assert state["final_rank_total"] < 4 * len(state["final_ranks"])  # singular values were pruned
+
+
+@pytest.mark.slow
+def test_loraplus_and_rslora_train(tiny_bert_dir, data, tmp_path):
+    run = _train(
+        tiny_bert_dir, "lora", data, tmp_path / "lp", "train.loraplus_lr_ratio=4", "adapter.rslora=true"
+    )
+    losses = _train_losses(run)
+    assert losses[-1] < losses[0]
+
+
+def test_prompt_run_predicts_without_int8_and_refuses_export(tiny_bert_dir, data, tmp_path):
+    run = _train(tiny_bert_dir, "prompt", data, tmp_path / "prompt")
+    auto = loraclf.load(run, device="cpu", precision="auto")
+    assert auto.precision != "int8" and auto.engine is None
+    res = run_cli("export", run, "--out", tmp_path / "exported")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "prompt" in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "method"), [("gpt2", "ia3"), ("gpt2", "vera"), ("roberta", "dora")])
+def test_other_architectures_train(tiny_model_dirs, data, tmp_path, arch, method):
+    run = _train(tiny_model_dirs[arch], method, data, tmp_path / f"{arch}-{method}", "train.precision=fp32")
+    losses = _train_losses(run)
+    assert losses[-1] < losses[0]
