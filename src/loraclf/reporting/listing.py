@@ -21,6 +21,7 @@ from pathlib import Path
 from loraclf.runfolder.metrics_log import read_metrics
 from loraclf.runfolder.schema import read_run_info
 from loraclf.utils.errors import UserError
+from loraclf.utils.processes import process_alive
 
 # --sort value → row key; metrics sort best first, the others smallest (or alphabetical) first.
 SORT_KEYS = {
@@ -66,16 +67,6 @@ def _best_eval(path: Path) -> dict:
     return best
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, it just belongs to someone else
-    return True
-
-
 def _status(run: Path, info: dict) -> str:
     status = str(info.get("status", "unknown"))
     if status != "training":
@@ -84,7 +75,7 @@ def _status(run: Path, info: dict) -> str:
         pid = int((run / ".lock").read_text().strip() or 0)
     except (OSError, ValueError):
         pid = 0
-    return "training" if pid and _alive(pid) else "interrupted"
+    return "training" if pid and process_alive(pid) else "interrupted"
 
 
 def run_row(run: Path, root: Path) -> dict:

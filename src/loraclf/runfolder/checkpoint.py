@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from loraclf.runfolder.atomic import fsync_dir
 from loraclf.utils.errors import UserError, say
+from loraclf.utils.processes import process_alive
 
 CKPT_DIR = "checkpoints"
 
@@ -167,7 +168,7 @@ class RunLock:
                     pid = int(self.path.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and _alive(pid):
+                if pid and process_alive(pid):
                     raise UserError(
                         f"--out: run folder '{self.path.parent}' is being written by another loraclf process "
                         f"(pid {pid}); wait for it or choose another --out"
@@ -197,21 +198,3 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A killed process nobody has reaped yet (a launcher's worker whose parent was killed too) still answers
-    # kill(pid, 0); on Linux its state says it is a zombie, which holds no lock.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"

@@ -19,11 +19,14 @@ cannot be opened is a one-line error that never shows the password.
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import warnings
 import zlib
 
 from loraclf.utils.errors import UserError
+from loraclf.utils.processes import process_alive
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180
 
@@ -75,14 +78,7 @@ def open_storage(url: str):
         RuntimeError,
     )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
-            return optuna.storages.RDBStorage(
-                with_driver(url),
-                engine_kwargs=kwargs,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-            )
+        return _rdb_storage(optuna, with_driver(url), kwargs, sqlalchemy.exc.IntegrityError)
     except ImportError:
         raise UserError(
             f"--storage: no database driver for '{shown_url(url)}'; for PostgreSQL install "
@@ -94,6 +90,32 @@ def open_storage(url: str):
             f"--storage: cannot open '{shown_url(url)}' ({why}); check the URL and that the database server runs "
             "and is reachable"
         ) from None
+
+
+def _rdb_storage(optuna, url: str, engine_kwargs: dict, race, attempts: int = 5):
+    """``RDBStorage``, retried when another worker is creating the same tables at this moment.
+
+    Two workers that start together on an empty PostgreSQL database both run ``CREATE TABLE``; the loser fails on
+    PostgreSQL's catalogue constraint (a duplicate type name) although the tables now exist. Opening again finds
+    them; any other error, or the same one after ``attempts`` tries, is the caller's to report.
+    """
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # heartbeat_interval is marked experimental
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                )
+        except race:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(
+                0.5 * (attempt + 1) + random.random()
+            )  # apart, so that the next try does not race again
+    raise AssertionError("unreachable")
 
 
 def open_study(storage, name: str, metric: str, seed: int, shared: bool, pruner):
@@ -129,16 +151,6 @@ def make_pruner(name: str):
     return optuna.pruners.MedianPruner(n_startup_trials=5)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_lost_trials(study) -> int:
     """Mark failed the RUNNING trials whose worker process on this host is gone (killed with -9)."""
     from optuna.trial import TrialState
@@ -146,7 +158,7 @@ def fail_lost_trials(study) -> int:
     host, lost = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if h == host and pid.isdigit() and not _alive(int(pid)):
+        if h == host and pid.isdigit() and not process_alive(int(pid)):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             lost += 1
     return lost
