@@ -80,7 +80,7 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def _label_key(v):
+def label_key(v):
     """Normalise a label value so that 3, 3.0 and "3" are one class, and strings stay strings."""
     if isinstance(v, (bool, np.bool_)):
         return int(v)
@@ -117,7 +117,7 @@ def raw_labels(
             raise UserError(
                 f"{flag}: '{source}' row {row}, column '{cfg.label_column}': label is empty; fill it in or remove the row"
             )
-        out.append(_label_key(v))
+        out.append(label_key(v))
     return out
 
 

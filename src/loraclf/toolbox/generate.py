@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# _label_key makes 3, "3" and 3.0 one label, exactly as the training data loader does.
-from loraclf.data.tables import _label_key
+# label_key makes 3, "3" and 3.0 one label, exactly as the training data loader does.
+from loraclf.data.tables import label_key
 from loraclf.utils.errors import UserError, short_list
 
 DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "ag_news.yaml"
@@ -244,7 +244,7 @@ def load_prompts(path: str | Path, labels: list) -> dict:
             or not all(isinstance(v, str) and v.strip() for v in value)
         ):
             raise UserError(f"--prompts: '{p}', label {key!r}: give a non-empty list of prompt strings")
-        prompts[_label_key(key)] = [v.strip() for v in value]
+        prompts[label_key(key)] = [v.strip() for v in value]
     by_str = {str(k): v for k, v in prompts.items()}
     missing = [lab for lab in labels if str(lab) not in by_str]
     if missing:
