@@ -5,8 +5,9 @@ floating-point sums (each rank sums its share, gloo sums the ranks): adapters ag
 ~1e-7 after 8 steps), evaluation metrics to ~1e-8 and predicted labels exactly. The data are chosen to hit the
 awkward cases: 75 training rows in batches of 8 (the last batch has 3 rows, split 2/1 between ranks),
 ``grad_accum=3`` (the epoch's last optimizer step has one batch, not three) and 41 evaluation rows (an odd count:
-rank 0 scores 21, rank 1 scores 20). Each launch costs an interpreter start-up per rank, so there are three (two
-through torchrun, the resume through ``loraclf train --nproc 2``).
+rank 0 scores 21, rank 1 scores 20). ``predict`` and ``evaluate`` shard their rows the same way (23 rows to
+predict). Each launch costs an interpreter start-up per rank, so there are five (two through torchrun, the resume,
+predict and evaluate through ``--nproc 2``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import cli_env, make_rows, run_cli, write_text_csv
+from conftest import cli_env, make_rows, run_cli, run_cli_subprocess, write_text_csv
 from loraclf.cli.launch import strip_nproc
 from loraclf.training.distributed import Dist
 
@@ -119,6 +120,42 @@ def test_two_processes_train_what_one_trains(files, tmp_path):
     assert sum(map(sum, m["confusion_matrix"])) == 41
     assert json.loads((two / "run.json").read_text())["environment"]["world_size"] == 2
     assert _labels(one, files, tmp_path) == _labels(two, files, tmp_path)
+    # The end-of-training evaluation of the best weights is sharded too (rank 0: 21 rows, rank 1: 20).
+    m1 = json.loads((one / "metrics.json").read_text())
+    assert (m["accuracy"], m["confusion_matrix"]) == (m1["accuracy"], m1["confusion_matrix"])
+    assert abs(m["loss"] - m1["loss"]) < 1e-6
+
+
+def _scores(cmd: str, run: Path, files, out: Path, *extra) -> tuple:
+    """(row ids, class probabilities) of `loraclf predict`, or the metrics of `loraclf evaluate --json`."""
+    if cmd == "predict":
+        res = run_cli(
+            "predict", run, "--input", files["predict"], "--output", out, "--probabilities", "--quiet", *extra
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        table = pd.read_csv(out)
+        return table["ID"].tolist(), table.filter(like="prob_").to_numpy()
+    # In a fresh interpreter: --nproc's workers print to the real stdout, which run_cli does not capture.
+    res = run_cli_subprocess("evaluate", run, "--data", files["eval"], "--json", "--quiet", *extra)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout)
+
+
+def test_predict_and_evaluate_shard_rows_over_two_processes(files, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(*_args(files, run, "--epochs", "1")).returncode == 0
+    # fp32: the two answers differ only in the order of sums, so probabilities agree to ~1e-7, row for row
+    # (23 rows to predict: rank 0 scores 12, rank 1 scores 11; a duplicated or dropped row shifts the table).
+    ids1, p1 = _scores("predict", run, files, tmp_path / "p1.csv", "--precision", "fp32")
+    ids2, p2 = _scores("predict", run, files, tmp_path / "p2.csv", "--precision", "fp32", "--nproc", "2")
+    assert ids1 == ids2 and p1.shape == p2.shape and len(p1) == 23
+    assert np.abs(p1 - p2).max() < 1e-5
+    # int8 (the CPU default): rank 0 exports the ONNX graph before rank 1 opens it; ONNX Runtime quantises each
+    # batch's activations with that batch's own scale, so sharded batches move probabilities a little.
+    e1 = _scores("evaluate", run, files, None)
+    e2 = _scores("evaluate", run, files, None, "--nproc", "2")
+    assert sum(map(sum, e2["confusion_matrix"])) == 41
+    assert abs(e1["loss"] - e2["loss"]) < 0.02 and abs(e1["accuracy"] - e2["accuracy"]) <= 2 / 41
 
 
 def test_kill_9_of_a_two_process_job_then_resume(files, tmp_path):

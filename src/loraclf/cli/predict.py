@@ -8,6 +8,7 @@ mistake is reported without waiting for torch. ``evaluate`` on one run records i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -28,6 +29,12 @@ def _inference_flags(p) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help=PRECISION_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="score the rows in N processes on this machine (one per GPU; starts torchrun with the same flags)",
+    )
 
 
 def add_commands(sub) -> None:
@@ -65,6 +72,54 @@ def _raw_data_config(run: Path, args):
     return file_config(dataclasses.replace(read_recipe(run).data, clean=off), args)
 
 
+def _relaunch(args) -> int | None:
+    """``--nproc N``: run this command in N processes through torchrun and return their status (else None)."""
+    if args.nproc is None or args.nproc == 1:
+        return None
+    from loraclf.cli.launch import relaunch
+
+    return relaunch(args.nproc, args.argv)
+
+
+@contextlib.contextmanager
+def _ranks(args):
+    """This process's place among the ranks of a launched job (a one-process ``Dist`` without a launcher) and the
+    device its models load on; ranks other than 0 show no progress. The process group is left on exit."""
+    from loraclf.training import distributed
+    from loraclf.utils.devices import pick_device
+
+    dist, device = distributed.setup(pick_device(args.device))
+    if not dist.main:
+        args.quiet = True
+    try:
+        yield dist, device
+    finally:
+        distributed.shutdown()
+
+
+def _scored(dist, device, models, texts: list[str], args, desc: str):
+    """The ensemble's class probabilities of ``texts`` (rows sharded over the ranks, gathered on every rank)."""
+    from loraclf.inference.run import ensemble_proba
+
+    def score(rows):
+        return ensemble_proba(
+            models, [texts[i] for i in rows], batch_size=args.batch_size, mc_dropout=args.mc_dropout,
+            progress=not args.quiet, desc=desc,
+        )  # fmt: skip
+
+    return dist.map_rows(len(texts), len(models[0].labels), score, device)
+
+
+def _load(dist, device, args):
+    from loraclf.inference.run import load_many
+
+    # Rank 0 exports the int8 graph first, the others open it; each rank loads on its own device (cuda:N).
+    with dist.main_first():
+        return load_many(
+            args.runs, device=str(device) if dist.world > 1 else args.device, precision=args.precision
+        )
+
+
 def _check_runs(args, data_flag: str, data: str) -> list[Path]:
     if args.mc_dropout < 0:
         raise UserError(f"--mc-dropout must be 0 or more passes, got {args.mc_dropout}")
@@ -76,21 +131,29 @@ def _check_runs(args, data_flag: str, data: str) -> list[Path]:
 
 def cmd_evaluate(args) -> int:
     runs = _check_runs(args, "--data", args.data)
+    launched = _relaunch(args)
+    if launched is not None:
+        return launched
     # Reading the file needs pandas and scoring needs torch: loaded after the cheap checks.
-    import numpy as np
-
     from loraclf.data.tables import COLUMN_FLAGS, load_texts
-    from loraclf.inference.metrics import format_report, metrics, summary_line
-    from loraclf.inference.run import ensemble_budget, ensemble_proba, load_many
 
     labels = read_labels(runs[0])
     cfg = _raw_data_config(runs[0], args)
     ts, _ = load_texts(args.data, cfg, "--data", label_map=labels, fixes=COLUMN_FLAGS)
-    models = load_many(args.runs, device=args.device, precision=args.precision)
-    probs = ensemble_proba(
-        models, ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet,
-        desc="evaluate",
-    )  # fmt: skip
+    with _ranks(args) as (dist, device):
+        models = _load(dist, device, args)
+        probs = _scored(dist, device, models, ts.texts, args, "evaluate")
+    if dist.main:
+        _report_evaluation(args, runs, ts, labels, models, probs)
+    return 0
+
+
+def _report_evaluation(args, runs, ts, labels, models, probs) -> None:
+    import numpy as np
+
+    from loraclf.inference.metrics import format_report, metrics, summary_line
+    from loraclf.inference.run import ensemble_budget
+
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(ts)), ts.labels], 1e-12, None))))
     m = metrics(ts.labels, probs.argmax(1), labels, loss)
     if ensemble_budget(models):
@@ -106,7 +169,6 @@ def cmd_evaluate(args) -> int:
     else:
         print(format_report(m))
         print(f"\n{summary_line(m)}")
-    return 0
 
 
 def _check_output(args) -> Path:
@@ -125,23 +187,28 @@ def _check_output(args) -> Path:
 def cmd_predict(args) -> int:
     out = _check_output(args)
     runs = _check_runs(args, "--input", args.input)
+    launched = _relaunch(args)
+    if launched is not None:
+        return launched
     from loraclf.data.tables import COLUMN_FLAGS, check_unique_ids, load_texts
     from loraclf.inference.predict import write_submission
-    from loraclf.inference.run import ensemble_budget, ensemble_proba, load_many
+    from loraclf.inference.run import ensemble_budget
 
     cfg = _raw_data_config(runs[0], args)
     ts, _ = load_texts(args.input, cfg, "--input", labelled=False, fixes=COLUMN_FLAGS)
     check_unique_ids(ts, cfg, "--input")
-    models = load_many(args.runs, device=args.device, precision=args.precision)
+    with _ranks(args) as (dist, device):
+        models = _load(dist, device, args)
+        start = time.perf_counter()
+        probs = _scored(dist, device, models, ts.texts, args, "predict")
+        seconds = time.perf_counter() - start
+    if not dist.main:
+        return 0  # rank 0 writes the file
     labels = models[0].labels
-    start = time.perf_counter()
-    probs = ensemble_proba(
-        models, ts.texts, batch_size=args.batch_size, mc_dropout=args.mc_dropout, progress=not args.quiet
-    )
-    seconds = time.perf_counter() - start
+    ranks = f" × {dist.world} processes" if dist.world > 1 else ""
     print(
         f"predict: {len(ts):,} rows in {seconds:.2f} s ({len(ts) / max(seconds, 1e-9):.1f} rows/s, "
-        f"{_engine(models[0], args.mc_dropout)})",
+        f"{_engine(models[0], args.mc_dropout)}{ranks})",
         file=sys.stderr,
     )
     preds = [labels[i] for i in probs.argmax(1)]

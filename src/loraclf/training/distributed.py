@@ -19,6 +19,12 @@ With the frozen-layer cache on, a rank caches only the rows it owns (``row % N``
 those rows: the cache then costs 1/N of the memory and compute on each rank, at the price of shares that differ
 by a few rows (the weights above keep the gradient exact).
 
+**Evaluation and prediction** are sharded the same way at every world size: rank r scores rows ``r, r+N, …``
+(:meth:`Dist.map_rows`), and the gathered table puts each row back in its place, so an odd row count loses or
+repeats nothing. The end-of-training evaluation, ``loraclf evaluate`` and ``loraclf predict`` under a launcher (or
+with ``--nproc N``) all take this path; rank 0 exports the int8 graph first and the others open it
+(:meth:`Dist.main_first`).
+
 **Why torch.distributed directly, not HF accelerate.** The loop already does what ``Accelerator`` would add
 (mixed precision, fused AdamW, checkpoints with the data position); what it needs from a distributed engine is
 init from the launcher's variables, DDP wrapping, a barrier and gathers, about a hundred lines here. Accelerate's
@@ -115,6 +121,22 @@ class Dist:
         out = [None] * self.world
         tdist.all_gather_object(out, value)
         return out
+
+    @contextlib.contextmanager
+    def main_first(self):
+        """Rank 0 runs the block before the others: it fills a cache (the int8 ONNX graph) that they then read."""
+        if not self.main:
+            self.barrier()
+        yield
+        if self.main:
+            self.barrier()
+
+    def map_rows(self, n: int, width: int, fn, device: torch.device) -> np.ndarray:
+        """Score ``n`` rows sharded over the ranks: ``fn(rows)`` gives this rank's ``(len(rows), width)`` table for
+        its row indices (:meth:`my_rows`), and the ``(n, width)`` whole is gathered on every rank, in row order."""
+        rows = self.my_rows(n)
+        local = fn(rows) if len(rows) else np.zeros((0, width))
+        return self.gather_rows(local, n, device)
 
     def gather_rows(self, local: np.ndarray, n: int, device: torch.device) -> np.ndarray:
         """Assemble an ``(n, k)`` table from each rank's rows ``rank::world`` (see :meth:`my_rows`).

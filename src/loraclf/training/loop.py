@@ -442,7 +442,7 @@ def _train_locked(
     seconds = time.perf_counter() - started
     method_state = s.method.final_state(s.model) if s.method.final_state is not None else {}
     del model, s  # free the training copy before the inference copy loads
-    return _finish(p, out, state, seconds, method_state) if dist.main else {}
+    return _finish(p, out, state, seconds, dist, device, method_state)
 
 
 def _run_steps(p, out, s: Session, state: TrainState, logger, bar, device, precision, started) -> None:
@@ -713,15 +713,35 @@ def _evaluate_and_keep(
 
 
 def _finish(
-    p: Prepared, out: Path, state: TrainState, seconds: float, method_state: dict | None = None
+    p: Prepared,
+    out: Path,
+    state: TrainState,
+    seconds: float,
+    dist: Dist,
+    device: torch.device,
+    method_state: dict | None = None,
 ) -> dict:
-    """Evaluate the best weights exactly as `loraclf evaluate` will, write final metrics, mark the run complete."""
+    """Evaluate the best weights exactly as `loraclf evaluate` will (sharded over ranks), then rank 0 writes the
+    final metrics and marks the run complete; other ranks return an empty dict."""
     from loraclf.inference.run import load
 
     t = p.recipe.train
+    ids = p.eval_ids
+    dist.barrier()  # rank 0 has written the best weights
     # The inference precision follows the training one when it was chosen; "auto" is int8 on a CPU, as in predict.
-    run = load(out, device=t.device, precision=t.precision, finished=False)  # marked complete below
-    probs = run.probs_of_ids(p.eval_ids, progress=t.progress, desc="evaluate")
+    with dist.main_first():  # rank 0 exports the int8 graph once; the others open it
+        # This rank's device: a cuda:N chosen by the launcher, not train.device's first GPU on every rank.
+        run = load(out, device=str(device), precision=t.precision, finished=False)  # marked complete below
+    probs = dist.map_rows(
+        len(ids),
+        len(run.labels),
+        lambda rows: run.probs_of_ids(
+            [ids[i] for i in rows], progress=t.progress and dist.main, desc="evaluate"
+        ),
+        device,
+    )
+    if not dist.main:
+        return {}
     labels = p.eval.labels
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
     m = metrics(labels, probs.argmax(1), p.label_map, loss)
