@@ -346,8 +346,11 @@ def _kill_after_checkpoint(args: list[str], run: Path, min_step: int, log: Path)
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["adapter.layers=1"]], ids=["all-layers", "frozen-layer-cache"]
-)  # the second adapts layer 1 only: layer 0 is cached, and the cache is rebuilt on resume
+    "extra",
+    [[], ["adapter.layers=1"], ["--method", "adalora", "--rank", "4", "adapter.target_rank=2"]],
+    ids=["all-layers", "frozen-layer-cache", "adalora"],
+)  # the second adapts layer 1 only: layer 0 is cached, and the cache is rebuilt on resume; AdaLoRA's importance
+# averages live outside its parameters and must come back from the checkpoint for it to prune the same ranks
 def test_resume_after_kill_matches_uninterrupted_run(files, tmp_path, extra):
     common = [
         "train", "--model", files["bert"], "--train", files["train"], "--eval", files["eval"],
@@ -383,6 +386,8 @@ def test_resume_after_kill_matches_uninterrupted_run(files, tmp_path, extra):
         ]
 
     assert evals(reference) == evals(run)
+    info_a, info_b = (json.loads((r / "run.json").read_text()) for r in (reference, run))
+    assert info_a.get("method_state") == info_b.get("method_state")
     pa, pb = tmp_path / "ref.csv", tmp_path / "resumed.csv"
     for r, out in ((reference, pa), (run, pb)):
         ok(run_cli("predict", r, "--input", files["predict"], "--output", out, "--probabilities", "--quiet"))

@@ -51,6 +51,9 @@ class Method:
         extra_loss: Optional ``(model) -> scalar tensor`` added to the training loss.
         prepare: Optional ``(model, total_steps) -> None`` run once before the first step.
         final_state: Optional ``(model) -> dict`` recorded in run.json as ``method_state`` after training.
+        checkpoint_state: Optional ``(model) -> dict`` of tensors and plain values a checkpoint keeps beside the
+            weights, so that ``--resume`` continues exactly (AdaLoRA's importance averages and rank pattern).
+        restore_state: Optional ``(model, state) -> None`` putting ``checkpoint_state``'s dict back on resume.
         plain: False when the trained model stays a peft wrapper (prompt/prefix tuning: the virtual tokens are
             inputs, nothing to merge), so the int8 ONNX graph and ``export`` cannot represent it.
     """
@@ -70,6 +73,8 @@ class Method:
         True  # the trained model is a plain transformers model (after merging): int8 ONNX and export
     )
     final_state: Callable[[nn.Module], dict] | None = None
+    checkpoint_state: Callable[[nn.Module], dict] | None = None
+    restore_state: Callable[[nn.Module, dict], None] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -304,6 +309,8 @@ register(
         extra_loss=_adalora_hook("adalora_orth_loss"),
         prepare=_adalora_hook("adalora_prepare"),
         final_state=_adalora_hook("adalora_final_state"),
+        checkpoint_state=_adalora_hook("adalora_checkpoint_state"),
+        restore_state=_adalora_hook("adalora_restore_state"),
     )
 )
 register(

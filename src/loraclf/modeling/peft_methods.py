@@ -316,6 +316,33 @@ def adalora_orth_loss(model: nn.Module):
     return weight * torch.stack(terms).mean() if terms else 0.0
 
 
+def adalora_checkpoint_state(model: nn.Module) -> dict:
+    """What a checkpoint needs beyond the weights for ``--resume`` to continue AdaLoRA exactly: the rank
+    allocator's importance scores and their moving averages (peft keeps them outside the parameters, so without
+    them a resumed run would restart its averages from zero and prune differently) and the rank pattern so far."""
+    allocator = model.base_model.rankallocator
+    config = model.peft_config[model.active_adapter]
+
+    def cpu(table: dict) -> dict:
+        return {name: t.detach().to("cpu").clone() for name, t in table.items()}
+
+    return {
+        "ipt": cpu(allocator.ipt),
+        "exp_avg_ipt": cpu(allocator.exp_avg_ipt),
+        "exp_avg_unc": cpu(allocator.exp_avg_unc),
+        "rank_pattern": config.rank_pattern,
+    }
+
+
+def adalora_restore_state(model: nn.Module, state: dict) -> None:
+    """Put :func:`adalora_checkpoint_state`'s dict back into a freshly built model (on the parameters' device)."""
+    allocator = model.base_model.rankallocator
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+        setattr(allocator, key, {name: t.to(device) for name, t in state.get(key, {}).items()})
+    model.peft_config[model.active_adapter].rank_pattern = state.get("rank_pattern")
+
+
 def adalora_final_state(model: nn.Module) -> dict:
     """The rank each adapted matrix ended with (singular values left unmasked), for run.json."""
     ranks = {}

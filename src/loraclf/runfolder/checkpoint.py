@@ -65,10 +65,12 @@ def save_checkpoint(
     state: dict,
     keep: int,
     rank_rng: list[dict] | None = None,
+    method_state: dict | None = None,
 ) -> Path:
     """Write checkpoints/step-N atomically, then prune to the newest ``keep``.
 
-    ``rank_rng`` holds every rank's RNG state when several processes train (rank 0 writes them all).
+    ``rank_rng`` holds every rank's RNG state when several processes train (rank 0 writes them all);
+    ``method_state`` what the adaptation method keeps outside its parameters (tensors and plain values).
     """
     root = run / CKPT_DIR
     root.mkdir(exist_ok=True)
@@ -88,6 +90,7 @@ def save_checkpoint(
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "rank_rng": rank_rng or [],
+            "method": method_state or {},
         },
         tmp / "trainer.pt",
     )
@@ -116,8 +119,13 @@ def list_checkpoints(run: Path) -> list[Path]:
     )
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> dict:
-    """Restore a checkpoint into live objects (RNG: rank ``rank``'s when several ranks wrote it); returns state.json."""
+def load_checkpoint(
+    path: Path, model, optimizer, scheduler, scaler, rank: int = 0, restore_method=None
+) -> dict:
+    """Restore a checkpoint into live objects (RNG: rank ``rank``'s when several ranks wrote it); returns state.json.
+
+    ``restore_method(model, state)`` receives the method state saved beside the weights, when there is one.
+    """
     weights = load_file(str(path / "weights.safetensors"))
     params = dict(model.named_parameters())
     missing = [k for k in weights if k not in params]
@@ -140,6 +148,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int =
     scheduler.load_state_dict(blob["scheduler"])
     if scaler is not None and blob.get("scaler"):
         scaler.load_state_dict(blob["scaler"])
+    if restore_method is not None and blob.get("method"):
+        restore_method(model, blob["method"])
     ranks = blob.get("rank_rng") or []
     if rank < len(ranks):
         torch.set_rng_state(ranks[rank]["torch_rng"])

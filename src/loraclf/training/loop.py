@@ -400,7 +400,9 @@ def _train_locked(
     state = TrainState(world=dist.world)
     ckpts = list_checkpoints(out)
     if resume and ckpts:
-        blob = load_checkpoint(ckpts[-1], model, s.optimizer, s.scheduler, s.scaler, dist.rank)
+        blob = load_checkpoint(
+            ckpts[-1], model, s.optimizer, s.scheduler, s.scaler, dist.rank, s.method.restore_state
+        )
         state = TrainState.from_dict(blob)
         if state.world != dist.world:
             raise UserError(
@@ -606,6 +608,7 @@ def _save(out: Path, s: Session, state: TrainState, keep: int) -> Path | None:
         state.as_dict(),
         keep,
         rank_rng=rngs if s.dist.world > 1 else None,
+        method_state=s.method.checkpoint_state(s.model) if s.method.checkpoint_state is not None else None,
     )
 
 
