@@ -72,3 +72,28 @@ def test_shifted_proxy_writes_ood_style_rows(tmp_path):
         and "$ 10 million" in second
         and "t2" not in second
     )
+
+
+def test_cpu_profile_reports_the_limit_and_the_breakdown(tmp_path, tiny_bert_dir):
+    data = tmp_path / "data"
+    (data / "ag_news").mkdir(parents=True)
+    write_text_csv(data / "ag_news" / "train.csv", n=400, seed=1)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        f"model: {{name: '{tiny_bert_dir}'}}\nadapter: {{method: lora, r: 4}}\ntrain: {{batch_size: 8}}\n"
+    )
+    res = subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "cpu_profile.py"), "--data", str(data), "--recipe",
+            str(recipe), "--rows", "64",
+        ],
+        capture_output=True, text=True, env=cli_env(), timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
+    # Three GEMM shapes at the recipe's micro-batch, a positive limit and rate, and the op categories.
+    assert out.count("GFLOP/s\n") >= 4, out
+    limit = float(out.split("fp32 limit of this CPU: ")[1].split()[0])
+    speed = float(out.split("one epoch: ")[1].split()[0])
+    assert limit > 0 and speed > 0, out
+    assert "matrix products" in out and "aten::" in out, out
