@@ -140,8 +140,8 @@ def train_once(recipe_path: str, data: Path, rows: int, out: Path, profile: bool
     return json.loads((out / "metrics.json").read_text()), prof
 
 
-def breakdown(prof) -> list[tuple[str, float]]:
-    """Self CPU time per category, as fractions of the profiled total (aten ops only; Python time is the rest)."""
+def breakdown(prof) -> tuple[list[tuple[str, float]], float]:
+    """Self CPU time per category as fractions of the profiled total, and that total in seconds (aten ops only)."""
     seconds: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():
         if not event.key.startswith("aten::"):

@@ -12,7 +12,8 @@
 #
 # Environment: SEEDS (default "1 2 3"), ROWS (3200), VAL (1000), TEST (the scored file, default test.csv), ONE_FROM (a `loraclf compare --seeds` folder of
 # the same recipe, rows, epochs and validation size, e.g. benchmarks/sweep.sh's WORK/shipped/shipped, whose
-# seed-S runs are reused as the one-process runs instead of training them again).
+# seed-S runs are reused, through symbolic links, as the one-process runs instead of training them again; their
+# test.json and evaluations/ are then written into those folders).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DATA=$(cd "${1:-$ROOT/../shared/data}" && pwd)/ag_news
@@ -45,7 +46,10 @@ for s in $SEEDS; do
       --out "$two" > "$WORK/two-$s.log" 2>&1
   fi
   for run in "$one" "$two"; do
-    [ -f "$run/test.json" ] || "$PY" -m loraclf evaluate "$run" --data "$TEST" --json > "$run/test.json"
+    if [ ! -f "$run/test.json" ]; then  # through a temporary file: a failed evaluation leaves nothing to skip
+      "$PY" -m loraclf evaluate "$run" --data "$TEST" --json > "$run/test.json.tmp"
+      mv "$run/test.json.tmp" "$run/test.json"
+    fi
   done
 done
 

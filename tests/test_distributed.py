@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from conftest import cli_env, make_rows, run_cli, run_cli_subprocess, write_text_csv
@@ -126,7 +127,7 @@ def test_two_processes_train_what_one_trains(files, tmp_path):
     assert abs(m["loss"] - m1["loss"]) < 1e-6
 
 
-def _scores(cmd: str, run: Path, files, out: Path, *extra) -> tuple:
+def _scores(cmd: str, run: Path, files, out: Path | None, *extra):
     """(row ids, class probabilities) of `loraclf predict`, or the metrics of `loraclf evaluate --json`."""
     if cmd == "predict":
         res = run_cli(
@@ -152,8 +153,9 @@ def test_predict_and_evaluate_shard_rows_over_two_processes(files, tmp_path):
     assert np.abs(p1 - p2).max() < 1e-5
     # int8 (the CPU default): rank 0 exports the ONNX graph before rank 1 opens it; ONNX Runtime quantises each
     # batch's activations with that batch's own scale, so sharded batches move probabilities a little.
-    e1 = _scores("evaluate", run, files, None)
+    # Two processes first, so that they, not the one-process command, export the graph (rank 0, then rank 1).
     e2 = _scores("evaluate", run, files, None, "--nproc", "2")
+    e1 = _scores("evaluate", run, files, None)
     assert sum(map(sum, e2["confusion_matrix"])) == 41
     assert abs(e1["loss"] - e2["loss"]) < 0.02 and abs(e1["accuracy"] - e2["accuracy"]) <= 2 / 41
 
@@ -227,3 +229,61 @@ def test_nproc_is_stripped_from_the_relaunched_command():
 def test_nproc_below_one_is_a_user_error(tmp_path):
     res = run_cli("train", "--nproc", "0", "--train", "x.csv", "--out", tmp_path / "r")
     assert res.returncode == 2 and "--nproc 0" in res.stderr
+
+
+def _failing_rank(rank: int, store: str, out: str) -> None:
+    """One of two gloo ranks: rank 1 fails inside map_rows, then rank 0 fails inside main_first."""
+    from datetime import timedelta
+
+    import torch.distributed as tdist
+
+    from loraclf.utils.errors import UserError
+
+    # A short timeout: if a rank were left waiting for the other, this fails the test instead of hanging it.
+    tdist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
+    dist, said = Dist(rank, 2, rank), []
+
+    def score(rows):
+        if rank == 1:
+            raise ValueError("rank 1's own failure")
+        return np.ones((len(rows), 2))
+
+    for step in ("map_rows", "main_first"):
+        try:
+            if step == "map_rows":
+                dist.map_rows(5, 2, score, torch.device("cpu"))
+            else:
+                with dist.main_first():
+                    if rank == 0:
+                        raise ValueError("rank 0's own failure")
+        except (UserError, ValueError) as exc:
+            said.append(f"{step}: {type(exc).__name__}: {exc}")
+    Path(out).write_text("\n".join(said))
+    tdist.destroy_process_group()
+
+
+def test_a_failing_rank_stops_the_other_instead_of_leaving_it_waiting(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_failing_rank, args=(r, str(tmp_path / "store"), str(tmp_path / f"rank{r}.txt")))
+        for r in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    rank0 = (tmp_path / "rank0.txt").read_text().splitlines()
+    rank1 = (tmp_path / "rank1.txt").read_text().splitlines()
+    assert rank0 == [
+        "map_rows: UserError: rank 1 failed while scoring its rows; see its error above",
+        "main_first: ValueError: rank 0's own failure",
+    ]
+    assert rank1 == [
+        "map_rows: ValueError: rank 1's own failure",
+        "main_first: UserError: rank 0 failed while preparing the model for every rank; see its error above",
+    ]

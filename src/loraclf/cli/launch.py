@@ -1,4 +1,4 @@
-"""``loraclf train --nproc N``: the same command in N processes on this machine, started through torchrun.
+"""``loraclf train|evaluate|predict --nproc N``: the same command in N processes on this machine, through torchrun.
 
 This is ``torchrun --standalone --nproc-per-node N -m loraclf train …`` without having to know torchrun: the
 elastic launcher (``torch.distributed.launcher``) starts N copies of the command without ``--nproc``, each finds its

@@ -23,7 +23,8 @@ by a few rows (the weights above keep the gradient exact).
 (:meth:`Dist.map_rows`), and the gathered table puts each row back in its place, so an odd row count loses or
 repeats nothing. The end-of-training evaluation, ``loraclf evaluate`` and ``loraclf predict`` under a launcher (or
 with ``--nproc N``) all take this path; rank 0 exports the int8 graph first and the others open it
-(:meth:`Dist.main_first`).
+(:meth:`Dist.main_first`; the graph is cached per machine, so on several machines the ranks of the others each
+export it themselves, atomically).
 
 **Why torch.distributed directly, not HF accelerate.** The loop already does what ``Accelerator`` would add
 (mixed precision, fused AdamW, checkpoints with the data position); what it needs from a distributed engine is
@@ -124,18 +125,49 @@ class Dist:
 
     @contextlib.contextmanager
     def main_first(self):
-        """Rank 0 runs the block before the others: it fills a cache (the int8 ONNX graph) that they then read."""
-        if not self.main:
-            self.barrier()
-        yield
+        """Rank 0 runs the block before the others: it fills a cache (the int8 ONNX graph) that they then read.
+
+        Rank 0 tells the others whether its block succeeded, so a failure there stops every rank at once instead
+        of leaving them at a barrier until the process group's timeout (launchers such as srun or mpirun do not
+        stop the other workers when one fails).
+
+        Raises:
+            UserError: on ranks other than 0, when rank 0's block failed (rank 0 raises its own error).
+        """
+        if self.world == 1:
+            yield
+            return
         if self.main:
-            self.barrier()
+            try:
+                yield
+            except BaseException:
+                self.first(False)
+                raise
+            self.first(True)
+            return
+        if not self.first(None):  # waits for rank 0's verdict
+            raise UserError("rank 0 failed while preparing the model for every rank; see its error above")
+        yield
 
     def map_rows(self, n: int, width: int, fn, device: torch.device) -> np.ndarray:
         """Score ``n`` rows sharded over the ranks: ``fn(rows)`` gives this rank's ``(len(rows), width)`` table for
-        its row indices (:meth:`my_rows`), and the ``(n, width)`` whole is gathered on every rank, in row order."""
+        its row indices (:meth:`my_rows`), and the ``(n, width)`` whole is gathered on every rank, in row order.
+
+        Raises:
+            UserError: another rank's ``fn`` failed (this rank's own failure is raised as it is); every rank learns
+                of it before the gather, so none waits for a share that will never come.
+        """
         rows = self.my_rows(n)
-        local = fn(rows) if len(rows) else np.zeros((0, width))
+        error = None
+        try:
+            local = fn(rows) if len(rows) else np.zeros((0, width))
+        except Exception as exc:  # re-raised below, once every rank knows
+            error, local = exc, None
+        failed = [r for r, ok in enumerate(self.gather_objects(error is None)) if not ok]
+        if error is not None:
+            raise error
+        if failed:
+            raise UserError(f"rank {failed[0]} failed while scoring its rows; see its error above")
         return self.gather_rows(local, n, device)
 
     def gather_rows(self, local: np.ndarray, n: int, device: torch.device) -> np.ndarray:
@@ -191,7 +223,7 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
     if not tdist.is_initialized():
         tdist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
-            # Rank 0 alone evaluates the best weights and writes the report at the end, while the others wait.
+            # The other ranks wait while rank 0 exports the int8 graph and writes the report at the end.
             timeout=timedelta(minutes=60),
         )
     return Dist(rank, world, local), device

@@ -724,8 +724,9 @@ def _finish(
     device: torch.device,
     method_state: dict | None = None,
 ) -> dict:
-    """Evaluate the best weights exactly as `loraclf evaluate` will (sharded over ranks), then rank 0 writes the
-    final metrics and marks the run complete; other ranks return an empty dict."""
+    """Evaluate the best weights as `loraclf evaluate` with as many processes will (sharded over ranks; int8
+    ONNX Runtime scales each batch's activations, so other shards move the probabilities slightly), then rank 0
+    writes the final metrics and marks the run complete; other ranks return an empty dict."""
     from loraclf.inference.run import load
 
     t = p.recipe.train
