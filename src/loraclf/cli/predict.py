@@ -93,8 +93,10 @@ def _ranks(args):
         args.quiet = True
     try:
         yield dist, device
-    finally:
+    except BaseException:
         distributed.shutdown()
+        raise
+    distributed.shutdown(finished=True)
 
 
 def _scored(dist, device, models, texts: list[str], args, desc: str):

@@ -229,8 +229,14 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), device
 
 
-def shutdown() -> None:
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group. ``finished``: every rank got here without an error, so they first meet at a
+    barrier, and none tears down its connections while another still uses them (once, under a loaded machine, a
+    rank that left early made gloo abort the process still finishing); after an error there is no barrier, as
+    another rank may be gone."""
     if tdist.is_initialized():
+        if finished and tdist.get_world_size() > 1:
+            tdist.barrier()
         tdist.destroy_process_group()
 
 

@@ -208,9 +208,12 @@ def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dic
     t = p.recipe.train
     dist, device = distributed.setup(pick_device(t.device))
     try:
-        return _train_ranked(p, out, resume, dist, device, on_evaluate)
-    finally:
+        result = _train_ranked(p, out, resume, dist, device, on_evaluate)
+    except BaseException:
         distributed.shutdown()
+        raise
+    distributed.shutdown(finished=True)
+    return result
 
 
 def _train_ranked(p: Prepared, out: Path, resume: bool, dist: Dist, device, on_evaluate=None) -> dict:
