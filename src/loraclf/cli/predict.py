@@ -88,15 +88,10 @@ def _ranks(args):
     from loraclf.training import distributed
     from loraclf.utils.devices import pick_device
 
-    dist, device = distributed.setup(pick_device(args.device))
-    if not dist.main:
-        args.quiet = True
-    try:
+    with distributed.joined(pick_device(args.device)) as (dist, device):
+        if not dist.main:
+            args.quiet = True
         yield dist, device
-    except BaseException:
-        distributed.shutdown()
-        raise
-    distributed.shutdown(finished=True)
 
 
 def _scored(dist, device, models, texts: list[str], args, desc: str):

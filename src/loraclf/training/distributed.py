@@ -229,6 +229,19 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), device
 
 
+@contextlib.contextmanager
+def joined(device: torch.device):
+    """``with joined(device) as (dist, device):`` — :func:`setup`, then :func:`shutdown` on leaving: after a barrier
+    when the block finished on this rank, without one after an error (another rank may be gone)."""
+    dist, device = setup(device)
+    try:
+        yield dist, device
+    except BaseException:
+        shutdown()
+        raise
+    shutdown(finished=True)
+
+
 def shutdown(finished: bool = False) -> None:
     """Leave the process group. ``finished``: every rank got here without an error, so they first meet at a
     barrier, and none tears down its connections while another still uses them (once, under a loaded machine, a

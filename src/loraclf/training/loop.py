@@ -206,14 +206,8 @@ def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dic
         UserError: a diverged loss, out of memory, a locked or unwritable folder, a resume that cannot continue.
     """
     t = p.recipe.train
-    dist, device = distributed.setup(pick_device(t.device))
-    try:
-        result = _train_ranked(p, out, resume, dist, device, on_evaluate)
-    except BaseException:
-        distributed.shutdown()
-        raise
-    distributed.shutdown(finished=True)
-    return result
+    with distributed.joined(pick_device(t.device)) as (dist, device):
+        return _train_ranked(p, out, resume, dist, device, on_evaluate)
 
 
 def _train_ranked(p: Prepared, out: Path, resume: bool, dist: Dist, device, on_evaluate=None) -> dict:
