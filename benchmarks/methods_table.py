@@ -2,8 +2,8 @@
 
 Per method, over its seeds: accuracy and macro-F1 on test.csv as mean ± standard deviation, trainable parameters
 (loraclf's plan, as peft counts them), training samples/s (optimisation steps only, from metrics.json) and
-prediction rows/s (the whole ``loraclf predict`` command on test.csv, model loading included); a method that
-refused to train shows its one-line reason.
+prediction rows/s (the whole ``loraclf evaluate`` command on test.csv: model loading, the int8 graph's export,
+tokenising and scoring; median over the seeds); a method that refused to train shows its one-line reason.
 
     .venv/bin/python benchmarks/methods_table.py [WORK_DIR]     # default runs/methods
 """

@@ -28,9 +28,6 @@ PEFT_METHODS = ["lora", "dora", "vera", "adalora", "ia3", "loha", "lokr", "bitfi
 REFUSED = {
     ("gpt2", "loha"): "Conv1D",
     ("gpt2", "lokr"): "Conv1D",
-    ("bert", "prefix"): "past_key_values",
-    ("roberta", "prefix"): "past_key_values",
-    ("gpt2", "prefix"): "past_key_values",
 }
 LORA_VARIANTS = [
     {"rslora": True},
@@ -61,7 +58,8 @@ CASES = [(a, m) for a in ("bert", "roberta", "gpt2") for m in [*PEFT_METHODS, "p
 
 @pytest.mark.parametrize(("arch", "method"), CASES, ids=[f"{a}-{m}" for a, m in CASES])
 def test_plan_equals_built_model(tiny_model_dirs, arch, method):
-    r = recipe(tiny_model_dirs[arch], method=method, r=4)
+    # Prefix tuning needs loraclf's own head (refused with the model's own: see the settings test below).
+    r = recipe(tiny_model_dirs[arch], {"head": "linear"} if method == "prefix" else None, method=method, r=4)
     if (arch, method) in REFUSED:
         with pytest.raises(UserError, match=REFUSED[(arch, method)]) as exc:
             plan(r, 3)
@@ -98,12 +96,33 @@ def test_lora_variants_plan_on_meta_equals_real_build(tiny_model_dirs, variant):
         ({"method": "lora", "init": "fancy"}, "adapter.init"),
         ({"method": "prompt", "targets": ["query"]}, "adapter.targets"),
         ({"method": "loha", "bias": "lora_only"}, "adapter.bias"),
+        ({"method": "prefix", "model": {"head": "default"}}, "model.head=mlp"),
     ],
 )
 def test_settings_a_method_cannot_use_are_refused_in_one_line(tiny_model_dirs, adapter, fragment):
+    model = adapter.pop("model", None)
     with pytest.raises(UserError, match=fragment) as exc:
-        plan(recipe(tiny_model_dirs["bert"], **adapter), 3)
+        plan(recipe(tiny_model_dirs["bert"], model, **adapter), 3)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_prefix_tuning_reads_its_prefixes_and_ignores_padding(tiny_model_dirs, arch):
+    """The prefixes reach every layer's attention (changing them changes the logits), and a padded row scores as
+    the same row unpadded: the pooled positions are the text's, not the prefix's."""
+    r = recipe(tiny_model_dirs[arch], {"head": "linear"}, method="prefix", virtual_tokens=3)
+    torch.manual_seed(0)
+    model = apply_adapters(build_model(r.model.name, 3, r.model, meta=False), r.adapter).eval()
+    ids = torch.randint(5, 30, (2, 7))
+    ids[1] = ids[0]
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        both = model(input_ids=ids, attention_mask=mask).logits
+        alone = model(input_ids=ids[1:, :5], attention_mask=mask[1:, :5]).logits
+        torch.testing.assert_close(both[1], alone[0], atol=1e-5, rtol=0)
+        model.prompt_encoder.default.embedding.weight.add_(1.0)
+        assert not torch.allclose(model(input_ids=ids, attention_mask=mask).logits, both, atol=1e-3)
 
 
 def test_budget_refuses_every_method_through_cli(tiny_bert_dir):
@@ -156,6 +175,7 @@ TRAINED = [
         pytest.param(m, marks=pytest.mark.slow)
         for m in ("lora", "dora", "vera", "ia3", "loha", "lokr", "bitfit")
     ),
+    "prefix",
     pytest.param("prompt", marks=pytest.mark.slow),
 ]
 
@@ -221,17 +241,20 @@ def test_loraplus_and_rslora_train(tiny_bert_dir, data, tmp_path):
     assert losses[-1] < losses[0]
 
 
-def test_prompt_run_predicts_without_int8_and_refuses_export(tiny_bert_dir, data, tmp_path):
-    run = _train(tiny_bert_dir, "prompt", data, tmp_path / "prompt")
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_virtual_token_runs_predict_without_int8_and_refuse_export(tiny_bert_dir, data, tmp_path, method):
+    run = _train(tiny_bert_dir, method, data, tmp_path / method)
     auto = loraclf.load(run, device="cpu", precision="auto")
     assert auto.precision != "int8" and auto.engine is None
     res = run_cli("export", run, "--out", tmp_path / "exported")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
-    assert "prompt" in res.stderr
+    assert method in res.stderr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("arch", "method"), [("gpt2", "ia3"), ("gpt2", "vera"), ("roberta", "dora")])
+@pytest.mark.parametrize(
+    ("arch", "method"), [("gpt2", "ia3"), ("gpt2", "vera"), ("roberta", "dora"), ("gpt2", "prefix")]
+)
 def test_other_architectures_train(tiny_model_dirs, data, tmp_path, arch, method):
     run = _train(tiny_model_dirs[arch], method, data, tmp_path / f"{arch}-{method}", "train.precision=fp32")
     losses = _train_losses(run)

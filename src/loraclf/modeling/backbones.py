@@ -246,11 +246,26 @@ class PooledClassifier(nn.Module):
         """Where the weights are (peft's prompt tuning asks the wrapped model, as transformers models answer)."""
         return next(self.parameters()).device
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        labels=None,
+        inputs_embeds=None,
+        past_key_values=None,
+        **kwargs,
+    ):
         # Prompt tuning (peft) passes embeddings with its virtual tokens prepended instead of token ids.
+        extra = {}
+        if past_key_values is not None:
+            # Prefix tuning (peft) passes its key/value prefixes as a filled cache, under the name transformers 4
+            # used; transformers 5 calls the argument `cache`. The attention mask then covers prefix + text.
+            extra["cache"] = past_key_values
         states = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **extra
         ).last_hidden_state
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, -states.size(1) :]  # pool over the text, not the prefix
         return SequenceClassifierOutput(logits=self.head(self.pool(states, attention_mask)))
 
     def pool(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -258,7 +273,7 @@ class PooledClassifier(nn.Module):
         if self.pooling == "cls":
             return states[:, 0]
         if self.pooling == "last":
-            last = attention_mask.sum(1).clamp(min=1) - 1
+            last = attention_mask.long().sum(1).clamp(min=1) - 1  # peft's prefix mask arrives as floats
             return states[torch.arange(states.size(0), device=states.device), last]
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
         return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)

@@ -200,11 +200,18 @@ def prompt_config(model: nn.Module, spec: AdapterConfig, prefix: bool):
     from peft import PrefixTuningConfig, PromptTuningConfig
 
     if prefix:
-        fwd = model.backbone.forward if head_name(model) == "head" else model.forward
-        if "past_key_values" not in inspect.signature(fwd).parameters:
+        # peft hands the prefixes to the wrapped model as `past_key_values`; transformers 5 renamed that argument
+        # `cache` and peft only finds it by signature, so the prefixes go through loraclf's own head (which takes
+        # both names) into a backbone whose attention reads a cache. HF's own classification heads take neither.
+        if head_name(model) != "head":
             raise UserError(
-                f"adapter.method prefix: peft passes past_key_values, which this transformers' "
-                f"{type(model).__name__} does not take; use adapter.method prompt"
+                f"adapter.method prefix: {type(model).__name__}'s own head cannot take peft's key/value prefixes "
+                "in this transformers; set model.head=mlp or model.head=linear"
+            )
+        if "cache" not in inspect.signature(model.backbone.forward).parameters:
+            raise UserError(
+                f"adapter.method prefix: {type(model.backbone).__name__} has no key/value cache to hold the "
+                "prefixes; use adapter.method prompt"
             )
     cls = PrefixTuningConfig if prefix else PromptTuningConfig
     return cls(

@@ -97,9 +97,13 @@ def _tokens(recipe: Recipe, tokenizer, train_set: TextSet, eval_set: TextSet):
     # Tokenizers without a saved limit report a huge model_max_length; the position table is the real bound.
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
     limit = min(limit, position_limit(load_config(recipe.model.name, model_cfg=recipe.model)) or limit)
+    # Prompt and prefix tuning's virtual tokens take position slots before the text.
+    virtual = recipe.adapter.virtual_tokens if recipe.adapter.method in ("prompt", "prefix") else 0
+    limit -= virtual
     if d.max_length is not None and d.max_length > limit:
+        spent = f" after adapter.virtual_tokens={virtual}" if virtual else ""
         raise UserError(
-            f"data.max_length={d.max_length} is longer than {recipe.model.name} can read ({limit} tokens); "
+            f"data.max_length={d.max_length} is longer than {recipe.model.name} can read ({limit} tokens{spent}); "
             f"set data.max_length to at most {limit}"
         )
     max_length = d.max_length or choose_max_length(lengths, d.length_quantile, limit)
