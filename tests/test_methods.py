@@ -165,6 +165,17 @@ def test_search_across_methods_reproduces_through_cli(tiny_bert_dir):
         assert json.loads(again.stdout)["trainable"] == c["trainable"], c
 
 
+def test_search_says_why_a_method_has_no_row(tiny_bert_dir):
+    res = run_cli(
+        "plan", "--model", tiny_bert_dir, "--num-labels", "4", "--search", "--budget", 3_000,
+        "--methods", "prompt,prefix",
+    )  # fmt: skip
+    assert res.returncode == 0, res
+    rows = {line.split()[0]: line for line in res.stdout.splitlines()[1:]}
+    assert "--virtual-tokens" in rows["prompt"]
+    assert "none" in rows["prefix"] and "model.head=mlp" in rows["prefix"]  # the model's own head cannot
+
+
 # --- training, merging, saving and loading -----------------------------------------------------------------------
 
 TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "train.threads=1"]

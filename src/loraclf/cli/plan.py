@@ -11,7 +11,7 @@ import json
 
 from loraclf.cli.args import add_recipe_flags, check_recipe, resolve_recipe
 from loraclf.data.paths import check_data_path
-from loraclf.utils.errors import UserError
+from loraclf.utils.errors import UserError, say
 
 
 def add_command(sub) -> None:
@@ -97,12 +97,20 @@ def _search(args, recipe, num_labels: int) -> int:
 
 def _search_methods(recipe, num_labels: int, args) -> int:
     """``--search --methods a,b,…``: the strongest configuration of each method within the budget."""
-    from loraclf.modeling.method_search import search_methods
+    from loraclf.modeling.method_search import search_methods, why_none
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     found = search_methods(recipe, num_labels, recipe.budget, methods, top=args.top)
+    # A method with no row says why (refused for this model or head, or too large even at its smallest).
+    missing = {
+        m: why_none(recipe, num_labels, recipe.budget, m)
+        for m in dict.fromkeys(methods)
+        if not any(c.method == m for c in found)
+    }
     if args.json:
         print(json.dumps([dataclasses.asdict(c) for c in found], indent=1))
+        for m, why in missing.items():
+            say(f"plan --search: no {m} configuration: {why}")
         return 0
     print(
         f"Configurations of {recipe.model.name} ({num_labels} labels, head {recipe.model.head}) within "
@@ -114,6 +122,8 @@ def _search_methods(recipe, num_labels: int, args) -> int:
             f"  {c.method:<8}{c.trainable:>10,}  method params {c.adapters:>9,}   "
             f"loraclf train --model {recipe.model.name}{head} {c.flags}"
         )
+    for m, why in missing.items():
+        print(f"  {m:<8}    none   {why}")
     if not found:
         print("  (none fits: the head alone may exceed the budget; use --head linear or a larger budget)")
     return 0

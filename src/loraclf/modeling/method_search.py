@@ -92,6 +92,21 @@ def _method_candidates(recipe: Recipe, num_labels: int, budget: int, method: str
     return out
 
 
+def why_none(recipe: Recipe, num_labels: int, budget: int, method: str) -> str:
+    """Why ``method`` has no configuration within ``budget``: its one-line refusal, or its smallest count."""
+    smallest = {"virtual_tokens": 1} if method in ("prompt", "prefix") else {"r": 1}
+    r = dataclasses.replace(
+        recipe,
+        adapter=dataclasses.replace(recipe.adapter, method=method, targets=None, **smallest),
+        budget=None,
+    )
+    try:
+        p = plan(r, num_labels)
+    except UserError as e:
+        return str(e)
+    return f"its smallest configuration needs {p.trainable:,} trainable parameters (budget {budget:,})"
+
+
 def search_methods(
     recipe: Recipe, num_labels: int, budget: int, methods: list[str], top: int = 12
 ) -> list[MethodCandidate]:
