@@ -38,14 +38,15 @@ def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
 
 
 def row(runs: Path, method: str) -> str | None:
-    done = sorted(p for p in runs.glob(f"{method}-*") if (p / "test.json").is_file() and p.is_dir())
+    # predict.json is written once the evaluate command has finished (test.json may still be being written).
+    done = sorted(p for p in runs.glob(f"{method}-*") if (p / "predict.json").is_file() and p.is_dir())
     refused = sorted(runs.glob(f"{method}-*.refused"))
     if not done:
         return f"| {method} | refused: {refused[0].read_text().strip()} | | | | | |" if refused else None
     tests = [json.loads((p / "test.json").read_text()) for p in done]
     train = [json.loads((p / "metrics.json").read_text()) for p in done]
     info = json.loads((done[0] / "run.json").read_text())
-    pred = [json.loads((p / "predict.json").read_text()) for p in done if (p / "predict.json").is_file()]
+    pred = [json.loads((p / "predict.json").read_text()) for p in done]
     rows_s = np.median([p["rows"] / p["seconds"] for p in pred]) if pred else float("nan")
     trainable = info.get("trainable") or info.get("plan", {}).get("trainable")
     return (

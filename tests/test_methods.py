@@ -106,7 +106,7 @@ def test_settings_a_method_cannot_use_are_refused_in_one_line(tiny_model_dirs, a
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2"])
 def test_prefix_tuning_reads_its_prefixes_and_ignores_padding(tiny_model_dirs, arch):
     """The prefixes reach every layer's attention (changing them changes the logits), and a padded row scores as
     the same row unpadded: the pooled positions are the text's, not the prefix's."""
@@ -270,6 +270,26 @@ def test_other_architectures_train(tiny_model_dirs, data, tmp_path, arch, method
     run = _train(tiny_model_dirs[arch], method, data, tmp_path / f"{arch}-{method}", "train.precision=fp32")
     losses = _train_losses(run)
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["train.gradient_checkpointing=true"], "train.gradient_checkpointing"),
+        (["--virtual-tokens", "125"], "adapter.virtual_tokens=125"),  # tiny BERT has 128 positions
+    ],
+)
+def test_prefix_settings_that_would_drop_prefixes_or_text_are_refused(
+    tiny_bert_dir, data, tmp_path, flags, fragment
+):
+    train_csv, _ = data
+    res = run_cli(
+        "train", "--model", tiny_bert_dir, "--train", train_csv, "--out", tmp_path / "run", "--method", "prefix",
+        *TINY, *flags,
+    )  # fmt: skip
+    assert res.returncode == 2 and fragment in res.stderr, res
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_adalora_checkpoint_state_survives_torch_load_weights_only(tiny_model_dirs, tmp_path):

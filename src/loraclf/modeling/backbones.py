@@ -255,12 +255,12 @@ class PooledClassifier(nn.Module):
         past_key_values=None,
         **kwargs,
     ):
-        # Prompt tuning (peft) passes embeddings with its virtual tokens prepended instead of token ids.
-        extra = {}
-        if past_key_values is not None:
-            # Prefix tuning (peft) passes its key/value prefixes as a filled cache, under the name transformers 4
-            # used; transformers 5 calls the argument `cache`. The attention mask then covers prefix + text.
-            extra["cache"] = past_key_values
+        # Prompt tuning (peft) passes embeddings with its virtual tokens prepended instead of token ids. Prefix
+        # tuning passes its key/value prefixes as a filled cache, under the name transformers 4 used
+        # (past_key_values); transformers 5 calls the argument `cache`: either is handed on. The attention mask
+        # then covers prefix + text.
+        cache = past_key_values if past_key_values is not None else kwargs.get("cache")
+        extra = {} if cache is None else {"cache": cache}
         states = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **extra
         ).last_hidden_state

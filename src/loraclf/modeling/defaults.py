@@ -3,8 +3,8 @@
 Target modules differ by architecture (BERT/RoBERTa ``query``/``value``, MPNet ``q``/``v``, DeBERTa ``query_proj``,
 GPT-2 ``c_attn``), so the default adapter is chosen from the model type. The offline CPU models get the settings
 measured fastest on a CPU at equal accuracy (see benchmarks/README.md): mean pooling with an MLP head (the
-sentence-transformer checkpoints were trained with mean pooling), base dropout off (LoRA dropout still regularises
-the adapters), eager attention.
+sentence-transformer checkpoints were trained with mean pooling), base and adapter dropout off (LoRA's dropout masks
+cost about a quarter of the training speed on a 2-core AVX2 CPU: 17.6 against 24.1 samples/s), eager attention.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def default_recipe(model_name: str, method: str | None = None) -> Recipe:
         r.adapter.targets = ["all-linear"] if method in (None, "lora", "dora") else None
         r.adapter.r = 8
         r.adapter.alpha = 16
+        r.adapter.dropout = 0.0
         r.train.lr = 1e-3 if model_name == "minilm" else 5e-4
         r.train.epochs = 3
         r.train.batch_size = 32

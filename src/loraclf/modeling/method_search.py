@@ -97,7 +97,15 @@ def why_none(recipe: Recipe, num_labels: int, budget: int, method: str) -> str:
     smallest = {"virtual_tokens": 1} if method in ("prompt", "prefix") else {"r": 1}
     r = dataclasses.replace(
         recipe,
-        adapter=dataclasses.replace(recipe.adapter, method=method, targets=None, **smallest),
+        adapter=dataclasses.replace(
+            recipe.adapter,
+            method=method,
+            targets=None,
+            bias="none",
+            layer_ranks=None,
+            layers=None,
+            **smallest,
+        ),
         budget=None,
     )
     try:

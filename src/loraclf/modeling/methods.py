@@ -389,4 +389,10 @@ def validate_recipe(recipe: Recipe) -> Recipe:
         raise UserError(
             f"train.loraplus_lr_ratio (LoRA+) needs adapter.method lora or dora, got '{recipe.adapter.method}'"
         )
+    if recipe.adapter.method == "prefix" and recipe.train.gradient_checkpointing:
+        # transformers' checkpointed layers drop the cache that holds the prefixes: training would ignore them.
+        raise UserError(
+            "train.gradient_checkpointing cannot be used with adapter.method prefix (checkpointed layers drop "
+            "the key/value prefixes); set train.gradient_checkpointing=false or use adapter.method prompt"
+        )
     return recipe

@@ -100,6 +100,11 @@ def _tokens(recipe: Recipe, tokenizer, train_set: TextSet, eval_set: TextSet):
     # Prompt and prefix tuning's virtual tokens take position slots before the text.
     virtual = recipe.adapter.virtual_tokens if recipe.adapter.method in ("prompt", "prefix") else 0
     limit -= virtual
+    if limit < 8:
+        raise UserError(
+            f"adapter.virtual_tokens={virtual} leaves {max(limit, 0)} of {recipe.model.name}'s "
+            f"{limit + virtual} positions for the text; use fewer virtual tokens (--virtual-tokens)"
+        )
     if d.max_length is not None and d.max_length > limit:
         spent = f" after adapter.virtual_tokens={virtual}" if virtual else ""
         raise UserError(
