@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 from loraclf.cli.args import add_recipe_flags, check_recipe, resolve_recipe
+from loraclf.config.recipe import VIRTUAL_TOKEN_METHODS
 from loraclf.data.paths import check_data_path
 from loraclf.utils.errors import UserError, say
 
@@ -140,7 +141,7 @@ def _method_line(a) -> str | None:
         )
     if a.method in ("vera", "adalora", "ia3", "loha", "lokr"):
         return f"{a.method:<9}targets {targets}   r {a.r}   bias {a.bias}"
-    if a.method in ("prompt", "prefix"):
+    if a.method in VIRTUAL_TOKEN_METHODS:
         return f"{a.method:<9}virtual tokens {a.virtual_tokens}"
     return None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from loraclf.config.recipe import Recipe
+from loraclf.config.recipe import VIRTUAL_TOKEN_METHODS, Recipe
 from loraclf.modeling.methods import get_method
 from loraclf.modeling.plan import RANKS, plan, search
 from loraclf.utils.errors import UserError
@@ -63,7 +63,7 @@ def _method_candidates(recipe: Recipe, num_labels: int, budget: int, method: str
         got = _count(recipe, num_labels, method="bitfit", targets=None)
         if got and got[0] <= budget:
             out.append(MethodCandidate("bitfit", "--method bitfit", *got))
-    elif method in ("prompt", "prefix"):
+    elif method in VIRTUAL_TOKEN_METHODS:
         found = _largest_fitting(
             TOKENS,
             lambda n: _count(recipe, num_labels, method=method, targets=None, virtual_tokens=n),
@@ -94,7 +94,7 @@ def _method_candidates(recipe: Recipe, num_labels: int, budget: int, method: str
 
 def why_none(recipe: Recipe, num_labels: int, budget: int, method: str) -> str:
     """Why ``method`` has no configuration within ``budget``: its one-line refusal, or its smallest count."""
-    smallest = {"virtual_tokens": 1} if method in ("prompt", "prefix") else {"r": 1}
+    smallest = {"virtual_tokens": 1} if method in VIRTUAL_TOKEN_METHODS else {"r": 1}
     r = dataclasses.replace(
         recipe,
         adapter=dataclasses.replace(

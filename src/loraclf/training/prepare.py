@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loraclf.config.recipe import Recipe, validate
+from loraclf.config.recipe import VIRTUAL_TOKEN_METHODS, Recipe, validate
 from loraclf.data.batching import token_lengths, tokenize
 from loraclf.data.splits import Rows, absolute, read_rows
 from loraclf.data.tables import TextSet, choose_max_length, length_stats
@@ -98,7 +98,7 @@ def _tokens(recipe: Recipe, tokenizer, train_set: TextSet, eval_set: TextSet):
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
     limit = min(limit, position_limit(load_config(recipe.model.name, model_cfg=recipe.model)) or limit)
     # Prompt and prefix tuning's virtual tokens take position slots before the text.
-    virtual = recipe.adapter.virtual_tokens if recipe.adapter.method in ("prompt", "prefix") else 0
+    virtual = recipe.adapter.virtual_tokens if recipe.adapter.method in VIRTUAL_TOKEN_METHODS else 0
     limit -= virtual
     if limit < 8:
         raise UserError(
