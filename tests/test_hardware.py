@@ -145,3 +145,37 @@ def test_loss_scaled_step_skips_an_overflowing_step_and_lowers_the_scale():
     assert scaler.get_scale() == 2.0**7
     assert sched.last_epoch == 0  # the schedule waits for a step that happened
     assert model.weight.grad is None
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in classifier that records the batch shapes it is given and returns the first token id as logit."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+        self.config = type("Config", (), {"num_labels": 2})()
+
+    def forward(self, input_ids, attention_mask):
+        self.shapes.append(tuple(input_ids.shape))
+        logits = torch.stack([input_ids[:, 0].float(), -input_ids[:, 0].float()], dim=1)
+        return type("Out", (), {"logits": logits})()
+
+
+def test_cpu_inference_runs_at_most_cpu_max_batch_rows_and_keeps_input_order():
+    import numpy as np
+
+    from loraclf.inference.predict import CPU_MAX_BATCH, forward_probs
+
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(1, 50, size=int(n)) for n in rng.integers(3, 20, size=100)]
+    model = _Recorder()
+    probs = forward_probs(model, ids, 0, torch.device("cpu"), "fp32", batch_size=128)
+    assert max(rows for rows, _ in model.shapes) == CPU_MAX_BATCH < 128
+    assert sum(rows for rows, _ in model.shapes) == 100
+    # Row i's probabilities come from row i's own first token, whatever batch it ran in.
+    first = np.array([x[0] for x in ids], dtype=float)
+    expected = 1 / (1 + np.exp(-2 * first))
+    assert np.allclose(probs[:, 0], expected)
+    small = _Recorder()
+    forward_probs(small, ids, 0, torch.device("cpu"), "fp32", batch_size=8)
+    assert max(rows for rows, _ in small.shapes) == 8  # a smaller batch than the cap is kept
