@@ -7,6 +7,7 @@ on BERT (mean pooling), RoBERTa (its own head) and GPT-2 (its own last-token hea
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -54,10 +55,14 @@ def test_cached_run_trains_like_the_uncached_one(tiny_model_dirs, data, tmp_path
     extra = [*ARCHS[arch], "adapter.layers=1"]
     res, cached, m_cached = _train(tiny_model_dirs[arch], data, tmp_path / "cached", *extra)
     assert "frozen-layer cache: layers 0-0 computed once for 64 rows" in res.stderr
+    cached_err = res.stderr
     res, plain, m_plain = _train(
         tiny_model_dirs[arch], data, tmp_path / "plain", *extra, "train.cache_frozen=false"
     )
     assert "frozen-layer cache" not in res.stderr
+    # The stand-ins hold no weights; the parameter line still counts the whole model.
+    counted = re.search(r"training ([\d,]+) of ([\d,]+) parameters", res.stderr).groups()
+    assert counted == re.search(r"training ([\d,]+) of ([\d,]+) parameters", cached_err).groups()
     assert [h["step"] for h in cached] == [h["step"] for h in plain]
     for a, b in zip(cached, plain):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-4)

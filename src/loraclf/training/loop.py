@@ -392,6 +392,8 @@ def _train_locked(
     p: Prepared, out: Path, resume: bool, model, dist: Dist, device, precision: str, on_evaluate=None
 ) -> dict:
     t = p.recipe.train
+    # Counted before the session: the frozen-layer cache swaps the lower blocks for weightless stand-ins.
+    trainable, total = count_parameters(model)
     s = _session(p, model, device, precision, dist)
     s.on_evaluate = on_evaluate
     state = TrainState(world=dist.world)
@@ -419,7 +421,6 @@ def _train_locked(
         else _NoLog()
     )
     if not resume and dist.main:
-        trainable, total = count_parameters(model)
         ranks = f" × {dist.world} processes" if dist.world > 1 else ""
         say(
             f"training {trainable:,} of {total:,} parameters ({trainable / total:.3%}) on {device}{ranks} "
