@@ -158,3 +158,70 @@ def test_int8_needs_a_cpu_and_onnxruntime(monkeypatch):
     with pytest.raises(UserError, match="pip install onnxruntime"):
         pick_inference_precision("int8", torch.device("cpu"))
     assert pick_inference_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+
+
+# --- the PyTorch-free start-up (inference/int8_runtime.py) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_cached_run_tokenises_and_scores_like_the_pytorch_path(trained, arch):
+    from loraclf.inference.int8_runtime import open_cached
+
+    run = trained["runs"][arch]
+    full = loraclf.load(run, precision="int8")  # exports the graph when the cache has none yet
+    cached = open_cached(run)
+    assert cached is not None and cached.pad_id == full.tokenizer.pad_token_id
+    long = " ".join(["football goal coach league match"] * 80)  # past the run's max length: truncated
+    texts = [*trained["texts"], "", "   ", long, "stocks &amp; bank #39;profit"]
+    want, got = full.encode(texts), cached.encode(texts)
+    assert max(len(x) for x in want) == full.max_length
+    assert [x.tolist() for x in got] == [x.tolist() for x in want]
+    np.testing.assert_allclose(cached.predict_proba(texts), full.predict_proba(texts), rtol=0, atol=1e-9)
+
+
+def test_cached_path_only_when_nothing_asks_for_pytorch(trained, tmp_path, monkeypatch):
+    from loraclf.inference import int8_runtime
+
+    run = trained["runs"]["bert"]
+    loraclf.load(run, precision="int8")
+    assert int8_runtime.open_cached(run) is not None
+    assert int8_runtime.open_cached(run, precision="fp32") is None
+    assert int8_runtime.open_cached(run, device="cuda") is None
+    assert int8_runtime.open_cached(trained["runs"]["gpt2"]) is None  # causal: PyTorch under auto
+    monkeypatch.setattr(int8_runtime, "_gpu_may_be_present", lambda: True)
+    assert int8_runtime.open_cached(run) is None
+    assert int8_runtime.open_cached(run, device="cpu") is not None
+    monkeypatch.undo()
+    monkeypatch.setenv("LORACLF_CACHE", str(tmp_path / "empty-cache"))
+    assert int8_runtime.open_cached(run) is None  # no graph yet: the PyTorch path exports it
+
+
+def test_predict_and_evaluate_with_a_cached_graph_import_no_torch(trained, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    run = trained["runs"]["bert"]
+    loraclf.load(run, precision="int8")  # the graph is cached, as after `loraclf train`
+    inp = write_text_csv(tmp_path / "in.csv", 30, seed=9)
+    code = (
+        "import sys; from loraclf.cli.main import main; "
+        f"rc = main(['predict', {str(run)!r}, '--input', {str(inp)!r}, '--output', {str(tmp_path / 'p.csv')!r}, "
+        "'--quiet', '--probabilities']); "
+        f"rc += main(['evaluate', {str(run)!r}, '--data', {str(inp)!r}, '--quiet']); "
+        "print('LOADED', rc, sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "LOADED 0 []" in res.stdout, res.stdout[-2000:]
+    assert "int8, ONNX Runtime" in res.stderr
+    # The same file through the PyTorch-loading API: the same probabilities.
+    import pandas as pd
+
+    got = pd.read_csv(tmp_path / "p.csv")
+    texts = pd.read_csv(inp)["text"].tolist()
+    want = loraclf.load(run, precision="int8").predict_proba(texts)
+    np.testing.assert_allclose(got.filter(like="prob_").to_numpy(), want, atol=1e-6)

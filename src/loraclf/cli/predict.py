@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -137,6 +138,11 @@ def cmd_evaluate(args) -> int:
     labels = read_labels(runs[0])
     cfg = _raw_data_config(runs[0], args)
     ts, _ = load_texts(args.data, cfg, "--data", label_map=labels, fixes=COLUMN_FLAGS)
+    cached = _cached_int8(args, runs)
+    if cached is not None:
+        probs = cached.predict_proba(ts.texts, args.batch_size, progress=not args.quiet, desc="evaluate")
+        _report_evaluation(args, runs, ts, labels, [cached], probs)
+        return 0
     with _ranks(args) as (dist, device):
         models = _load(dist, device, args)
         probs = _scored(dist, device, models, ts.texts, args, "evaluate")
@@ -145,15 +151,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _cached_int8(args, runs: list[Path]):
+    """The one run as a PyTorch-free :class:`~loraclf.inference.int8_runtime.CachedRun` when its int8 graph is
+    cached and nothing asks for PyTorch (one process, no Monte Carlo dropout, CPU); else None."""
+    if len(runs) != 1 or args.mc_dropout or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return None
+    from loraclf.inference.int8_runtime import open_cached
+
+    return open_cached(runs[0], device=args.device, precision=args.precision)
+
+
 def _report_evaluation(args, runs, ts, labels, models, probs) -> None:
     import numpy as np
 
     from loraclf.inference.metrics import format_report, metrics, summary_line
-    from loraclf.inference.run import ensemble_budget
 
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(ts)), ts.labels], 1e-12, None))))
     m = metrics(ts.labels, probs.argmax(1), labels, loss)
-    if ensemble_budget(models):
+    if len(models) > 1:
+        from loraclf.inference.run import ensemble_budget
+
         print(ensemble_budget(models), file=sys.stderr)
         m["ensemble"] = {
             "runs": [str(r.path) for r in models],
@@ -188,21 +205,28 @@ def cmd_predict(args) -> int:
     if launched is not None:
         return launched
     from loraclf.data.tables import COLUMN_FLAGS, check_unique_ids, load_texts
-    from loraclf.inference.predict import write_submission
-    from loraclf.inference.run import ensemble_budget
+    from loraclf.inference.submission import write_submission
 
     cfg = _raw_data_config(runs[0], args)
     ts, _ = load_texts(args.input, cfg, "--input", labelled=False, fixes=COLUMN_FLAGS)
     check_unique_ids(ts, cfg, "--input")
-    with _ranks(args) as (dist, device):
-        models = _load(dist, device, args)
+    cached = _cached_int8(args, runs)
+    if cached is not None:
+        models, world = [cached], 1
         start = time.perf_counter()
-        probs = _scored(dist, device, models, ts.texts, args, "predict")
+        probs = cached.predict_proba(ts.texts, args.batch_size, progress=not args.quiet)
         seconds = time.perf_counter() - start
-    if not dist.main:
-        return 0  # rank 0 writes the file
+    else:
+        with _ranks(args) as (dist, device):
+            models = _load(dist, device, args)
+            start = time.perf_counter()
+            probs = _scored(dist, device, models, ts.texts, args, "predict")
+            seconds = time.perf_counter() - start
+        if not dist.main:
+            return 0  # rank 0 writes the file
+        world = dist.world
     labels = models[0].labels
-    ranks = f" × {dist.world} processes" if dist.world > 1 else ""
+    ranks = f" × {world} processes" if world > 1 else ""
     print(
         f"predict: {len(ts):,} rows in {seconds:.2f} s ({len(ts) / max(seconds, 1e-9):.1f} rows/s, "
         f"{_engine(models[0], args.mc_dropout)}{ranks})",
@@ -210,7 +234,9 @@ def cmd_predict(args) -> int:
     )
     preds = [labels[i] for i in probs.argmax(1)]
     write_submission(out, ts.ids, preds, probs if args.probabilities else None, labels)
-    if ensemble_budget(models):
+    if len(models) > 1:
+        from loraclf.inference.run import ensemble_budget
+
         print(ensemble_budget(models), file=sys.stderr)
     counts = {str(lab): preds.count(lab) for lab in labels}
     print(f"wrote {len(preds):,} predictions to {out}; predicted classes: {counts}")
@@ -219,7 +245,7 @@ def cmd_predict(args) -> int:
 
 def _engine(run, mc_dropout: int) -> str:
     """How predictions were computed, for the throughput line."""
-    if run.engine is not None and not mc_dropout:
+    if run.engine is not None and not mc_dropout:  # a Run with its int8 session, or a CachedRun
         return "int8, ONNX Runtime"
     return f"{run.torch_precision}, PyTorch on {run.device}"
 

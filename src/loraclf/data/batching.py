@@ -16,11 +16,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from loraclf.utils.progress import bar as progress_bar
+
+if TYPE_CHECKING:
+    import torch
 
 MEGA = 64
 
@@ -140,6 +143,8 @@ def pad_batch(
 
 def collate(ids: list[np.ndarray], rows: np.ndarray, pad_id: int, device: torch.device, pin: bool = False):
     """Pad the chosen rows to their longest and return input_ids and attention_mask tensors on the device."""
+    import torch  # here, not at the top: the int8 prediction path uses this module without PyTorch
+
     # The padded width is rounded up to a multiple of 8: kernels prefer aligned shapes (tensor cores on GPUs), and
     # on CPU every distinct width makes oneDNN build and cache new primitives; fewer widths measured faster and
     # kept peak memory about 350 MB lower on MiniLM (benchmarks/README.md).

@@ -17,7 +17,6 @@ a copied run folder exports again on its first prediction (a few seconds).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import sys
@@ -28,43 +27,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loraclf.data.batching import pad_batch, sorted_batches
+from loraclf.inference.int8_runtime import (  # noqa: F401 (BATCH_SIZE, digest: this module's interface too)
+    BATCH_SIZE,
+    Int8Classifier,
+    _softmax,
+    digest,
+    graph_path,
+    session,
+)
 from loraclf.modeling.backbones import PooledClassifier, is_causal_lm
-from loraclf.runfolder.schema import hash_run_content
 from loraclf.utils.errors import UserError
-from loraclf.utils.progress import bar as progress_bar
 
-# ONNX Runtime fuses the residual add into its SkipLayerNormalization kernel; on the CPUs measured here the fused
-# kernel was slower than the plain Add + LayerNormalization pair (MiniLM: 618 vs 725 rows/s).
-DISABLED_FUSIONS = ["SkipLayerNormFusion"]
-# Sorted batches of this many rows measured fastest for the int8 graph (16: 868, 32: 846, 64: 762 rows/s).
-BATCH_SIZE = 16
 # Largest difference in class probabilities tolerated between the exported fp32 graph and PyTorch.
 TOLERANCE = 1e-3
-# Part of the cache key: raise it whenever the export or the quantisation changes, so old graphs are not reused.
-GRAPH_VERSION = 1
-
-
-def digest(run: Path) -> str:
-    """Everything the int8 graph depends on: weights, recipe, labels, and the exporting libraries' versions."""
-    import onnx
-    import onnxruntime
-    import transformers
-
-    from loraclf.utils.version import __version__
-
-    h = hashlib.sha256()
-    hash_run_content(h, run)
-    versions = (
-        str(GRAPH_VERSION),
-        __version__,
-        torch.__version__,
-        transformers.__version__,
-        onnx.__version__,
-        onnxruntime.__version__,
-    )
-    h.update("|".join(versions).encode())
-    return h.hexdigest()[:32]
 
 
 class _Logits(torch.nn.Module):
@@ -132,7 +107,7 @@ def export(model, path: Path, pad_id: int) -> None:
                 opset_version=17,
                 dynamo=False,  # the TorchScript exporter: a second, no network, and graphs ORT fuses well
             )
-        got = _softmax(_session(fp32).run(None, {"input_ids": ids, "attention_mask": mask})[0])
+        got = _softmax(session(fp32).run(None, {"input_ids": ids, "attention_mask": mask})[0])
         gap = float(np.abs(got - expected).max())
         if not gap <= TOLERANCE:
             raise ValueError(
@@ -161,62 +136,12 @@ def _quiet():
             logging.disable(logging.NOTSET)
 
 
-def _session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors only: ORT's notes about unused initialisers are noise to users
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(
-        str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_FUSIONS
-    )
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-class Int8Classifier:
-    """An ONNX Runtime session over a run's int8 graph, predicting class probabilities of token-id rows."""
-
-    def __init__(self, path: Path, threads: int | None = None):
-        self.path = path
-        self.session = _session(path, threads)
-
-    def probs(
-        self,
-        ids: list[np.ndarray],
-        pad_id: int,
-        num_labels: int,
-        batch_size: int | None = None,
-        progress: bool = False,
-        desc: str = "predict",
-    ) -> np.ndarray:
-        """Class probabilities in input order; rows are run in length-sorted batches padded to their longest."""
-        out = np.zeros((len(ids), num_labels), dtype=np.float64)
-        lengths = np.array([len(x) for x in ids])
-        with progress_bar(len(ids), desc, progress) as bar:
-            for rows in sorted_batches(lengths, batch_size or BATCH_SIZE):
-                # No rounding of the width here: ONNX Runtime's kernels do not cache per-shape primitives.
-                input_ids, mask = pad_batch(ids, rows, pad_id, multiple=1)
-                logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
-                out[rows] = _softmax(logits.astype(np.float64))
-                bar.update(len(rows))
-        return out
-
-
 def int8_classifier(run: Path, build, pad_id: int, threads: int | None = None) -> Int8Classifier | None:
     """The run's int8 classifier, exporting it on first use; None (with a note on stderr) when it cannot be built.
 
     ``build`` returns the merged fp32 PyTorch classifier; it is called only when the cache has no graph yet.
     """
-    from loraclf.modeling.backbones import cache_dir
-
-    path = cache_dir() / "onnx" / f"{digest(run)}.int8.onnx"
+    path = graph_path(run)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:

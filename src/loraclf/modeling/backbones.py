@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from loraclf.config.recipe import ModelConfig
+from loraclf.utils.cache import cache_dir
 from loraclf.utils.errors import UserError, short_list
 
 ARCH_DIR = Path(__file__).parent / "archs"
@@ -64,32 +64,6 @@ DROPOUT_KEYS = (
     "dropout",
     "attention_dropout",
 )
-
-
-def cache_dir() -> Path:
-    """Where loraclf keeps assembled offline models, token ids and int8 graphs (``LORACLF_CACHE`` overrides).
-
-    Everything there can be rebuilt, so an unwritable location (a read-only home, say) falls back to a folder in
-    the system's temporary directory, with a note, instead of failing the command.
-    """
-    wanted = Path(os.environ.get("LORACLF_CACHE", Path.home() / ".cache" / "loraclf"))
-    try:
-        wanted.mkdir(parents=True, exist_ok=True)
-        if os.access(wanted, os.W_OK | os.X_OK):
-            return wanted
-    except OSError:
-        pass
-    import sys
-    import tempfile
-
-    fallback = (
-        Path(tempfile.gettempdir()) / f"loraclf-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    )
-    fallback.mkdir(parents=True, exist_ok=True)
-    if not getattr(cache_dir, "warned", False):
-        print(f"loraclf: note: cache folder '{wanted}' is not writable; using '{fallback}'", file=sys.stderr)
-        cache_dir.warned = True
-    return fallback
 
 
 def _minilm_folder() -> Path | None:
