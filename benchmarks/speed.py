@@ -5,7 +5,9 @@
 Runs four commands one after another (never in parallel: they would share the cores) and prints a Markdown table:
 training samples/s, prediction samples/s, peak RSS, accuracy on the same evaluation rows, and the wall time of each
 whole command. The reference is benchmarks/reference_pipeline.py; loraclf runs its CLI with a recipe
-(default recipes/minilm-cpu.yaml).
+(default recipes/minilm-cpu.yaml). ``--tuned`` adds the best-configured Trainer (``reference_pipeline.py
+--tuned``: dynamic padding, length-grouped batches, bf16 where the CPU has it, merged adapter for prediction) as a
+third pipeline, two more commands, and a column of ratios against it.
 """
 
 from __future__ import annotations
@@ -87,9 +89,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--workdir", help="keep outputs here (default: a temporary folder)")
+    ap.add_argument(
+        "--tuned", action="store_true", help="also run the best-configured Trainer (module docstring)"
+    )
     args = ap.parse_args()
 
     from loraclf.modeling.backbones import resolve_weights
+    from loraclf.utils.devices import cpu_has_fast_bf16
 
     model_dir = resolve_weights(args.model)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="loraclf-bench-"))
@@ -108,42 +114,36 @@ def main() -> None:
     test.to_csv(work / "test.csv", index=False)
     py = sys.executable
 
-    ref_wall, ref_rss, out = run(
-        [
-            py,
-            str(ROOT / "benchmarks" / "reference_pipeline.py"),
-            "train",
-            "--model",
-            model_dir,
-            "--train",
-            str(work / "train.csv"),
-            "--out",
-            str(work / "ref"),
-            "--epochs",
-            str(args.epochs),
-            "--seed",
-            str(args.seed),
-        ],
-        work / "ref_train.log",
-    )
-    ref_train = result_of(out)
-    ref_pwall, ref_prss, out = run(
-        [
-            py,
-            str(ROOT / "benchmarks" / "reference_pipeline.py"),
-            "predict",
-            "--model",
-            model_dir,
-            "--adapter",
-            str(work / "ref"),
-            "--input",
-            str(work / "test.csv"),
-            "--output",
-            str(work / "ref_pred.csv"),
-        ],
-        work / "ref_predict.log",
-    )
-    ref_pred = result_of(out)
+    def trainer_pipeline(name: str, extra: list[str]) -> dict:
+        """Train and predict with reference_pipeline.py; its figures, wall times and peak RSS."""
+        script = str(ROOT / "benchmarks" / "reference_pipeline.py")
+        wall, rss, out = run(
+            [py, script, "train", "--model", model_dir, "--train", str(work / "train.csv"),
+             "--out", str(work / name), "--epochs", str(args.epochs), "--seed", str(args.seed), *extra],
+            work / f"{name}_train.log",
+        )  # fmt: skip
+        train_result = result_of(out)
+        pwall, prss, out = run(
+            [py, script, "predict", "--model", model_dir, "--adapter", str(work / name),
+             "--input", str(work / "test.csv"), "--output", str(work / f"{name}_pred.csv"), *extra],
+            work / f"{name}_predict.log",
+        )  # fmt: skip
+        return {
+            "train": train_result["train_samples_per_s"],
+            "predict": result_of(out)["predict_samples_per_s"],
+            "train_wall": wall,
+            "predict_wall": pwall,
+            "train_rss": rss,
+            "predict_rss": prss,
+            "accuracy": accuracy(work / f"{name}_pred.csv", test),
+        }
+
+    pipelines = {"reference (Trainer)": trainer_pipeline("ref", [])}
+    if args.tuned:
+        tuned_flags = ["--tuned", *(["--bf16"] if cpu_has_fast_bf16() else [])]
+        pipelines[f"tuned Trainer ({'bf16' if '--bf16' in tuned_flags else 'fp32'})"] = trainer_pipeline(
+            "tuned", tuned_flags
+        )
 
     lc_wall, lc_rss, _ = run(
         [
@@ -191,44 +191,43 @@ def main() -> None:
     lc_rate = float(lc_line.split("(")[1].split(" rows/s")[0])
     lc_engine = lc_line.split("rows/s, ")[1].rstrip(")")
 
-    ref_acc, lc_acc = accuracy(work / "ref_pred.csv", test), accuracy(work / "lc_pred.csv", test)
-    rows = [
-        (
-            "training samples/s",
-            f"{ref_train['train_samples_per_s']:.1f}",
-            f"{lc_metrics['train_samples_per_s']:.1f}",
-            lc_metrics["train_samples_per_s"] / ref_train["train_samples_per_s"],
-        ),
-        (
-            "prediction samples/s",
-            f"{ref_pred['predict_samples_per_s']:.1f}",
-            f"{lc_rate:.1f}",
-            lc_rate / ref_pred["predict_samples_per_s"],
-        ),
-        ("train command wall time (s)", f"{ref_wall:.1f}", f"{lc_wall:.1f}", lc_wall / ref_wall),
-        ("predict command wall time (s)", f"{ref_pwall:.1f}", f"{lc_pwall:.1f}", lc_pwall / ref_pwall),
-        ("peak RSS training (MB)", f"{ref_rss:.0f}", f"{lc_rss:.0f}", lc_rss / ref_rss),
-        ("peak RSS prediction (MB)", f"{ref_prss:.0f}", f"{lc_prss:.0f}", lc_prss / ref_prss),
-        (
-            f"accuracy on {len(test):,} test.csv rows",
-            f"{ref_acc:.2%}",
-            f"{lc_acc:.2%}",
-            (lc_acc - ref_acc) * 100,
-        ),
+    pipelines["loraclf"] = {
+        "train": lc_metrics["train_samples_per_s"],
+        "predict": lc_rate,
+        "train_wall": lc_wall,
+        "predict_wall": lc_pwall,
+        "train_rss": lc_rss,
+        "predict_rss": lc_prss,
+        "accuracy": accuracy(work / "lc_pred.csv", test),
+    }
+    measures = [
+        ("training samples/s", "train", "{:.1f}", "speed"),
+        ("prediction samples/s", "predict", "{:.1f}", "speed"),
+        ("train command wall time (s)", "train_wall", "{:.1f}", "ratio"),
+        ("predict command wall time (s)", "predict_wall", "{:.1f}", "ratio"),
+        ("peak RSS training (MB)", "train_rss", "{:.0f}", "ratio"),
+        ("peak RSS prediction (MB)", "predict_rss", "{:.0f}", "ratio"),
+        (f"accuracy on {len(test):,} test.csv rows", "accuracy", "{:.2%}", "points"),
     ]
+    names = list(pipelines)
+    baselines = names[:-1]  # loraclf against each Trainer pipeline
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {len(train):,} training rows, "
         f"{args.epochs:g} epoch(s), model {args.model}; loraclf predicts in {lc_engine}; workdir {work}\n"
     )
-    print("| measure | reference (Trainer) | loraclf | ratio / difference |")
-    print("|---|---|---|---|")
-    for name, ref, lc, ratio in rows:
-        unit = " points" if name.startswith("accuracy") else "x"
-        print(
-            f"| {name} | {ref} | {lc} | {ratio:+.2f}{unit} |"
-            if unit == " points"
-            else f"| {name} | {ref} | {lc} | {ratio:.2f}{unit} |"
-        )
+    vs = [f"vs {b.split(' (')[0]}" if len(baselines) > 1 else "ratio / difference" for b in baselines]
+    print("| measure | " + " | ".join(names) + " | " + " | ".join(vs) + " |")
+    print("|---" * (1 + len(names) + len(baselines)) + "|")
+    lc = pipelines["loraclf"]
+    for label, key, fmt, kind in measures:
+        cells = [fmt.format(pipelines[n][key]) for n in names]
+        for b in baselines:
+            base = pipelines[b][key]
+            if kind == "points":
+                cells.append(f"{(lc[key] - base) * 100:+.2f} points")
+            else:
+                cells.append(f"{lc[key] / base:.2f}x")
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

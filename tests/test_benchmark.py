@@ -21,7 +21,7 @@ def test_speed_benchmark_runs_on_tiny_data(tmp_path, tiny_bert_dir):
         [
             sys.executable, str(REPO / "benchmarks" / "speed.py"), "--data", str(data), "--model",
             str(tiny_bert_dir), "--train-rows", "64", "--eval-rows", "40", "--epochs", "1",
-            "--workdir", str(tmp_path / "work"),
+            "--workdir", str(tmp_path / "work"), "--tuned",
         ],
         capture_output=True, text=True, env=cli_env(), timeout=600,
     )  # fmt: skip
@@ -36,9 +36,29 @@ def test_speed_benchmark_runs_on_tiny_data(tmp_path, tiny_bert_dir):
         "accuracy on 40 test.csv rows",
     ):
         assert f"| {measure}" in table, table
-    # Both pipelines predicted every evaluation row.
-    for name in ("ref_pred.csv", "lc_pred.csv"):
+    header = next(line for line in table.splitlines() if line.startswith("| measure"))
+    assert "| reference (Trainer) | tuned Trainer (" in header and "| vs tuned Trainer |" in header, header
+    # Every pipeline predicted every evaluation row, the tuned one back in input order after sorting by length.
+    for name in ("ref_pred.csv", "tuned_pred.csv", "lc_pred.csv"):
         assert len((tmp_path / "work" / name).read_text().splitlines()) == 41
+    # The tuned predict (merged adapter, rows sorted by length, padded per batch) given the reference's adapter
+    # gives every row the reference predict's logits: sorting and unsorting keep each row's answer in its place.
+    import numpy as np
+
+    work = tmp_path / "work"
+    for name, extra in (("plain", []), ("tuned", ["--tuned"])):
+        res = subprocess.run(
+            [
+                sys.executable, str(REPO / "benchmarks" / "reference_pipeline.py"), "predict", "--model",
+                str(tiny_bert_dir), "--adapter", str(work / "ref"), "--input", str(work / "test.csv"),
+                "--output", str(work / f"{name}.csv"), "--logits", str(work / f"{name}.npy"), *extra,
+            ],
+            capture_output=True, text=True, env=cli_env(), timeout=600,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+    plain, tuned = np.load(work / "plain.npy"), np.load(work / "tuned.npy")
+    assert plain.shape == (40, 4) and np.ptp(plain, axis=0).min() > 1e-4  # rows differ, so order matters
+    np.testing.assert_allclose(tuned, plain, atol=1e-4)
 
 
 def test_shifted_proxy_writes_ood_style_rows(tmp_path):
