@@ -117,3 +117,31 @@ def test_cpu_profile_reports_the_limit_and_the_breakdown(tmp_path, tiny_bert_dir
     speed = float(out.split("one epoch: ")[1].split()[0])
     assert limit > 0 and speed > 0, out
     assert "matrix products" in out and "aten::" in out, out
+
+
+def test_int8_profile_reports_the_limit_and_the_operators(tmp_path, tiny_bert_dir):
+    train = write_text_csv(tmp_path / "train.csv", n=80, seed=1)
+    test = write_text_csv(tmp_path / "test.csv", n=48, seed=2)
+    run = tmp_path / "run"
+    env = cli_env(LORACLF_CACHE=str(tmp_path / "cache"))
+    res = subprocess.run(
+        [
+            sys.executable, "-m", "loraclf", "train", "--model", str(tiny_bert_dir), "--train", str(train),
+            "--out", str(run), "--epochs", "1", "--quiet", "train.batch_size=8", "model.head=linear",
+        ],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "int8_profile.py"), str(run), "--data", str(test), "--rows", "32"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
+    assert out.startswith("32 rows of "), out
+    # One line per weight shape of the tiny graph, the limit, the measured rate and its fraction, the operators.
+    assert out.count("GOP/s, fp32") >= 2, out
+    limit = float(out.split("int8 limit of this CPU: ")[1].split()[0])
+    rate = float(out.split("scoring: ")[1].split()[0])
+    assert limit > 0 and rate > 0, out
+    assert "% of the limit" in out and "MatMul" in out.split("by operator:")[1], out
