@@ -12,7 +12,9 @@ Four measurements, one after the other (run it alone on the machine):
    fp32 ``MatMul`` beside it for comparison. Weighted by how many weights have each shape, the rate the graph's
    matrix products could reach.
 3. **The limit**: a row costs ``2·N·T`` integer operations in those products (N: the graph's int8 weights), so the
-   rate over that is the most rows per second the CPU can score in int8 with nothing else running.
+   rate over that is the most rows per second the CPU can score in int8 with nothing else running. N includes a
+   pooled head's weights, which run once per row rather than per token (MiniLM's MLP head: 1.4% of N), so the
+   limit comes out that much low and the fraction that much high.
 4. **Scoring rate and profile**: the shipped session over the rows (best of three), its fraction of the limit, then
    the same rows under ONNX Runtime's profiler, kernel time grouped by operator type.
 
@@ -150,16 +152,23 @@ def main() -> None:
     from loraclf.data.tables import COLUMN_FLAGS, load_texts
     from loraclf.inference.int8_runtime import BATCH_SIZE, open_cached
     from loraclf.runfolder.schema import check_run, read_recipe
+    from loraclf.utils.errors import UserError
 
-    run_dir = check_run(args.run)
-    run = open_cached(run_dir, device="cpu", precision="int8")
-    if run is None:
-        import loraclf
-
-        loraclf.load(run_dir, device="cpu", precision="int8")  # exports and caches the graph
+    try:
+        run_dir = check_run(args.run)
         run = open_cached(run_dir, device="cpu", precision="int8")
+        if run is None:
+            import loraclf
+
+            loraclf.load(run_dir, device="cpu", precision="int8")  # exports and caches the graph
+            run = open_cached(run_dir, device="cpu", precision="int8")
+    except UserError as err:  # e.g. a prompt/prefix run, which has no int8 graph
+        sys.exit(f"int8_profile.py: {err}")
     if run is None:
-        sys.exit(f"{args.run}: this run does not predict through the int8 graph (prompt/prefix or causal LM)")
+        sys.exit(
+            f"int8_profile.py: {args.run} has its int8 graph but no tokenizer.json or pad token the tokenizers "
+            "library can read, or records no model kind (a run from an older loraclf); retrain it"
+        )
     # Cleaning off when reading: the run cleans the raw texts itself (CachedRun.encode), as `predict` does.
     data = read_recipe(run_dir).data
     off = CleanConfig(**{f.name: False for f in dataclasses.fields(CleanConfig)})

@@ -6,9 +6,11 @@ it is the "before" of benchmarks/README.md, not a recommended way to train.
 
 ``--tuned`` is the best-configured Trainer for the same model and adapter: texts tokenised without padding and
 padded per batch to a multiple of 8 (``DataCollatorWithPadding``), training batches grouped by length (Trainer's
-``group_by_length`` sampling), bf16 autocast where the CPU multiplies bf16 natively (``--bf16``, which
-benchmarks/speed.py sets from loraclf's CPU check; fp32 otherwise), and for prediction the adapter merged into
-the weights (peft's ``merge_and_unload``), rows sorted by length and scored 32 at a time. It is the "what a careful
+``group_by_length`` sampling), bf16 where the CPU multiplies bf16 natively (``--bf16``, which
+benchmarks/speed.py sets from loraclf's CPU check; fp32 otherwise: autocast while training, ``bf16_full_eval``'s
+bf16 weights while predicting), and for prediction the adapter merged into the weights (peft's
+``merge_and_unload``), rows sorted by length and scored 32 at a time. Its prediction time includes tokenising (the
+sort needs the token counts), as loraclf's does; the reference's starts after tokenising. It is the "what a careful
 user of Trainer gets" column of the tables, so that loraclf is measured against more than the reports' settings.
 
     python benchmarks/reference_pipeline.py train --model DIR --train F --out DIR --epochs 1 [--tuned [--bf16]]
@@ -18,6 +20,7 @@ user of Trainer gets" column of the tables, so that loraclf is measured against 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import time
@@ -55,6 +58,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _tuned_training_args(bf16: bool) -> dict:
+    """Length-grouped sampling as this transformers version spells it (``train_sampling_strategy`` since 5.0,
+    ``group_by_length`` before), and bf16 autocast when asked."""
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "train_sampling_strategy" in fields:
+        return {"train_sampling_strategy": "group_by_length", "bf16": bf16}
+    return {"group_by_length": True, "bf16": bf16}
+
+
 def train(args) -> dict:
     torch.manual_seed(args.seed)
     df = pd.read_csv(args.train)
@@ -81,7 +93,7 @@ def train(args) -> dict:
         use_cpu=True,
         seed=args.seed,
         dataloader_num_workers=0,
-        **({"train_sampling_strategy": "group_by_length", "bf16": args.bf16} if args.tuned else {}),
+        **(_tuned_training_args(args.bf16) if args.tuned else {}),
     )
     collator = DataCollatorWithPadding(tok, pad_to_multiple_of=8) if args.tuned else None
     start = time.perf_counter()
@@ -157,8 +169,10 @@ def main() -> None:
         "--logits", help="predict: also save the logits, shape (rows, classes), to this .npy file"
     )
     ap.add_argument("--tuned", action="store_true", help="the best-configured Trainer (module docstring)")
-    ap.add_argument("--bf16", action="store_true", help="with --tuned: bf16 autocast (CPUs with native bf16)")
+    ap.add_argument("--bf16", action="store_true", help="with --tuned: bf16 (CPUs with native bf16)")
     args = ap.parse_args()
+    if args.bf16 and not args.tuned:
+        ap.error("--bf16 goes with --tuned (the reference pipeline is fp32, as the reports ran it)")
     result = train(args) if args.mode == "train" else predict(args)
     print("RESULT " + json.dumps(result))
 

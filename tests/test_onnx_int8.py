@@ -225,3 +225,68 @@ def test_predict_and_evaluate_with_a_cached_graph_import_no_torch(trained, tmp_p
     texts = pd.read_csv(inp)["text"].tolist()
     want = loraclf.load(run, precision="int8").predict_proba(texts)
     np.testing.assert_allclose(got.filter(like="prob_").to_numpy(), want, atol=1e-6)
+
+
+def _copy_run(trained, tmp_path):
+    """A copy of the BERT run whose files a test may change; its int8 graph is the original's (same cache key)."""
+    import shutil
+
+    run = trained["runs"]["bert"]
+    loraclf.load(run, precision="int8")
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def test_cached_path_splits_special_tokens_when_the_tokenizer_says_so(trained, tmp_path):
+    import json
+
+    from loraclf.inference.int8_runtime import open_cached
+
+    run = _copy_run(trained, tmp_path)
+    config_file = run / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["split_special_tokens"] = True  # "[SEP]" in a text is then ordinary text, not the separator
+    config_file.write_text(json.dumps(config))
+    texts = ["football [SEP] league [MASK] match", "stocks [CLS] bank"]
+    want = loraclf.load(run, precision="int8").encode(texts)
+    cached = open_cached(run)
+    assert cached is not None
+    assert [x.tolist() for x in cached.encode(texts)] == [x.tolist() for x in want]
+    assert [x.tolist() for x in want] != [
+        x.tolist() for x in open_cached(trained["runs"]["bert"]).encode(texts)
+    ]
+
+
+def test_damaged_tokenizer_leaves_the_cached_path_and_fails_in_one_line(trained, tmp_path):
+    from loraclf.inference.int8_runtime import open_cached
+
+    run = _copy_run(trained, tmp_path)
+    (run / "tokenizer" / "tokenizer.json").write_text('{"version": "1.0", "truncation":')
+    assert open_cached(run) is None
+    res = run_cli("predict", run, "--input", trained["eval"], "--output", tmp_path / "p.csv", "--quiet")
+    assert res.returncode == 2, res
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "tokenizer" in res.stderr and not (tmp_path / "p.csv").exists()
+
+
+def test_cached_path_follows_the_thread_settings(trained, monkeypatch):
+    from loraclf.inference.int8_runtime import open_cached
+
+    run = trained["runs"]["bert"]  # trained with train.threads=1
+    loraclf.load(run, precision="int8")
+    assert open_cached(run).engine.session.get_session_options().intra_op_num_threads == 1
+    monkeypatch.setattr(loraclf.inference.int8_runtime, "read_recipe", _recipe_without_threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert open_cached(run).engine.session.get_session_options().intra_op_num_threads == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert open_cached(run).engine.session.get_session_options().intra_op_num_threads == 0  # ORT's default
+
+
+def _recipe_without_threads(run):
+    import dataclasses
+
+    from loraclf.runfolder.schema import read_recipe
+
+    recipe = read_recipe(run)
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, threads=None))

@@ -154,8 +154,8 @@ def cmd_evaluate(args) -> int:
 def _cached_int8(args, runs: list[Path]):
     """The one run as a PyTorch-free :class:`~loraclf.inference.int8_runtime.CachedRun` when its int8 graph is
     cached and nothing asks for PyTorch (one process, no Monte Carlo dropout, CPU); else None."""
-    if len(runs) != 1 or args.mc_dropout or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        return None
+    if len(runs) != 1 or args.mc_dropout or os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        return None  # several processes (or a WORLD_SIZE the distributed path will judge) go through PyTorch
     from loraclf.inference.int8_runtime import open_cached
 
     return open_cached(runs[0], device=args.device, precision=args.precision)

@@ -38,13 +38,27 @@ DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 BATCH_SIZE = 16
 # Part of the cache key: raise it whenever the export or the quantisation changes, so old graphs are not reused.
 GRAPH_VERSION = 2
+# The distributions ONNX Runtime is installed as; the first one present gives the version in the cache key.
+ORT_PACKAGES = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-openvino",
+    "onnxruntime-directml",
+    "ort-nightly",
+)
+# Texts tokenised per call: bounded memory (all of a file's Encoding objects at once took ~850 MB per 100k rows)
+# and a moving progress bar, as loraclf.data.batching.tokenize does.
+TOKENIZE_CHUNK = 1024
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "none"
+def _version(*packages: str) -> str:
+    """The installed version of the first of ``packages`` found (one library ships under several names)."""
+    for package in packages:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return "none"
 
 
 def digest(run: Path) -> str:
@@ -57,7 +71,7 @@ def digest(run: Path) -> str:
     h = hashlib.sha256()
     hash_run_content(h, run)
     versions = [str(GRAPH_VERSION), __version__]
-    versions += [_version(p) for p in ("torch", "transformers", "onnx", "onnxruntime")]
+    versions += [_version("torch"), _version("transformers"), _version("onnx"), _version(*ORT_PACKAGES)]
     h.update("|".join(versions).encode())
     return h.hexdigest()[:32]
 
@@ -131,9 +145,23 @@ def _gpu_may_be_present() -> bool:
     return (
         sys.platform == "darwin"  # Apple's MPS
         or (nvidia.is_dir() and any(nvidia.iterdir()))
+        or any(Path("/dev").glob("nvidia[0-9]*"))
+        or Path("/dev/nvhost-ctrl").exists()  # Jetson
+        or Path("/dev/dxg").exists()  # WSL2
         or Path("/dev/kfd").exists()  # ROCm
         or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
     )
+
+
+def _threads(recipe: Recipe) -> int | None:
+    """ONNX Runtime's thread count: the recipe's, else ``OMP_NUM_THREADS`` (which the PyTorch path's thread count
+    follows), else None: one per physical core, ONNX Runtime's own default and PyTorch's."""
+    if recipe.train.threads:
+        return recipe.train.threads
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -157,12 +185,18 @@ class CachedRun:
     def trainable(self) -> int:
         return self.info.trainable
 
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
+    def encode(self, texts: list[str], progress: bool = False) -> list[np.ndarray]:
         """Token ids of each text after the run's cleaning, special tokens included, unpadded."""
         from loraclf.data.clean import clean_texts
 
         cleaned = clean_texts(list(texts), self.recipe.data.clean)
-        return [np.asarray(e.ids, dtype=np.int32) for e in self.tokenizer.encode_batch(cleaned)]
+        out: list[np.ndarray] = []
+        with progress_bar(len(cleaned), "tokenize", progress) as bar:
+            for start in range(0, len(cleaned), TOKENIZE_CHUNK):
+                part = cleaned[start : start + TOKENIZE_CHUNK]
+                out.extend(np.asarray(e.ids, dtype=np.int32) for e in self.tokenizer.encode_batch(part))
+                bar.update(len(part))
+        return out
 
     def predict_proba(
         self, texts: list[str], batch_size: int | None = None, progress: bool = False, desc: str = "predict"
@@ -170,7 +204,7 @@ class CachedRun:
         """Class probabilities, shape (len(texts), classes), columns in the order of ``self.labels``."""
         if isinstance(texts, str):
             texts = [texts]
-        ids = self.encode(texts)
+        ids = self.encode(texts, progress=progress)
         return self.engine.probs(ids, self.pad_id, len(self.labels), batch_size, progress=progress, desc=desc)
 
 
@@ -179,8 +213,9 @@ def open_cached(run: Path, device: str = "auto", precision: str = "auto") -> Cac
 
     None when: the device or precision asks for PyTorch (or a GPU may be present), the run is a prompt/prefix or
     causal-LM run (those predict with PyTorch under ``auto``), older runs that do not record their kind, no
-    ``tokenizer.json`` or pad token can be read, or the graph is not cached yet (the PyTorch path exports it).
-    ``run`` must already be checked (:func:`loraclf.runfolder.schema.check_run`).
+    ``tokenizer.json`` or pad token can be read (the PyTorch path then says what is wrong with the tokenizer), or
+    the graph is not cached yet (the PyTorch path exports it). ``run`` must already be checked
+    (:func:`loraclf.runfolder.schema.check_run`).
     """
     if precision not in ("auto", "int8") or device not in ("auto", "cpu"):
         return None
@@ -197,18 +232,24 @@ def open_cached(run: Path, device: str = "auto", precision: str = "auto") -> Cac
         config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(config, dict):
+        return None
     path = graph_path(run)
     if not path.is_file():
         return None
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception:  # the tokenizers library raises a bare Exception for a damaged file
+        return None
     pad = _token_name(config.get("pad_token")) or _token_name(config.get("eos_token"))
     pad_id = tokenizer.token_to_id(pad) if pad else None
     if pad_id is None:
         return None
     tokenizer.no_padding()
     tokenizer.enable_truncation(info.max_length, direction=recipe.data.truncation_side)
-    # Without train.threads ONNX Runtime takes one thread per physical core, as torch does by default.
-    engine = Int8Classifier(path, recipe.train.threads)
+    # transformers applies this setting when it calls the tokenizer; the raw tokenizer needs it set.
+    tokenizer.encode_special_tokens = bool(config.get("split_special_tokens", False))
+    engine = Int8Classifier(path, _threads(recipe))
     return CachedRun(run, recipe, read_labels(run), info, tokenizer, pad_id, engine)
