@@ -110,22 +110,11 @@ def score(run, ids: list[np.ndarray]) -> float:
 def profile(run, ids: list[np.ndarray], threads: int | None) -> list[tuple[str, float]]:
     """Share of ONNX Runtime kernel time per operator type over one pass, largest first: a session with the
     shipped settings (``int8_runtime.session``) and the profiler on."""
-    import onnxruntime as ort
-
     from loraclf.data.batching import pad_batch, sorted_batches
-    from loraclf.inference.int8_runtime import BATCH_SIZE, DISABLED_FUSIONS
+    from loraclf.inference.int8_runtime import BATCH_SIZE, session
 
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "ort")
-        sess = ort.InferenceSession(
-            str(run.engine.path), so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_FUSIONS
-        )
+        sess = session(run.engine.path, threads, profile_prefix=str(Path(tmp) / "ort"))
         lengths = np.array([len(x) for x in ids])
         for rows in sorted_batches(lengths, BATCH_SIZE):
             input_ids, mask = pad_batch(ids, rows, run.pad_id, multiple=1)
@@ -178,7 +167,7 @@ def main() -> None:
     lengths = np.array([len(x) for x in ids])
     padded = sum(len(rows) * int(lengths[rows].max()) for rows in sorted_batches(lengths, BATCH_SIZE))
     tokens = padded / len(ids)
-    threads = read_recipe(run_dir).train.threads
+    threads = run.engine.session.get_session_options().intra_op_num_threads or None  # what predict uses
     print(f"{len(ids):,} rows of {args.data}: {lengths.mean():.1f} tokens a row, {tokens:.1f} padded")
 
     shapes = weight_shapes(run.engine.path)

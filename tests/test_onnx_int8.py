@@ -13,7 +13,7 @@ import torch
 
 import loraclf
 from conftest import make_rows, run_cli, write_text_csv
-from loraclf.inference import onnx_int8
+from loraclf.inference import int8_runtime, onnx_int8
 from loraclf.utils import devices
 from loraclf.utils.devices import pick_inference_precision
 from loraclf.utils.errors import UserError
@@ -101,7 +101,7 @@ def test_graph_is_exported_once_per_weights(trained, monkeypatch):
     monkeypatch.setattr(onnx_int8, "export", refuse)
     again = loraclf.load(run, precision="int8")
     assert again.engine is not None
-    assert onnx_int8.digest(run) != onnx_int8.digest(trained["runs"]["roberta"])
+    assert int8_runtime.digest(run) != int8_runtime.digest(trained["runs"]["roberta"])
 
 
 def test_failed_export_falls_back_to_pytorch_with_a_note(trained, monkeypatch, capsys, tmp_path):

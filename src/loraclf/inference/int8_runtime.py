@@ -81,8 +81,9 @@ def graph_path(run: Path) -> Path:
     return cache_dir() / "onnx" / f"{digest(run)}.int8.onnx"
 
 
-def session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session over a graph, all graph optimisations on except :data:`DISABLED_FUSIONS`."""
+def session(path: Path, threads: int | None = None, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session over a graph, all graph optimisations on except :data:`DISABLED_FUSIONS`;
+    with ``profile_prefix``, ONNX Runtime's profiler on, writing there (benchmarks/int8_profile.py)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -90,12 +91,16 @@ def session(path: Path, threads: int | None = None):
     so.log_severity_level = 3  # errors only: ORT's notes about unused initialisers are noise to users
     if threads:
         so.intra_op_num_threads = threads
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     return ort.InferenceSession(
         str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_FUSIONS
     )
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits, shape (rows, classes)."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
@@ -126,7 +131,7 @@ class Int8Classifier:
                 # No rounding of the width here: ONNX Runtime's kernels do not cache per-shape primitives.
                 input_ids, mask = pad_batch(ids, rows, pad_id, multiple=1)
                 logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
-                out[rows] = _softmax(logits.astype(np.float64))
+                out[rows] = softmax(logits.astype(np.float64))
                 bar.update(len(rows))
         return out
 

@@ -27,14 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loraclf.inference.int8_runtime import (  # noqa: F401 (BATCH_SIZE, digest: this module's interface too)
-    BATCH_SIZE,
-    Int8Classifier,
-    _softmax,
-    digest,
-    graph_path,
-    session,
-)
+from loraclf.inference.int8_runtime import Int8Classifier, graph_path, session, softmax
 from loraclf.modeling.backbones import PooledClassifier, is_causal_lm
 from loraclf.utils.errors import UserError
 
@@ -107,7 +100,7 @@ def export(model, path: Path, pad_id: int) -> None:
                 opset_version=17,
                 dynamo=False,  # the TorchScript exporter: a second, no network, and graphs ORT fuses well
             )
-        got = _softmax(session(fp32).run(None, {"input_ids": ids, "attention_mask": mask})[0])
+        got = softmax(session(fp32).run(None, {"input_ids": ids, "attention_mask": mask})[0])
         gap = float(np.abs(got - expected).max())
         if not gap <= TOLERANCE:
             raise ValueError(

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from loraclf.data.batching import collate, sorted_batches
-from loraclf.inference.submission import write_submission  # noqa: F401 (part of this module's interface)
 from loraclf.utils.devices import autocast
 from loraclf.utils.progress import bar as progress_bar
 

@@ -115,7 +115,7 @@ def reader():
     import nltk.data
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
-    from loraclf.modeling.backbones import cache_dir
+    from loraclf.utils.cache import cache_dir
 
     class _EnglishWordNet(WordNetCorpusReader):
         def map_wn(self, version="wordnet"):

@@ -109,7 +109,7 @@ def _teacher_probs(run, texts: list[str]) -> np.ndarray:
     The key is the whole list of rows, not each row: int8 prediction depends slightly on a row's batch-mates, so
     only a pass over the same rows gives the same numbers, and a run gives the same result with or without the cache.
     """
-    from loraclf.modeling.backbones import cache_dir
+    from loraclf.utils.cache import cache_dir
 
     path = cache_dir() / "teachers" / f"{_teacher_key(run, texts)}.npy"
     if path.is_file():

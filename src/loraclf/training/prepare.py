@@ -18,10 +18,11 @@ from loraclf.config.recipe import VIRTUAL_TOKEN_METHODS, Recipe, validate
 from loraclf.data.batching import token_lengths, tokenize
 from loraclf.data.splits import Rows, absolute, read_rows
 from loraclf.data.tables import TextSet, choose_max_length, length_stats
-from loraclf.modeling.backbones import cache_dir, load_config, load_tokenizer, position_limit
+from loraclf.modeling.backbones import load_config, load_tokenizer, position_limit
 from loraclf.modeling.plan import Plan, check_budget, plan
 from loraclf.runfolder.schema import read_recipe, read_run_info
 from loraclf.training.losses import teacher_log_probs
+from loraclf.utils.cache import cache_dir
 from loraclf.utils.errors import UserError, say
 
 
