@@ -95,7 +95,7 @@ def gemm_rate(tokens: int, hidden: int, ffn: int, repeats: int = 20) -> tuple[fl
 
 def padded_tokens(recipe_path: str, data: Path, rows: int) -> tuple[float, float, dict]:
     """Mean real and padded tokens per training sample of the recipe's batches, and the model's shape."""
-    from loraclf.config.recipe import apply_overrides, load_recipe
+    from loraclf.config import apply_overrides, load_recipe
     from loraclf.data.batching import PAD_MULTIPLE, epoch_batches
     from loraclf.modeling.backbones import load_config
     from loraclf.training.prepare import prepare

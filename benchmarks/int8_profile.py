@@ -136,7 +136,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from loraclf.cli.files import file_config
-    from loraclf.config.recipe import CleanConfig
+    from loraclf.config import CleanConfig
     from loraclf.data.batching import sorted_batches
     from loraclf.data.tables import COLUMN_FLAGS, load_texts
     from loraclf.inference.int8_runtime import BATCH_SIZE, open_cached

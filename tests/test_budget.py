@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from loraclf.config.recipe import AdapterConfig, ModelConfig, Recipe
+from loraclf.config import AdapterConfig, ModelConfig, Recipe
 from loraclf.modeling.adapters import count_parameters
 from loraclf.modeling.backbones import build_model
 from loraclf.modeling.methods import apply_adapters

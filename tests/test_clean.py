@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loraclf.config.recipe import CleanConfig
+from loraclf.config import CleanConfig
 from loraclf.data.clean import clean_text, clean_texts, decode_html
 
 DEFAULT = CleanConfig()

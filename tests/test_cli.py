@@ -222,7 +222,7 @@ def test_abbreviated_or_misspelt_flags_are_refused_with_the_full_flag(tmp_path, 
 
 def test_recipe_flags_derive_from_the_dataclass_metadata():
     from loraclf.cli.main import build_parser
-    from loraclf.config.recipe import FLAG_KEYS
+    from loraclf.config import FLAG_KEYS
 
     assert FLAG_KEYS["rank"] == "adapter.r" and FLAG_KEYS["epochs"] == "train.epochs"
     assert FLAG_KEYS["layer_ranks"] == "adapter.layer_ranks" and FLAG_KEYS["budget"] == "budget"

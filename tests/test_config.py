@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loraclf.config.recipe import Recipe, apply_overrides, load_recipe, save_recipe, validate
+from loraclf.config import Recipe, apply_overrides, load_recipe, save_recipe, validate
 from loraclf.modeling.methods import validate_recipe
 from loraclf.utils.errors import UserError
 

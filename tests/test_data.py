@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loraclf.config.recipe import CleanConfig, DataConfig
+from loraclf.config import CleanConfig, DataConfig
 from loraclf.data.tables import choose_max_length, drop_empty, load_texts, stratified_indices
 from loraclf.utils.errors import UserError
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import LABELS, make_rows, run_cli_forked
-from loraclf.config.recipe import CleanConfig, DataConfig, Recipe, apply_overrides, validate
+from loraclf.config import CleanConfig, DataConfig, Recipe, apply_overrides, validate
 from loraclf.data.batching import hash_texts
 from loraclf.data.tables import load_texts
 from loraclf.utils.errors import UserError

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from conftest import run_cli, write_text_csv
-from loraclf.config.recipe import AdapterConfig, ModelConfig
+from loraclf.config import AdapterConfig, ModelConfig
 from loraclf.modeling.backbones import build_model
 from loraclf.modeling.methods import apply_adapters
 from loraclf.training.frozen import block_list, first_trainable_layer

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from loraclf.config.recipe import Recipe, from_dict
+from loraclf.config import Recipe, from_dict
 from loraclf.data.batching import collate
 from loraclf.training.loop import _optimizer_step, make_optimizer
 from loraclf.utils import devices as hardware

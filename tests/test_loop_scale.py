@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from torch import nn
 
 from conftest import run_cli, write_text_csv
-from loraclf.config.recipe import Recipe
+from loraclf.config import Recipe
 from loraclf.training import frozen, loop, losses, steps
 from loraclf.training.distributed import Dist
 

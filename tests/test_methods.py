@@ -16,7 +16,7 @@ import torch
 
 import loraclf
 from conftest import run_cli, write_text_csv
-from loraclf.config.recipe import AdapterConfig, ModelConfig, Recipe
+from loraclf.config import AdapterConfig, ModelConfig, Recipe
 from loraclf.modeling.adapters import count_parameters
 from loraclf.modeling.backbones import build_model
 from loraclf.modeling.methods import METHODS, apply_adapters

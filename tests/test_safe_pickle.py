@@ -8,7 +8,7 @@ import pickle
 import pandas as pd
 import pytest
 
-from loraclf.config.recipe import DataConfig
+from loraclf.config import DataConfig
 from loraclf.data.safe_pickle import load_pickle_table
 from loraclf.data.tables import load_texts
 from loraclf.utils.errors import UserError

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import LABELS, make_rows, run_cli, write_text_csv
-from loraclf.config.recipe import FilterConfig
+from loraclf.config import FilterConfig
 from loraclf.data.tables import TextSet, richness_filter
 from loraclf.toolbox.pseudo_label import select_confident
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import make_rows, run_cli, write_text_csv
-from loraclf.config.recipe import TrainConfig
+from loraclf.config import TrainConfig
 from loraclf.runfolder.checkpoint import RunLock, list_checkpoints, load_checkpoint, save_checkpoint
 from loraclf.training import losses
 from loraclf.training.loop import nondeterministic_paths

@@ -1,6 +1,6 @@
 """Recipe flags, derived from the recipe dataclasses, and the recipe they resolve to.
 
-A recipe field that carries ``flag`` metadata (``opt(..., flag="--rank")`` in :mod:`loraclf.config.recipe`) becomes
+A recipe field that carries ``flag`` metadata (``opt(..., flag="--rank")`` in :mod:`loraclf.config`) becomes
 a command-line shortcut: its name, type, help text and the commands it appears on all come from that one
 declaration, and :data:`FLAG_KEYS` maps the flag's argparse ``dest`` back to the dotted key. Resolving a recipe is
 then one path for every command: recipe file (or the model's default recipe), flags, ``key.sub=value`` overrides,
@@ -18,7 +18,7 @@ import json
 import types
 import typing
 
-from loraclf.config.recipe import (
+from loraclf.config import (
     FLAG_FIELDS,
     Recipe,
     apply_overrides,

@@ -87,7 +87,7 @@ def file_config(cfg, args):
     Raises:
         UserError: an override of a key that is not about reading files, or an invalid combination.
     """
-    from loraclf.config.recipe import Recipe, apply_overrides, validate_files
+    from loraclf.config import Recipe, apply_overrides, validate_files
 
     overrides = list(getattr(args, "overrides", None) or [])
     keys = _override_keys(args)

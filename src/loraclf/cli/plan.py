@@ -10,7 +10,7 @@ import dataclasses
 import json
 
 from loraclf.cli.args import add_recipe_flags, check_recipe, resolve_recipe
-from loraclf.config.recipe import VIRTUAL_TOKEN_METHODS
+from loraclf.config import VIRTUAL_TOKEN_METHODS
 from loraclf.data.paths import check_data_path
 from loraclf.utils.errors import UserError, say
 

@@ -67,7 +67,7 @@ def add_commands(sub) -> None:
 def _raw_data_config(run: Path, args):
     """The first run's data settings with cleaning off (each member cleans the raw texts its own way), then the
     file overrides and column flags (see :mod:`loraclf.cli.files`)."""
-    from loraclf.config.recipe import CleanConfig
+    from loraclf.config import CleanConfig
 
     off = CleanConfig(**{f.name: False for f in dataclasses.fields(CleanConfig)})
     return file_config(dataclasses.replace(read_recipe(run).data, clean=off), args)

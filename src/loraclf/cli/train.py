@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from loraclf.cli.args import add_recipe_flags, check_recipe, recipe_keys_help, resolve_recipe
-from loraclf.config.recipe import FLAG_KEYS
+from loraclf.config import FLAG_KEYS
 from loraclf.data.paths import check_data_path
 from loraclf.utils.errors import UserError
 

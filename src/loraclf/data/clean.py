@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import re
 
-from loraclf.config.recipe import CleanConfig
+from loraclf.config import CleanConfig
 
 # Entities whose "&" the AG News scrape dropped: "#39;" and "quot;" are common, the rest occur.
 _BARE_NUMERIC = re.compile(r"&?#(\d{1,6});")

@@ -22,7 +22,7 @@ import re
 
 import pandas as pd
 
-from loraclf.config.recipe import DataConfig
+from loraclf.config import DataConfig
 from loraclf.utils.errors import UserError, short_list
 
 _INTEGER = re.compile(r"[+-]?\d+")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from loraclf.config.recipe import DataConfig
+from loraclf.config import DataConfig
 from loraclf.data.paths import check_data_path
 from loraclf.utils.errors import UserError, say
 

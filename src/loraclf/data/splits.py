@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loraclf.config.recipe import DataConfig
+from loraclf.config import DataConfig
 from loraclf.data.tables import (
     TextSet,
     drop_empty,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loraclf.config.recipe import DataConfig
+from loraclf.config import DataConfig
 from loraclf.data.clean import clean_texts
 from loraclf.data.headers import check_header
 from loraclf.data.readers import read_table

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loraclf.config import Recipe
-from loraclf.config.recipe import VIRTUAL_TOKEN_METHODS
+from loraclf.config import VIRTUAL_TOKEN_METHODS, Recipe
 from loraclf.data.batching import pad_batch, sorted_batches
 from loraclf.runfolder.schema import RunInfo, hash_run_content, read_labels, read_recipe, read_run_info
 from loraclf.utils.cache import cache_dir

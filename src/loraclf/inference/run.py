@@ -243,7 +243,7 @@ def raw_data_config(run: Run):
     """The run's data settings with cleaning off: each ensemble member then cleans the raw texts its own way."""
     from dataclasses import replace
 
-    from loraclf.config.recipe import CleanConfig
+    from loraclf.config import CleanConfig
 
     off = CleanConfig(**{name: False for name in CleanConfig.__dataclass_fields__})
     return replace(run.recipe.data, clean=off)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from loraclf.config.recipe import AdapterConfig
+from loraclf.config import AdapterConfig
 from loraclf.utils.errors import UserError, did_you_mean, short_list
 
 try:  # GPT-2 style models use a transposed linear layer

@@ -25,7 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from loraclf.config.recipe import ModelConfig
+from loraclf.config import ModelConfig
 from loraclf.utils.cache import cache_dir
 from loraclf.utils.errors import UserError, short_list
 

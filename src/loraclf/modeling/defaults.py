@@ -9,7 +9,7 @@ cost about a quarter of the training speed on a 2-core AVX2 CPU: 17.6 against 24
 
 from __future__ import annotations
 
-from loraclf.config.recipe import Recipe
+from loraclf.config import Recipe
 from loraclf.modeling.backbones import load_config
 
 QV_TARGETS = {

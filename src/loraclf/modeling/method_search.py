@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from loraclf.config.recipe import VIRTUAL_TOKEN_METHODS, Recipe
+from loraclf.config import VIRTUAL_TOKEN_METHODS, Recipe
 from loraclf.modeling.methods import get_method
 from loraclf.modeling.plan import RANKS, plan, search
 from loraclf.utils.errors import UserError

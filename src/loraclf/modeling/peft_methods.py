@@ -39,7 +39,7 @@ import inspect
 
 from torch import nn
 
-from loraclf.config.recipe import AdapterConfig
+from loraclf.config import AdapterConfig
 from loraclf.modeling.adapters import head_name, lora_config, select_targets
 from loraclf.utils.errors import UserError
 

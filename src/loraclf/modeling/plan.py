@@ -20,7 +20,7 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from loraclf.config.recipe import AdapterConfig, Recipe
+from loraclf.config import AdapterConfig, Recipe
 from loraclf.modeling.adapters import count_parameters, head_name, layer_of, linear_modules
 from loraclf.modeling.backbones import build_model
 from loraclf.modeling.methods import apply_adapters, check_spec

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from loraclf.config.recipe import FLAG_KEYS, Recipe, from_dict, to_dict
+from loraclf.config import FLAG_KEYS, Recipe, from_dict, to_dict
 from loraclf.modeling.methods import validate_recipe
 from loraclf.utils.errors import UserError, did_you_mean
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from loraclf.config.recipe import CleanConfig, DataConfig
+from loraclf.config import CleanConfig, DataConfig
 from loraclf.data.clean import clean_texts
 from loraclf.data.readers import read_table
 from loraclf.data.tables import raw_labels, texts_of

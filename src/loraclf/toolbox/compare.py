@@ -44,7 +44,7 @@ class Entry:
 
 def parse_entries(specs: list[str], model: str, shared: list[str]) -> list[Entry]:
     """Resolve ``NAME=FILE``, ``FILE`` or a preset into named, validated recipes with the shared overrides."""
-    from loraclf.config.recipe import apply_overrides, load_recipe
+    from loraclf.config import apply_overrides, load_recipe
     from loraclf.modeling.defaults import default_recipe
     from loraclf.modeling.methods import validate_recipe
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from loraclf.config.recipe import FORMAT_VERSION, Recipe, save_recipe
+from loraclf.config import FORMAT_VERSION, Recipe, save_recipe
 from loraclf.data.batching import epoch_batches
 from loraclf.inference.metrics import metrics, summary_line
 from loraclf.inference.predict import forward_probs

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loraclf.config.recipe import Recipe
+from loraclf.config import Recipe
 from loraclf.utils.errors import UserError
 
 

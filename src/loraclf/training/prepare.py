@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loraclf.config.recipe import VIRTUAL_TOKEN_METHODS, Recipe, validate
+from loraclf.config import VIRTUAL_TOKEN_METHODS, Recipe, validate
 from loraclf.data.batching import token_lengths, tokenize
 from loraclf.data.splits import Rows, absolute, read_rows
 from loraclf.data.tables import TextSet, choose_max_length, length_stats
