@@ -7,6 +7,7 @@ chosen step, and once for real (SIGINT to a ``python -m loraclf train`` process)
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,6 +31,14 @@ def _args(data, out: Path, *extra) -> list:
     return ["train", "--model", data["bert"], "--train", data["train"], "--out", out, *TINY, *extra]
 
 
+def _error_line(res) -> str:
+    """The one error line of a command that also printed notes (training's summary, evaluation lines)."""
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("loraclf: error: ")]
+    assert len(errors) == 1, res.stderr
+    return errors[0]
+
+
 def _one_line(res) -> str:
     assert res.returncode == 2, res
     lines = res.stderr.strip().splitlines()
@@ -38,7 +47,7 @@ def _one_line(res) -> str:
 
 
 def test_checkpoints_follow_the_clock_as_well_as_the_steps(data, tmp_path, monkeypatch):
-    from loraclf.training import loop
+    from loraclf.training import checkpointing
 
     now = [0.0]
 
@@ -47,7 +56,7 @@ def test_checkpoints_follow_the_clock_as_well_as_the_steps(data, tmp_path, monke
         return now[0]
 
     saved, kept = [], []
-    real_save = loop.save_checkpoint
+    real_save = checkpointing.save_checkpoint
 
     def spy(run, step, *args, **kwargs):
         path = real_save(run, step, *args, **kwargs)
@@ -55,8 +64,8 @@ def test_checkpoints_follow_the_clock_as_well_as_the_steps(data, tmp_path, monke
         kept.append(sorted(p.name for p in (run / "checkpoints").iterdir()))
         return path
 
-    monkeypatch.setattr(loop, "clock", fake_clock)
-    monkeypatch.setattr(loop, "save_checkpoint", spy)
+    monkeypatch.setattr(checkpointing, "clock", fake_clock)
+    monkeypatch.setattr(checkpointing, "save_checkpoint", spy)
     # save_every = max_steps: no checkpoint by steps at all, so every one of them comes from the clock.
     common = ["train.max_steps=12", "--save-every", "12"]
     res = run_cli(*_args(data, tmp_path / "clock", *common, "train.save_every_minutes=1"))
@@ -77,28 +86,30 @@ def test_default_clock_loses_at_most_ten_minutes():
     assert 0 < Recipe().train.save_every_minutes <= 10
 
 
-def _interrupt_at(monkeypatch, step: int) -> None:
-    """Raise KeyboardInterrupt (as Ctrl-C does) in the middle of the optimizer step after step ``step``.
+def _signal_at(monkeypatch, step: int, signum: int = signal.SIGINT, where: str = "accumulate") -> None:
+    """Send ``signum`` to this process (as Ctrl-C or a scheduler's SIGTERM does) during optimizer step ``step + 1``.
 
-    With train.grad_accum=1 the loop accumulates one group of batches per optimizer step, so the interrupt comes
-    after the (step+1)-th group's backward pass and before its optimizer step.
+    ``where="accumulate"``: while its micro-batches run forward and backward (the interruption takes effect at
+    once; the checkpoint is the boundary after step ``step``). ``where="update"``: inside the step's update, where
+    signals wait for the update to land (the checkpoint is the boundary after step ``step + 1``).
     """
     from loraclf.training import steps
 
-    real, calls = steps.accumulate, [0]
+    name = "accumulate" if where == "accumulate" else "optimizer_step"
+    real, calls = getattr(steps, name), [0]
 
-    def accumulate(*args, **kwargs):
-        real(*args, **kwargs)
+    def patched(*args, **kwargs):
         calls[0] += 1
         if calls[0] == step + 1:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(steps, "accumulate", accumulate)
+    monkeypatch.setattr(steps, name, patched)
 
 
 def test_ctrl_c_keeps_a_checkpoint_and_resume_appends_to_the_history(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    _interrupt_at(monkeypatch, 7)
+    _signal_at(monkeypatch, 7)
     res = run_cli(
         *_args(data, run, "train.max_steps=20", "train.save_every_minutes=null", "train.eval_every=5")
     )
@@ -133,7 +144,7 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_appends_to_the_history(data, tmp_p
 
 def test_resume_without_a_checkpoint_says_it_starts_from_step_0(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    _interrupt_at(monkeypatch, 0)  # before the first optimizer step finishes
+    _signal_at(monkeypatch, 0)  # before the first optimizer step finishes
     res = run_cli(*_args(data, run, "train.max_steps=4"))
     monkeypatch.undo()
     assert res.returncode == 130 and "starts from step 0" in res.stderr, res
@@ -148,7 +159,7 @@ def test_resume_without_a_checkpoint_says_it_starts_from_step_0(data, tmp_path, 
 
 def test_weights_of_an_unfinished_run_name_the_resume_command(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    _interrupt_at(monkeypatch, 6)  # after the evaluation at step 5 kept weights
+    _signal_at(monkeypatch, 6)  # after the evaluation at step 5 kept weights
     res = run_cli(*_args(data, run, "train.max_steps=20", "train.eval_every=5", "--save-every", "5"))
     monkeypatch.undo()
     assert res.returncode == 130 and (run / "model.safetensors").is_file(), res
@@ -194,3 +205,139 @@ def test_sigint_writes_a_checkpoint_and_says_how_to_resume(data, tmp_path):
     res = run_cli("train", "--resume", run, "--quiet")
     assert res.returncode == 0, res
     assert f"resuming from step {step} " in res.stderr
+
+
+# --- exact resume, every phase, errors while finishing, changed rows ------------------------------------------------
+
+# Dropout on (backbone and adapters) and fp32: a resumed run must draw the masks an uninterrupted run draws.
+EXACT = ["train.max_steps=16", "train.eval_every=5", "train.save_every_minutes=null", "model.dropout=0.1",
+         "adapter.dropout=0.1", "train.precision=fp32"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("exact") / "reference"
+    res = run_cli(*_args(data, run, *EXACT))
+    assert res.returncode == 0, res
+    return run
+
+
+def _evaluations(run: Path) -> list[tuple]:
+    from loraclf.runfolder.metrics_log import read_metrics
+
+    return [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl") if r["split"] == "eval"]
+
+
+@pytest.mark.parametrize(
+    ("where", "step", "checkpoint"),
+    [("accumulate", 7, 7), ("update", 7, 8), ("accumulate", 10, 10)],
+    ids=["mid-step", "inside-the-update", "after-an-evaluation"],
+)
+def test_resume_after_ctrl_c_writes_the_bytes_of_an_uninterrupted_run(
+    data, reference, tmp_path, monkeypatch, where, step, checkpoint
+):
+    run = tmp_path / "run"
+    _signal_at(monkeypatch, step, where=where)
+    res = run_cli(*_args(data, run, *EXACT))
+    monkeypatch.undo()
+    assert res.returncode == 130, res
+    assert f"interrupted at step {checkpoint}:" in res.stderr, res.stderr
+    res = run_cli("train", "--resume", run, "--quiet")
+    assert res.returncode == 0 and f"resuming from step {checkpoint} " in res.stderr, res
+    assert (run / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    assert _evaluations(run) == _evaluations(reference)
+
+
+def _signal_in(monkeypatch, target: str, signum: int = signal.SIGINT) -> None:
+    """Send ``signum`` to this process on the first call of ``module:function`` (a phase of the run)."""
+    import importlib
+
+    module_name, name = target.split(":")
+    owner = importlib.import_module(module_name)
+    cls, _, attr = name.partition(".")
+    holder = getattr(owner, cls) if attr else owner
+    real, calls = getattr(holder, attr or name), [0]
+
+    def patched(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 1:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(holder, attr or name, patched)
+
+
+PHASES = {
+    "final-evaluation": "loraclf.training.evaluation:evaluate_model",
+    "int8-export": "loraclf.inference.onnx_int8:int8_classifier",
+    "final-scoring": "loraclf.inference.run:Run.probs_of_ids",
+    "report": "loraclf.reporting.report:write_report",
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_an_interruption_in_any_phase_leaves_a_run_that_resume_finishes(data, tmp_path, monkeypatch, phase):
+    # One epoch, one evaluation at its end and no checkpoint before it: the AVX2 quick start's shape.
+    one_epoch = ["--epochs", "1", "train.save_every_minutes=null"]  # precision auto: int8 prediction on a CPU
+    reference = tmp_path / "reference"
+    assert run_cli(*_args(data, reference, *one_epoch)).returncode == 0
+    run = tmp_path / "run"
+    _signal_in(monkeypatch, PHASES[phase], signal.SIGTERM if phase == "report" else signal.SIGINT)
+    res = run_cli(*_args(data, run, *one_epoch))
+    monkeypatch.undo()
+    assert res.returncode == (143 if phase == "report" else 130), res
+    assert f"loraclf train --resume {run}" in res.stderr, res.stderr
+    assert not (run / ".lock").exists()
+
+    res = run_cli("train", "--resume", run, "--quiet")
+    assert res.returncode == 0, res
+    assert "starting from step 0" not in res.stderr, "the trained steps were lost"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and "finishing" not in info
+    assert {p.name for p in run.iterdir()} >= {"metrics.json", "report.html", "model.safetensors"}
+    assert not (run / "checkpoints").exists()
+    assert _evaluations(run) == _evaluations(reference)  # the final evaluation once, as without the stop
+    assert (run / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    a, b = (json.loads((r / "metrics.json").read_text()) for r in (reference, run))
+    assert (a["accuracy"], a["loss"], a["steps"]) == (b["accuracy"], b["loss"], b["steps"])
+
+
+def test_an_error_while_finishing_keeps_the_trained_run_and_says_how_to_finish_it(
+    data, tmp_path, monkeypatch
+):
+    from loraclf.inference import run as inference_run
+    from loraclf.utils.errors import UserError
+
+    def fails(*args, **kwargs):
+        raise UserError("the backbone could not be reloaded")
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(inference_run, "load", fails)
+    line = _error_line(run_cli(*_args(data, run, "--epochs", "1", "train.save_every_minutes=null")))
+    monkeypatch.undo()
+    assert "could not be reloaded" in line and f"loraclf train --resume {run}" in line, line
+    assert (run / "model.safetensors").is_file() and (run / "metrics.jsonl").is_file()
+    res = run_cli("train", "--resume", run, "--quiet")
+    assert res.returncode == 0 and "finishing the run" in res.stderr, res
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+def test_resume_refuses_training_rows_that_changed(data, tmp_path, monkeypatch):
+    import pandas as pd
+
+    train = tmp_path / "train.csv"
+    train.write_bytes(Path(data["train"]).read_bytes())
+    run = tmp_path / "run"
+    _signal_at(monkeypatch, 3)
+    res = run_cli(
+        "train", "--model", data["bert"], "--train", train, "--out", run, *TINY, "train.max_steps=12"
+    )
+    monkeypatch.undo()
+    assert res.returncode == 130, res
+    # A label renamed so that the sorted label map changes order: class indices would silently permute.
+    df = pd.read_csv(train)
+    df["label"] = df["label"].replace({"business": "zz-business"})
+    df.to_csv(train, index=False)
+    line = _one_line(run_cli("train", "--resume", run, "--quiet"))
+    assert "changed since run" in line and str(train) in line and "--out" in line, line
+    assert not (run / "metrics.json").exists()

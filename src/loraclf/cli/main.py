@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import signal
 import sys
 import time
 
@@ -85,7 +86,8 @@ def _parse(parser: Parser, argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``loraclf`` command; returns the exit status (0, 2 for a user error, 130 when interrupted)."""
+    """Run one ``loraclf`` command; returns the exit status (0, 2 for a user error, 128 + the signal when
+    interrupted: 130 for Ctrl-C, 143 for SIGTERM)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         parser = build_parser()
@@ -113,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(5)
         print(f"loraclf: error: {'' if rank == '0' else f'rank {rank}: '}{exc}", file=sys.stderr)
         return UserError.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("loraclf: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 def _quiet_libraries() -> None:

@@ -162,11 +162,9 @@ def _cached_int8(args, runs: list[Path]):
 
 
 def _report_evaluation(args, runs, ts, labels, models, probs) -> None:
-    import numpy as np
+    from loraclf.inference.metrics import format_report, metrics, nll, summary_line
 
-    from loraclf.inference.metrics import format_report, metrics, summary_line
-
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(ts)), ts.labels], 1e-12, None))))
+    loss = nll(probs, ts.labels)
     m = metrics(ts.labels, probs.argmax(1), labels, loss)
     if len(models) > 1:
         from loraclf.inference.run import ensemble_budget

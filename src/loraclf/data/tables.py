@@ -41,6 +41,8 @@ class TextSet:
     # With several files: a first-file row's own row number, or for a later file's row the first-file row it was
     # derived from (the `parent` column `loraclf augment` writes), else -1.
     parent: np.ndarray | None = None
+    # The texts as the file has them, before cleaning: what another run (a distillation teacher) cleans its own way.
+    raw: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -54,6 +56,7 @@ class TextSet:
             self.source,
             None if self.part is None else self.part[idx],
             None if self.parent is None else self.parent[idx],
+            None if self.raw is None else [self.raw[i] for i in idx],
         )
 
 
@@ -193,14 +196,15 @@ def load_texts(
     if len(df) == 0:
         raise UserError(f"{flag}: '{path}' has a header but no data rows; add rows")
     check_header(df, cfg, path, flag, label_map=label_map, labelled=labelled)
-    texts = clean_texts(texts_of(df, cfg, path, flag, fixes[0]), cfg.clean)
+    raw_texts = texts_of(df, cfg, path, flag, fixes[0])
+    texts = clean_texts(raw_texts, cfg.clean)
     labels = None
     if labelled:
         raw = raw_labels(df, cfg, path, flag, fixes[1])
         if label_map is None:
             label_map = build_label_map(raw, path, flag)
         labels = encode_labels(raw, label_map, path, flag)
-    return TextSet(texts, labels, ids_of(df, cfg), path), label_map
+    return TextSet(texts, labels, ids_of(df, cfg), path, raw=raw_texts), label_map
 
 
 def load_train_texts(paths: list[str], cfg: DataConfig, flag: str) -> tuple[TextSet, list]:
@@ -217,9 +221,10 @@ def load_train_texts(paths: list[str], cfg: DataConfig, flag: str) -> tuple[Text
         frames.append((path, df, raw_labels(df, cfg, path, flag)))
     source = " + ".join(paths)
     label_map = build_label_map([x for _, _, raw in frames for x in raw], source, flag)
-    texts, labels, ids, part, parent = [], [], [], [], []
+    texts, labels, ids, part, parent, raw_texts = [], [], [], [], [], []
     for k, (path, df, raw) in enumerate(frames):
-        texts += clean_texts(texts_of(df, cfg, path, flag), cfg.clean)
+        raw_texts += texts_of(df, cfg, path, flag)
+        texts += clean_texts(raw_texts[len(texts) :], cfg.clean)
         labels.append(encode_labels(raw, label_map, path, flag))
         ids += [f"{Path(path).name}:{i}" for i in ids_of(df, cfg)]
         part.append(np.full(len(df), k, dtype=np.int64))
@@ -229,7 +234,9 @@ def load_train_texts(paths: list[str], cfg: DataConfig, flag: str) -> tuple[Text
             parent.append(pd.to_numeric(df["parent"], errors="coerce").fillna(-1).to_numpy(np.int64))
         else:
             parent.append(np.full(len(df), -1, dtype=np.int64))
-    ts = TextSet(texts, np.concatenate(labels), ids, source, np.concatenate(part), np.concatenate(parent))
+    ts = TextSet(
+        texts, np.concatenate(labels), ids, source, np.concatenate(part), np.concatenate(parent), raw_texts
+    )
     return ts, label_map
 
 

@@ -35,6 +35,13 @@ def metrics(labels: np.ndarray, preds: np.ndarray, label_names: list, loss: floa
     return out
 
 
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true classes: ``probs`` ``(rows, classes)``, ``labels`` ``(rows,)`` class
+    indices; probabilities are clipped at 1e-12 so that one confident mistake cannot make it infinite."""
+    picked = np.asarray(probs)[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(picked, 1e-12, None))))
+
+
 def summary_line(m: dict) -> str:
     loss = f"  loss {m['loss']:.4f}" if "loss" in m else ""
     return f"accuracy {m['accuracy'] * 100:.2f}%  macro-F1 {m['macro_f1'] * 100:.2f}%{loss}  (n={m['n']:,})"

@@ -64,14 +64,22 @@ def save_checkpoint(
     scaler,
     state: dict,
     keep: int,
+    rng: dict | None = None,
     rank_rng: list[dict] | None = None,
     method_state: dict | None = None,
 ) -> Path:
     """Write checkpoints/step-N atomically, then prune to the newest ``keep``.
 
-    ``rank_rng`` holds every rank's RNG state when several processes train (rank 0 writes them all);
-    ``method_state`` what the adaptation method keeps outside its parameters (tensors and plain values).
+    ``rng`` is the random-number state to continue from (``torch_rng``, and ``cuda_rng_all`` with GPUs): the
+    snapshot the loop took at the step boundary, not the live state, which a half-done step may have advanced
+    (the live state when None). ``rank_rng`` holds every rank's state when several processes train (rank 0
+    writes them all); ``method_state`` what the adaptation method keeps outside its parameters (tensors and plain
+    values).
     """
+    if rng is None:
+        rng = {"torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda_rng_all"] = torch.cuda.get_rng_state_all()
     root = run / CKPT_DIR
     root.mkdir(exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -87,8 +95,8 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "torch_rng": rng["torch_rng"],
+            "cuda_rng": rng.get("cuda_rng_all", []),
             "rank_rng": rank_rng or [],
             "method": method_state or {},
         },

@@ -92,3 +92,13 @@ class MetricsLogger:
         self.fh.close()
         if self.writer is not None:
             self.writer.close()
+
+
+class NullLogger:
+    """The metrics logger of ranks other than 0, which write nothing (same interface as :class:`MetricsLogger`)."""
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -72,8 +72,9 @@ class Objective:
     def _run(self, trial) -> float:
         import optuna
 
-        from loraclf.training.loop import Diverged, train
+        from loraclf.training.loop import train
         from loraclf.training.prepare import prepare
+        from loraclf.training.state import Diverged
 
         values = {d.key: d.suggest(trial) for d in self.space}
         try:

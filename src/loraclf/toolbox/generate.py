@@ -117,10 +117,10 @@ def lora_targets(model) -> list[str] | str:
 
 
 def _bf16(device: torch.device) -> bool:
-    from loraclf.utils.devices import cpu_has_fast_bf16
+    from loraclf.utils.devices import cpu_has_fast_bf16, cuda_native_bf16
 
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return cuda_native_bf16(device)
     return device.type == "cpu" and cpu_has_fast_bf16()
 
 

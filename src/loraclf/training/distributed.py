@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -232,14 +234,93 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
 @contextlib.contextmanager
 def joined(device: torch.device):
     """``with joined(device) as (dist, device):`` — :func:`setup`, then :func:`shutdown` on leaving: after a barrier
-    when the block finished on this rank, without one after an error (another rank may be gone)."""
+    when the block finished on this rank, without one after an error (another rank may be gone).
+
+    While the block runs, a :class:`Watchdog` stops this rank when another rank reports a failure, and an error
+    leaving the block here is reported to the others first, wherever it happened (building the model, the
+    frozen-layer cache, a training step, finishing): no rank is left waiting in a collective for a peer that
+    will never come, whichever launcher started them (srun and mpirun do not stop the other workers).
+    """
     dist, device = setup(device)
+    dog = Watchdog.start(dist)
     try:
         yield dist, device
-    except BaseException:
+    except BaseException as exc:
+        if dog is not None:
+            dog.stop()
+            dog.report(exc)
         shutdown()
         raise
+    if dog is not None:
+        dog.stop()
     shutdown(finished=True)
+
+
+class Watchdog:
+    """A thread that watches the job's key-value store for another rank's failure and stops this rank then.
+
+    The failing rank writes one line under :data:`FAILED` in the store of the launcher's rendezvous (the store
+    every rank joined the process group through); the others poll it every ``period`` seconds. The blocked rank
+    cannot be woken where it waits (inside a collective, possibly in NCCL), so the thread prints one line and ends
+    the process with exit status 2: its run folder keeps its checkpoints, and ``--resume`` continues it.
+    """
+
+    FAILED = "loraclf/failed"
+
+    def __init__(self, store, dist: Dist, period: float):
+        self.store, self.dist, self.period = store, dist, period
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="loraclf-watchdog", daemon=True)
+
+    @classmethod
+    def start(cls, dist: Dist, period: float = 1.0) -> Watchdog | None:
+        """A running watchdog for this rank, or None with one process (or a store that cannot be reached)."""
+        if dist.world == 1:
+            return None
+        try:
+            store = tdist.distributed_c10d._get_default_store()  # torch keeps the rendezvous store here
+            dog = cls(
+                store.clone(), dist, period
+            )  # a connection of its own: the thread polls beside collectives
+        except (AttributeError, RuntimeError, ValueError):
+            return None
+        dog._thread.start()
+        return dog
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self.period):
+            try:
+                failed = self.store.check([self.FAILED])
+                message = self.store.get(self.FAILED).decode(errors="replace") if failed else ""
+            except Exception:  # the store is gone: its host (rank 0 or the launcher's agent) stopped
+                if self._stopped.is_set():
+                    return
+                failed, message = (
+                    True,
+                    "the job's rendezvous store stopped answering (rank 0 or its launcher ended)",
+                )
+            if failed and not self._stopped.is_set():
+                print(
+                    f"loraclf: error: rank {self.dist.rank}: stopped because {message}; see that rank's error",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(UserError.exit_code)
+
+    def stop(self) -> None:
+        """Stop watching (this rank finishes or fails by itself)."""
+        self._stopped.set()
+        self._thread.join(timeout=2 * self.period + 5)
+
+    def report(self, exc: BaseException) -> None:
+        """Tell the other ranks that this one failed (best effort: the store may be gone too)."""
+        what = (
+            "was interrupted"
+            if isinstance(exc, KeyboardInterrupt)
+            else f"failed ({str(exc)[:300] or type(exc).__name__})"
+        )
+        with contextlib.suppress(Exception):
+            self.store.set(self.FAILED, f"rank {self.dist.rank} {what}")
 
 
 def shutdown(finished: bool = False) -> None:

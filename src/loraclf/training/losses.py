@@ -27,51 +27,86 @@ from loraclf.config import Recipe
 from loraclf.utils.errors import UserError
 
 
+@dataclass(frozen=True)
+class StepNorm:
+    """What one optimizer step's loss is averaged over, counted on the host for the whole step (all micro-batches,
+    all ranks) before it runs: its rows, and their summed class weights (equal to ``rows`` without weights)."""
+
+    rows: int
+    weight: float
+
+
 @dataclass
 class LossStep:
-    """Turns a batch into (loss, logits) according to the recipe."""
+    """Turns a share of a batch into its part of the step's loss, and the logits.
+
+    The step's loss is the single-process loss over all its rows: the (class-weighted) mean cross-entropy, R-Drop's
+    and distillation's per-row means added. A share contributes its rows' summed terms divided by the step's
+    totals (:class:`StepNorm`), so the parts of every micro-batch on every rank add up to exactly that loss,
+    whatever the split; a class-weighted mean is divided by the step's summed weights, not each share's own (which
+    would cancel the weights in a one-row share).
+    """
 
     recipe: Recipe
-    class_weights: torch.Tensor | None = None
+    class_weights: torch.Tensor | None = None  # (num_labels,), on the training device
     teacher_log_probs: np.ndarray | None = None  # one row per training row, columns = classes
 
-    def ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def norm(self, labels: np.ndarray) -> StepNorm:
+        """The normalisers of a step whose rows have these class indices."""
+        if self.class_weights is None:
+            return StepNorm(len(labels), float(len(labels)))
+        w = self.class_weights.detach().cpu().double().numpy()
+        return StepNorm(len(labels), float(w[labels].sum()))
+
+    def ce_sum(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed per-row (class-weighted, smoothed) cross-entropy: PyTorch's weighted mean times its weight sum."""
         return F.cross_entropy(
             logits.float(),
             labels,
             weight=self.class_weights,
             label_smoothing=self.recipe.train.label_smoothing,
+            reduction="sum",
         )
 
-    def __call__(self, model, input_ids, mask, labels, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, model, input_ids, mask, labels, rows, norm: StepNorm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(this share's part of the step's loss, logits)``; ``rows`` are the share's training-row numbers."""
         logits = model(input_ids=input_ids, attention_mask=mask).logits
-        loss = self.ce(logits, labels)
+        loss = self.ce_sum(logits, labels) / norm.weight
         rdrop = self.recipe.train.rdrop
         if rdrop > 0:
             logits2 = model(input_ids=input_ids, attention_mask=mask).logits
-            loss = 0.5 * (loss + self.ce(logits2, labels)) + rdrop * symmetric_kl(logits, logits2)
+            ce2 = self.ce_sum(logits2, labels) / norm.weight
+            loss = 0.5 * (loss + ce2) + rdrop * symmetric_kl(logits, logits2, "sum") / norm.rows
         if self.teacher_log_probs is not None:
             d = self.recipe.distill
             teacher = torch.from_numpy(self.teacher_log_probs[rows]).to(logits.device)
-            loss = (1 - d.alpha) * loss + d.alpha * distill_kl(logits, teacher, d.temperature)
+            kl = distill_kl(logits, teacher, d.temperature, "sum") / norm.rows
+            loss = (1 - d.alpha) * loss + d.alpha * kl
         return loss, logits
 
 
-def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def symmetric_kl(a: torch.Tensor, b: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
+    """½ (KL(p_a‖p_b) + KL(p_b‖p_a)) of two logit tables ``(rows, classes)``: per-row mean, or summed over rows."""
     la, lb = F.log_softmax(a.float(), -1), F.log_softmax(b.float(), -1)
     return 0.5 * (
-        F.kl_div(la, lb, log_target=True, reduction="batchmean")
-        + F.kl_div(lb, la, log_target=True, reduction="batchmean")
+        F.kl_div(la, lb, log_target=True, reduction=reduction)
+        + F.kl_div(lb, la, log_target=True, reduction=reduction)
     )
 
 
 def distill_kl(
-    student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float
+    student_logits: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    temperature: float,
+    reduction: str = "batchmean",
 ) -> torch.Tensor:
-    """T² · KL(teacher_T ‖ student_T); log-probabilities work as logits since softmax ignores a constant shift."""
+    """T² · KL(teacher_T ‖ student_T) of ``(rows, classes)`` tables, per-row mean or summed over rows;
+    log-probabilities work as logits since softmax ignores a constant shift."""
     s = F.log_softmax(student_logits.float() / temperature, -1)
     t = F.log_softmax(teacher_log_probs.float() / temperature, -1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+    return F.kl_div(s, t, log_target=True, reduction=reduction) * temperature**2
 
 
 def balanced_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:

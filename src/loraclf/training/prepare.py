@@ -8,6 +8,7 @@ the teachers' probabilities. Any problem is a ``UserError`` raised while the run
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from loraclf.config import VIRTUAL_TOKEN_METHODS, Recipe, validate
-from loraclf.data.batching import token_lengths, tokenize
+from loraclf.data.batching import PAD_MULTIPLE, hash_texts, token_lengths, tokenize
 from loraclf.data.splits import Rows, absolute, read_rows
 from loraclf.data.tables import TextSet, choose_max_length, length_stats
 from loraclf.modeling.backbones import load_config, load_tokenizer, position_limit
@@ -73,8 +74,11 @@ def prepare(
     max_length, stats, train_ids, eval_ids = _tokens(recipe, tokenizer, train_set, eval_set)
     teachers = None
     if recipe.distill.teachers:
-        teachers = teacher_log_probs(recipe.distill.teachers, train_set.texts, label_map, say)
+        # Each teacher cleans the raw texts its own way (its recipe's data.clean), as ensemble members do.
+        raw = train_set.raw if train_set.raw is not None else train_set.texts
+        teachers = teacher_log_probs(recipe.distill.teachers, raw, label_map, say)
         notes["teachers"] = [absolute(t) for t in recipe.distill.teachers]
+    notes["rows_digest"] = rows_digest(train_set, eval_set, label_map)
     return Prepared(
         recipe,
         label_map,
@@ -100,11 +104,13 @@ def _tokens(recipe: Recipe, tokenizer, train_set: TextSet, eval_set: TextSet):
     limit = min(limit, position_limit(load_config(recipe.model.name, model_cfg=recipe.model)) or limit)
     # Prompt and prefix tuning's virtual tokens take position slots before the text.
     virtual = recipe.adapter.virtual_tokens if recipe.adapter.method in VIRTUAL_TOKEN_METHODS else 0
-    limit -= virtual
+    # Batches are padded up to a multiple of PAD_MULTIPLE (data/batching.py): a limit that is not one would let a
+    # padded batch overrun the position table (512 positions - 20 virtual tokens = 492, padded to 496).
+    positions, limit = limit, (limit - virtual) // PAD_MULTIPLE * PAD_MULTIPLE
     if limit < 8:
         raise UserError(
-            f"adapter.virtual_tokens={virtual} leaves {max(limit, 0)} of {recipe.model.name}'s "
-            f"{limit + virtual} positions for the text; use fewer virtual tokens (--virtual-tokens)"
+            f"adapter.virtual_tokens={virtual} leaves {max(positions - virtual, 0)} of {recipe.model.name}'s "
+            f"{positions} positions for the text; use fewer virtual tokens (--virtual-tokens)"
         )
     if d.max_length is not None and d.max_length > limit:
         spent = f" after adapter.virtual_tokens={virtual}" if virtual else ""
@@ -128,8 +134,26 @@ def _tokens(recipe: Recipe, tokenizer, train_set: TextSet, eval_set: TextSet):
     return max_length, stats, train_ids, eval_ids
 
 
+def rows_digest(train_set: TextSet, eval_set: TextSet, label_map: list) -> str:
+    """A digest of the rows a run trains and evaluates on: texts (as cleaned), labels as written, in order.
+
+    ``--resume`` compares it with the one in run.json: the saved data position (epoch, batch) and class indices
+    mean something only for the same rows with the same labels.
+    """
+    h = hashlib.sha256()
+    for ts in (train_set, eval_set):
+        hash_texts(h, ts.texts)
+        hash_texts(h, [str(label_map[i]) for i in ts.labels])
+        h.update(b"\1")
+    return h.hexdigest()[:32]
+
+
 def resume_run(out: Path) -> tuple[Prepared, Path]:
-    """Rebuild the prepared state of an interrupted run from its folder alone."""
+    """Rebuild the prepared state of an interrupted run from its folder alone.
+
+    Raises:
+        UserError: not a run folder, already complete, or its training or evaluation rows changed since it started.
+    """
     run = Path(out)
     if not (run / "run.json").is_file() or not (run / "recipe.yaml").is_file():
         raise UserError(f"--resume: '{run}' is not a loraclf run folder (no run.json/recipe.yaml)")
@@ -138,7 +162,9 @@ def resume_run(out: Path) -> tuple[Prepared, Path]:
         recipe = read_recipe(run)
     except UserError as exc:
         raise UserError(f"--resume: {exc}") from None
-    if info.complete:
+    if (
+        info.complete and "finishing" not in info.extra
+    ):  # a complete run may still lack its report and clean-up
         raise UserError(f"--resume: run '{run}' is already complete; evaluate or predict with it")
     data = info.data
     if "train_file" not in data:
@@ -146,4 +172,11 @@ def resume_run(out: Path) -> tuple[Prepared, Path]:
     if recipe.data.max_length is None:
         recipe.data.max_length = info.max_length
     p = prepare(recipe, data["train_file"], data.get("eval_file"))
+    if data.get("rows_digest") not in (None, p.notes["rows_digest"]):
+        files = " and ".join(str(f) for f in (data["train_file"], data.get("eval_file")) if f)
+        raise UserError(
+            f"--resume: the rows of {files} changed since run '{run}' started (now {len(p.train):,} training / "
+            f"{len(p.eval):,} evaluation rows, then {data.get('n_train')} / {data.get('n_eval')}, or "
+            "their texts or labels differ); restore the files as they were, or start a new run with --out"
+        )
     return p, run

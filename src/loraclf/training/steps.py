@@ -1,15 +1,16 @@
-"""One optimizer step's work on this rank: the micro-batches, their weights, and what they may not do.
+"""One optimizer step: this rank's micro-batches, the update, and the checks between them.
 
 ``accumulate`` runs forward and backward over this rank's share of each batch of a step (distributed.py says how
-shares are cut). Each share's mean loss is weighted by ``n_share · world / rows``, where ``rows`` counts the whole
-step's rows on all ranks: summed over batches and averaged over ranks by DDP, the gradient is that of the step's
-mean loss over its rows. One process and N processes therefore take the same steps, and an epoch's last step,
-with fewer batches than ``train.grad_accum``, weighs like any other (it used to be divided by ``grad_accum``
-regardless, so it counted for less).
+shares are cut). Each share contributes its rows' summed loss terms divided by the whole step's totals, counted on
+the host before the step (:class:`~loraclf.training.losses.StepNorm`: rows, and summed class weights), times the
+world size because DDP averages gradients over ranks. Summed over micro-batches and averaged over ranks, the
+gradient is that of the single-process loss over the step's rows, for every loss term (class weights, label
+smoothing, R-Drop, distillation): one process and N processes take the same steps, any ``train.grad_accum`` takes the
+same step as one batch of its rows, and an epoch's last step, with fewer batches, weighs like any other.
 
-Nothing here reads a value back from the device: on a GPU each read waits for every queued kernel, and one per
-micro-batch kept the GPU idle while Python prepared the next batch. Loss and accuracy sums stay on the device and
-the loop reads them at its log lines; the one read per optimizer step is the check that the loss is finite.
+Nothing in ``accumulate`` reads a value back from the device: on a GPU each read waits for every queued kernel,
+and one per micro-batch kept the GPU idle while Python prepared the next batch. Loss and accuracy sums stay on the
+device and the loop reads them at its log lines; the one read per optimizer step is :func:`check_finite`.
 
 Running out of device memory is a user error with a remedy (``memory_hint``), and
 ``train.gradient_checkpointing`` (``checkpoint_activations``) is one of the remedies.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from loraclf.data.batching import collate
@@ -26,11 +28,21 @@ from loraclf.utils.devices import autocast
 from loraclf.utils.errors import UserError
 
 
-def accumulate(p, s, group: list, rows: int, device, precision) -> None:
+def accumulate(p, s, group: list[np.ndarray], device, precision) -> None:
     """Forward and backward of this rank's share of each batch of one optimizer step (``s``: the loop's Session).
 
-    Adds (loss · rows, correct rows) of this rank to ``s.step_stats`` on the device.
+    Args:
+        p: The prepared run (token ids, labels).
+        s: The loop's Session (model, loss step, DDP wrapper, scaler, device-side statistics).
+        group: The step's batches: arrays of training-row numbers, ``train.grad_accum`` of them (fewer at an
+            epoch's end).
+
+    Adds ``(loss · rows, correct rows)`` of this rank to ``s.step_stats`` on the device.
+
+    Raises:
+        UserError: out of device memory (see :func:`memory_hint`).
     """
+    norm = s.loss_step.norm(p.train.labels[np.concatenate(group)])
     labels_all = torch.from_numpy(p.train.labels)
     for i, batch in enumerate(group):
         mine, n = s.dist.share(batch)
@@ -40,14 +52,78 @@ def accumulate(p, s, group: list, rows: int, device, precision) -> None:
         labels = labels_all[mine].to(device, non_blocking=True)
         with s.dist.no_sync(s.fwd, last=i == len(group) - 1), memory_hint(p, input_ids.shape, device):
             with autocast(device, precision):
-                loss, logits = s.loss_step(s.fwd, input_ids, mask, labels, mine)
-                if s.method.extra_loss is not None:
-                    loss = loss + s.method.extra_loss(s.model)
-            weighted = loss * (n * s.dist.world / rows)
+                part, logits = s.loss_step(s.fwd, input_ids, mask, labels, mine, norm)
+                if (
+                    s.method.extra_loss is not None
+                ):  # a per-step term (AdaLoRA's): shares carry it by row count
+                    part = part + s.method.extra_loss(s.model) * (n / norm.rows)
+            # A stand-in row (an empty share, see Dist.share) runs so that DDP's all-reduce lines up; it adds nothing.
+            part = part if n else part * 0.0
+            weighted = part * s.dist.world  # DDP averages over ranks; the parts are already shares of the sum
             (s.scaler.scale(weighted) if s.scaler else weighted).backward()
         if n:
             hits = (logits.detach().argmax(-1) == labels).sum()
-            s.step_stats += torch.stack((loss.detach().float() * n, hits.float()))
+            s.step_stats += torch.stack((part.detach().float() * norm.rows, hits.float()))
+
+
+def optimizer_step(s, max_norm: float | None, after_step=None) -> bool:
+    """Unscale, clip, step the optimizer and the schedule, run the method's hook, zero the gradients.
+
+    Args:
+        s: The loop's Session.
+        max_norm: Gradient clipping norm, or None.
+        after_step: The method's hook (AdaLoRA's rank allocation), run before ``zero_grad`` because it reads the
+            gradients, and only when the optimizer really stepped.
+
+    Returns:
+        Whether the optimizer stepped: fp16 loss scaling skips a step whose gradients overflowed.
+    """
+    params = [q for q in s.model.parameters() if q.requires_grad]
+    if s.scaler:
+        s.scaler.unscale_(s.optimizer)
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    stepped = True
+    if s.scaler:
+        scale = s.scaler.get_scale()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        # A skipped step lowers the scale; the schedule then waits, so the learning rate follows the steps taken
+        # (as HF Trainer does). Reading the scale waits for the GPU but adds no stall: scaler.step waits there too.
+        stepped = s.scaler.get_scale() >= scale
+    else:
+        s.optimizer.step()
+    if stepped:
+        s.scheduler.step()
+        # Gradients of a skipped step hold inf (0 · inf = NaN in AdaLoRA's importance scores, which then never
+        # prune): the hook sees only steps that were taken.
+        if after_step is not None:
+            after_step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return stepped
+
+
+def check_finite(s, rows: int) -> float | None:
+    """Sum the step's statistics over ranks into the log window: one host read per step.
+
+    Returns:
+        None when the step's loss is finite (on every rank alike, since the sum is shared), else the mean loss of
+        its rows (NaN or inf), for the caller's error.
+    """
+    step = s.dist.sum_(s.step_stats)
+    if not bool(torch.isfinite(step[0])):
+        return float(step[0]) / rows
+    s.window_stats += step
+    step.zero_()
+    return None
+
+
+def read_stats(s, state) -> None:
+    """Move the device-side statistics into the state (a host read: only at log lines and checkpoints)."""
+    loss_sum, correct = s.window_stats.tolist()
+    state.loss_sum += loss_sum
+    state.correct += correct
+    s.window_stats.zero_()
 
 
 @contextlib.contextmanager

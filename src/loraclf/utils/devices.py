@@ -47,15 +47,33 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def cuda_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes bf16 in hardware (compute capability 8.0 and up: Ampere, Hopper, Ada, Blackwell).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes on T4 and V100 (sm_75, sm_70), where bf16 is emulated: it
+    runs, several times slower than fp16 on their tensor cores.
+    """
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def pick_precision(name: str, device: torch.device) -> str:
+    """The training (and PyTorch inference) precision: ``auto`` is bf16 where the hardware computes it natively
+    (GPUs from Ampere on; CPUs with AMX or AVX-512 BF16), fp16 with loss scaling on older GPUs, else fp32.
+
+    Raises:
+        UserError: fp16 asked for on the CPU, or bf16 on a GPU that only emulates it.
+    """
     if name != "auto":
         if name == "fp16" and device.type == "cpu":
             raise UserError("train.precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
-        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UserError("train.precision bf16 is not supported by this GPU; use fp16 or fp32")
+        if name == "bf16" and device.type == "cuda" and not cuda_native_bf16(device):
+            raise UserError(
+                f"train.precision bf16: {torch.cuda.get_device_name(device)} emulates bf16 (several times slower); "
+                "use fp16 (or auto) or fp32"
+            )
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_native_bf16(device) else "fp16"
     if device.type == "cpu" and cpu_has_fast_bf16():
         return "bf16"
     return "fp32"
