@@ -22,6 +22,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite tests the CPU paths: on a machine with an NVIDIA GPU, "auto" devices would otherwise pick CUDA (and the
+# int8 path would step aside), so the same tests would test something else or fail. GPU decisions are tested with
+# a faked CUDA (test_hardware.py); the GPU itself is the device check's job (benchmarks/gpu_check.sh).
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # Token caches and assembled models go to a throw-away folder, not the user's ~/.cache.
 os.environ["LORACLF_CACHE"] = tempfile.mkdtemp(prefix="loraclf-test-cache-")
 

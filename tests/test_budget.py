@@ -110,6 +110,59 @@ def test_plan_equals_built_model(tiny_model_dirs, arch, model, adapter):
     assert not any(t.is_meta for t in real.parameters())
 
 
+# The trainable counts of TINY_CASES from first principles, so that a fault shared by the plan and the build (both
+# go through apply_adapters) still shows. Tiny models: hidden H = 32, 2 layers, intermediate 64 (GPT-2: 4H), K = 3.
+# LoRA on Linear(i, o) adds r·(i + o); a BERT/RoBERTa layer has 288 biases (q, k, v, attention output, 2 LayerNorms,
+# intermediate 64, output 32), a GPT-2 block 352 (2 LayerNorms, c_attn 96, attention c_proj, c_fc 128, c_proj).
+H, K = 32, 3
+OWN_HEAD = H * K + K  # BERT's classifier on the pooled output
+MLP_HEAD = H * H + H + H * K + K  # loraclf's MLP head, also RoBERTa's own classification head
+QV = 2 * 2 * 8 * (H + H)  # LoRA r=8 on query and value of 2 layers
+BIASES = 2 * 288 + H  # every bias of the BERT/RoBERTa encoder: 2 layers + the embeddings' LayerNorm
+CLOSED_FORM = [
+    QV + OWN_HEAD,
+    QV + MLP_HEAD,
+    2 * 3 * 8 * (H + H) + BIASES + OWN_HEAD,  # q, k, v; a linear head over cls (no pooler)
+    QV + 2 * 2 * H + OWN_HEAD,  # the biases of the adapted modules only
+    (2 + 6) * (H + H) + OWN_HEAD,
+    (4 + 8) * (H + H) + OWN_HEAD,  # 4·2^i for layers 0 and 1
+    8 * (4 * (H + H) + (H + 64) + (64 + H)) + OWN_HEAD,  # every linear layer of layer 1 only
+    2 * 4 * 3 * (H + H) + BIASES + MLP_HEAD,  # "attention": q, k, v and its output projection
+    OWN_HEAD,
+    BIASES + H + OWN_HEAD,  # the pooler's bias trains too: the model's own head reads the pooler
+    # Full fine-tuning: embeddings (193-word vocabulary, 128 positions, 2 types, LayerNorm), 2 layers, the MLP head
+    # (no pooler: loraclf's head pools itself).
+    (193 + 128 + 2) * H
+    + 2 * H
+    + 2 * (4 * (H * H + H) + 2 * H + (H * 64 + 64) + (64 * H + H) + 2 * H)
+    + MLP_HEAD,
+    QV + MLP_HEAD,
+    2 * 3 * 4 * (H + H) + BIASES + MLP_HEAD,
+    QV + 2 * 2 * H + MLP_HEAD,
+    2 * 8 * (H + 3 * H) + H * K,  # c_attn is Conv1D(H, 3H); GPT-2's score head has no bias
+    2 * 8 * ((H + 4 * H) + (4 * H + H) + (H + H)) + 2 * (4 * H + H + H) + H * K,  # c_fc, both c_proj
+    2 * 8 * (H + 3 * H) + 2 * 352 + H + MLP_HEAD,  # every bias: 2 blocks + the final LayerNorm
+    H * K,
+    # wte, wpe (128 positions), 2 blocks (LayerNorms, c_attn, c_proj, c_fc, c_proj), ln_f, the score head.
+    (193 + 128) * H
+    + 2 * (4 * H + (3 * H * H + 3 * H) + (H * H + H) + (4 * H * H + 4 * H) + (4 * H * H + H))
+    + 2 * H
+    + H * K,
+]
+
+
+@pytest.mark.parametrize(
+    ("arch", "model", "adapter", "expected"),
+    [(*case, n) for case, n in zip(TINY_CASES, CLOSED_FORM)],
+    ids=[f"{a}-{m}-{d}" for a, m, d in TINY_CASES],
+)
+def test_plan_matches_its_closed_form(tiny_model_dirs, arch, model, adapter, expected):
+    p = plan(recipe(tiny_model_dirs[arch], model, **adapter), K)
+    assert p.trainable == expected
+    if adapter.get("method") == "full":
+        assert p.trainable == p.total
+
+
 def test_plan_method_head_counts_only_the_head(tiny_model_dirs):
     p = plan(recipe(tiny_model_dirs["bert"], method="head"), 3)
     assert p.trainable == p.head == 32 * 3 + 3  # BERT's classifier on the pooled output

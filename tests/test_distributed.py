@@ -111,7 +111,7 @@ def test_two_processes_train_what_one_trains(files, tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     assert {p.name for p in two.iterdir()} == RUN_FILES  # one run folder, written by rank 0 alone
     assert res.stdout.count("run folder:") == 1  # one report, not one per rank
-    assert res.stderr.count("training 1") <= 1
+    assert res.stderr.count("training 1") == 1
     assert _weights_differ(one, two) < TOL
     a, b = _evals(one), _evals(two)
     # Evaluation with 41 rows over 2 ranks: a duplicated or dropped row would change accuracy by 1/41.
@@ -287,3 +287,99 @@ def test_a_failing_rank_stops_the_other_instead_of_leaving_it_waiting(tmp_path):
         "map_rows: ValueError: rank 1's own failure",
         "main_first: UserError: rank 0 failed while preparing the model for every rank; see its error above",
     ]
+
+
+def test_each_rank_draws_its_own_dropout_masks_deterministically():
+    from loraclf.training.session import seed_rank
+
+    def masks(rank: int, world: int) -> torch.Tensor:
+        torch.manual_seed(42)  # every rank builds its model from the seed
+        seed_rank(42, Dist(rank, world, rank))
+        return torch.nn.functional.dropout(torch.ones(256), 0.5)
+
+    a, b = masks(0, 2), masks(1, 2)
+    assert not torch.equal(a, b)  # rank 1's j-th row no longer shares rank 0's mask
+    assert torch.equal(a, masks(0, 2)) and torch.equal(b, masks(1, 2))  # and a rerun draws them again
+    assert torch.equal(
+        masks(0, 1), (torch.manual_seed(42), torch.nn.functional.dropout(torch.ones(256), 0.5))[1]
+    )
+
+
+# A rank started the way srun or mpirun start one (the launcher's variables, no torchrun to stop its siblings):
+# rank 1 fails in the given phase, then lingers in its teardown (as a hung NCCL shutdown can).
+_RANK = r"""
+import os, sys, time
+rank, phase = int(os.environ["RANK"]), os.environ["LORACLF_TEST_PHASE"]
+if rank == 1:
+    import loraclf.inference.run as inference_run
+    from loraclf.training import distributed, frozen, loop, steps
+    from loraclf.utils.errors import UserError
+
+    def fail(*args, **kwargs):
+        with open(os.environ["LORACLF_TEST_FAILED"], "w") as fh:
+            fh.write(str(time.time()))
+        raise UserError(f"injected failure ({phase})")
+
+    if phase == "build":
+        loop.build_model = fail
+    elif phase == "frozen-cache":
+        frozen.build = fail
+    elif phase == "step":
+        real, calls = steps.accumulate, [0]
+        def accumulate(*args, **kwargs):
+            calls[0] += 1
+            return fail() if calls[0] == 3 else real(*args, **kwargs)
+        steps.accumulate = accumulate
+    elif phase == "finishing":
+        inference_run.load = fail
+    distributed.shutdown = lambda finished=False: time.sleep(600)
+from loraclf.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("phase", ["build", "frozen-cache", "step", "finishing"])
+def test_a_rank_failing_in_any_phase_stops_the_others_within_a_minute(files, tmp_path, phase):
+    extra = ["adapter.layers=1"] if phase == "frozen-cache" else []
+    args = [str(a) for a in _args(files, tmp_path / "run", "--epochs", "1", *extra)]
+    port, procs, logs = _free_port(), [], []
+    failed = tmp_path / "failed-at"
+    try:
+        for rank in (0, 1):
+            env = cli_env(
+                RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LORACLF_TEST_PHASE=phase,
+                LORACLF_TEST_FAILED=str(failed),
+            )  # fmt: skip
+            logs.append((tmp_path / f"rank{rank}.err").open("w"))
+            cmd = [sys.executable, "-c", _RANK, *args]
+            procs.append(subprocess.Popen(cmd, stderr=logs[-1], stdout=subprocess.DEVNULL, env=env))
+        deadline = time.monotonic() + 300  # start-up and training up to the phase, then at most a minute
+        while time.monotonic() < deadline and procs[0].poll() is None:
+            if failed.exists() and failed.read_text() and time.time() - float(failed.read_text()) > 90:
+                break
+            time.sleep(0.2)
+        stopped = time.time()
+        rank0 = (tmp_path / "rank0.err").read_text()
+        assert failed.exists(), f"rank 1 never reached the phase:\n{rank0[-2000:]}"
+        assert procs[0].poll() is not None, f"rank 0 still waits for rank 1:\n{rank0[-2000:]}"
+        assert stopped - float(failed.read_text()) < 60
+        assert procs[0].returncode == 2, rank0[-2000:]
+        errors = [ln for ln in rank0.splitlines() if ln.startswith("loraclf: error:")]
+        assert errors == [errors[0]] and "rank 1 failed (injected failure" in errors[0], rank0[-2000:]
+        assert "Traceback" not in rank0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()

@@ -1,11 +1,14 @@
 """GPU and precision decisions, tested as far as a CPU allows: CUDA is faked where a decision only reads it."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from loraclf.config import Recipe, from_dict
 from loraclf.data.batching import collate
-from loraclf.training.loop import _optimizer_step, make_optimizer
+from loraclf.training import steps
+from loraclf.training.session import make_optimizer
 from loraclf.utils import devices as hardware
 from loraclf.utils.errors import UserError
 
@@ -15,11 +18,16 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """A visible CUDA GPU whose bf16 support the test sets."""
+    """A visible CUDA GPU whose bf16 support the test sets: native (compute capability 8.0, A100) or emulated
+    (7.5, T4), with torch's own semantics for ``is_bf16_supported`` (emulation counts unless excluded)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Fake GPU")
 
-    def with_bf16(supported: bool):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    def with_bf16(native: bool):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0) if native else (7, 5))
+        monkeypatch.setattr(
+            torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation
+        )
 
     with_bf16(True)
     return with_bf16
@@ -52,10 +60,16 @@ def test_auto_precision_on_cuda_is_bf16_on_ampere_else_fp16(fake_cuda, bf16, exp
     assert hardware.pick_inference_precision("auto", CUDA) == expected
 
 
-def test_bf16_on_a_gpu_without_it_is_refused(fake_cuda):
+def test_bf16_on_a_gpu_that_only_emulates_it_is_refused(fake_cuda):
     fake_cuda(False)
-    with pytest.raises(UserError, match="fp16 or fp32"):
+    with pytest.raises(UserError, match="emulates bf16"):
         hardware.pick_precision("bf16", CUDA)
+
+
+def test_auto_precision_on_a_t4_is_fp16_although_torch_reports_emulated_bf16(fake_cuda):
+    fake_cuda(False)
+    assert torch.cuda.is_bf16_supported()  # torch's default counts emulation: T4s and V100s say yes
+    assert hardware.pick_precision("auto", CUDA) == "fp16"
 
 
 def test_fp16_on_the_cpu_is_refused():
@@ -93,7 +107,7 @@ def test_optimizer_is_fused_on_cuda_and_skips_decay_on_biases_and_norms():
     recipe = from_dict(Recipe, {"train": {"lr": 1e-3, "weight_decay": 0.1}})
     opt = make_optimizer(_model(), recipe, CUDA)
     assert opt.defaults["fused"] is True
-    decay, no_decay = opt.param_groups
+    decay, no_decay = opt.param_groups  # LoRA+ off: two groups, as plain AdamW
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim == 2 for p in decay["params"])  # the two Linear weights
     assert len(no_decay["params"]) == 4  # two biases, LayerNorm weight and bias
@@ -127,7 +141,7 @@ def _step_with_scaler(grad_value: float):
     before = model.weight.detach().clone()
     loss = model(torch.ones(1, 2)).sum() * grad_value
     scaler.scale(loss).backward()
-    _optimizer_step(model, opt, sched, scaler, max_norm=1.0)
+    steps.optimizer_step(SimpleNamespace(model=model, optimizer=opt, scheduler=sched, scaler=scaler), 1.0)
     return before, model, scaler, sched
 
 
@@ -137,6 +151,40 @@ def test_loss_scaled_step_updates_weights_and_clears_gradients():
     assert model.weight.grad is None
     assert scaler.get_scale() == 2.0**8  # no overflow: the scale is kept
     assert sched.last_epoch == 1
+
+
+class _OverflowingScaler:
+    """A GradScaler stand-in whose step overflowed: ``update`` halves the scale (the step was skipped)."""
+
+    def __init__(self):
+        self.scale = 2.0
+
+    def unscale_(self, optimizer):
+        pass
+
+    def get_scale(self):
+        return self.scale
+
+    def step(self, optimizer):
+        pass
+
+    def update(self):
+        self.scale /= 2
+
+
+@pytest.mark.parametrize("overflow", [True, False])
+def test_the_methods_hook_runs_only_on_steps_the_scaler_took(overflow):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    model(torch.ones(1, 2)).sum().backward()
+    scaler = _OverflowingScaler() if overflow else None
+    seen = []  # AdaLoRA's allocator reads the gradients: inf ones would turn its importance scores into NaN
+    s = SimpleNamespace(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+    took = steps.optimizer_step(s, 1.0, after_step=lambda: seen.append(model.weight.grad is not None))
+    assert took is not overflow
+    assert seen == ([] if overflow else [True])
+    assert model.weight.grad is None
 
 
 def test_loss_scaled_step_skips_an_overflowing_step_and_lowers_the_scale():
@@ -179,3 +227,28 @@ def test_cpu_inference_runs_at_most_cpu_max_batch_rows_and_keeps_input_order():
     small = _Recorder()
     forward_probs(small, ids, 0, torch.device("cpu"), "fp32", batch_size=8)
     assert max(rows for rows, _ in small.shapes) == 8  # a smaller batch than the cap is kept
+
+
+def test_lora_plus_speeds_up_only_the_b_matrices(tiny_bert_dir):
+    """LoRA+ (Hayou et al. 2024): B at lr · ratio; A, DoRA's magnitudes, biases and the head at lr."""
+    from loraclf.config import apply_overrides
+    from loraclf.modeling.backbones import build_model
+    from loraclf.modeling.methods import apply_adapters
+
+    recipe = apply_overrides(
+        Recipe(),
+        [f"model.name={tiny_bert_dir}", "model.head=mlp", "adapter.method=dora", "adapter.bias=all",
+         "train.loraplus_lr_ratio=16", "train.lr=1e-3"],
+    )  # fmt: skip
+    model = apply_adapters(build_model(str(tiny_bert_dir), 3, recipe.model), recipe.adapter)
+    opt = make_optimizer(model, recipe, CPU)
+    lr_of = {id(q): g["lr"] for g in opt.param_groups for q in g["params"]}
+    by_kind = {}
+    for name, q in model.named_parameters():
+        if q.requires_grad:
+            kind = next((k for k in ("lora_B", "lora_A", "magnitude", "bias") if k in name), "head")
+            by_kind.setdefault(kind, set()).add(round(lr_of[id(q)], 9))
+    assert by_kind["lora_B"] == {0.016}
+    for kind in ("lora_A", "magnitude", "bias", "head"):
+        assert by_kind[kind] == {0.001}, (kind, by_kind)
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(q.requires_grad for q in model.parameters())

@@ -290,3 +290,82 @@ def _recipe_without_threads(run):
 
     recipe = read_recipe(run)
     return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, threads=None))
+
+
+def _tokenizer_of_kind(kind: str, texts: list[str]):
+    """A fast tokenizer trained offline on ``texts``: byte-level BPE (RoBERTa/GPT-2 style, prefix space, offsets
+    trimmed), WordPiece with lower-casing and accent stripping (uncased BERT), or Unigram (SentencePiece style)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+    if kind == "byte-level-bpe":
+        tok = Tokenizer(models.BPE(unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
+        tok.train_from_iterator(texts, trainer)
+        tok.post_processor = processors.RobertaProcessing(
+            ("</s>", 2), ("<s>", 1), trim_offsets=True, add_prefix_space=True
+        )
+    elif kind == "wordpiece-uncased":
+        tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+        )
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        tok.train_from_iterator(
+            texts, trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token="<unk>")
+        )
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_max_length=64,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["byte-level-bpe", "wordpiece-uncased", "unigram"])
+def test_cached_run_tokenises_like_transformers_for_every_tokenizer_kind(tmp_path, kind):
+    from transformers import RobertaConfig, RobertaModel
+
+    from loraclf.inference.int8_runtime import open_cached
+
+    rows = make_rows(80, seed=0)
+    texts = [f"{r[1]} {r[2]}" for r in rows]
+    odd = ["Café naïve Ünïcödé résumé", "  spaced   out\ttabs ", "emoji 🚀 rocket", "", "CAPS Lower MiXeD",
+           "ﬁ ligature and ＦＵＬＬ width", " ".join(["football goal coach league match"] * 40)]  # fmt: skip
+    tok = _tokenizer_of_kind(kind, texts + odd)
+    model_dir = tmp_path / "model"
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=66, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    RobertaModel(config).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    train_csv = write_text_csv(tmp_path / "train.csv", 80, seed=0)
+    run = tmp_path / "run"
+    res = run_cli(
+        "train", "--model", model_dir, "--train", train_csv, "--out", run, *TINY[:-2], "--epochs", "1",
+        "model.head=default", "adapter.targets=query,value",
+    )  # fmt: skip
+    assert res.returncode == 0, res
+    full = loraclf.load(run, precision="int8", device="cpu")
+    cached = open_cached(run, device="cpu")
+    assert cached is not None
+    probe = [*texts[:10], *odd]
+    want, got = full.encode(probe), cached.encode(probe)
+    assert [x.tolist() for x in got] == [x.tolist() for x in want]
+    assert max(len(x) for x in want) == full.max_length  # the long text is truncated the same way
+    np.testing.assert_allclose(cached.predict_proba(probe), full.predict_proba(probe), rtol=0, atol=1e-9)

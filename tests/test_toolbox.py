@@ -314,6 +314,31 @@ def test_distillation_trains_students_and_runs_the_teacher_once(base_run, files,
     assert teacher_passes == [80]
 
 
+def test_teachers_clean_the_raw_training_texts_their_own_way(base_run, files, tmp_path, monkeypatch):
+    from loraclf.inference.run import Run
+
+    # Digits and an HTML entity: the student drops digits, the teacher (trained with the defaults) keeps them.
+    df = pd.read_csv(files["train"])
+    df["text"] = [f"{t} in 2004 &amp; {i}" for i, t in enumerate(df["text"])]
+    raw = tmp_path / "raw.csv"
+    df.to_csv(raw, index=False)
+    seen = []
+    real = Run.predict_proba
+
+    def spy(self, texts, *args, **kwargs):
+        seen.append(list(texts))
+        return real(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "predict_proba", spy)
+    ok(
+        run_cli(
+            "train", "--model", files["bert"], "--train", raw, "--eval", files["eval"], "--out", tmp_path / "s",
+            "--epochs", 1, *TINY, f"distill.teachers=[{base_run}]", "data.clean.digits=true",
+        )
+    )  # fmt: skip
+    assert len(seen) == 1 and sorted(seen[0]) == sorted(df["text"])  # as in the file: the teacher cleans them
+
+
 def test_teacher_with_other_labels_is_refused_before_training(base_run, files, tmp_path):
     df = pd.read_csv(files["train"])
     df["label"] = df["label"].map(lambda x: f"class-{x}")

@@ -414,6 +414,6 @@ def test_resume_of_a_complete_run_is_refused(runs):
     ],
 )
 def test_best_checkpoint_choice(metric, value, best, loss, best_loss, expected):
-    from loraclf.training.loop import _better
+    from loraclf.training.evaluation import better as _better
 
     assert _better(metric, value, best, loss, best_loss) is expected

@@ -21,7 +21,7 @@ from conftest import make_rows, run_cli, write_text_csv
 from loraclf.config import TrainConfig
 from loraclf.runfolder.checkpoint import RunLock, list_checkpoints, load_checkpoint, save_checkpoint
 from loraclf.training import losses
-from loraclf.training.loop import nondeterministic_paths
+from loraclf.training.session import nondeterministic_paths
 from loraclf.utils.errors import UserError
 
 TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "train.threads=1"]

@@ -23,7 +23,7 @@ from loraclf.runfolder.checkpoint import save_weights, trainable_state
 from loraclf.training.distributed import Dist
 
 if TYPE_CHECKING:
-    from loraclf.training.loop import LoopContext
+    from loraclf.training.context import LoopContext
 
 
 def evaluate_model(

@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from loraclf.data.batching import epoch_batches
 from loraclf.modeling.adapters import count_parameters
-from loraclf.runfolder.metrics_log import MetricsLogger, NullLogger
+from loraclf.runfolder.metrics_log import MetricsLogger
 from loraclf.runfolder.schema import read_run_info
 from loraclf.training import checkpointing, distributed, evaluation, steps
-from loraclf.training.checkpointing import Interrupts
+from loraclf.training.context import LoopContext
 from loraclf.training.finish import RunFolder, final_metrics_of, finish, finish_tail
+from loraclf.training.interrupts import Interrupts
 from loraclf.training.prepare import Prepared
 from loraclf.training.session import Session, build_model, nondeterministic_paths, open_session
 from loraclf.training.state import LOG_EVERY_STEPS, Diverged, TrainState
@@ -41,34 +39,6 @@ from loraclf.utils.errors import say
 from loraclf.utils.progress import TrainProgress
 
 __all__ = ["Diverged", "LoopContext", "train"]
-
-
-@dataclass
-class LoopContext:
-    """What the phases of one run share: the prepared data, the folder, the live session and the state.
-
-    Attributes:
-        rng: The random-number state at the last step boundary (what a checkpoint saves).
-        started: ``time.perf_counter()`` origin of the run's wall time, resumed runs included.
-        window: ``[start, rows]`` of the progress bar's speed, which counts optimisation time only.
-        last_save: ``checkpointing.clock()`` at the last checkpoint (time-based saves count from here).
-        on_evaluate: ``train()``'s evaluation callback (sweeps report to their pruner through it).
-    """
-
-    p: Prepared
-    out: Path
-    s: Session
-    state: TrainState
-    device: torch.device
-    precision: str
-    interrupts: Interrupts = field(default_factory=Interrupts)
-    logger: MetricsLogger | NullLogger = field(default_factory=NullLogger)
-    bar: TrainProgress | None = None
-    rng: dict = field(default_factory=dict)
-    started: float = 0.0
-    window: list = field(default_factory=lambda: [0.0, 0])
-    last_save: float = 0.0
-    on_evaluate: Callable[[int, dict], bool] | None = None
 
 
 def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dict:
@@ -86,7 +56,7 @@ def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dic
 
     Raises:
         UserError: a diverged loss, out of memory, a locked or unwritable folder, a resume that cannot continue.
-        KeyboardInterrupt: Ctrl-C or SIGTERM (``checkpointing.Interrupted``), after the run folder was left in a
+        KeyboardInterrupt: Ctrl-C or SIGTERM (``interrupts.Interrupted``), after the run folder was left in a
             state that ``--resume`` continues.
     """
     t = p.recipe.train

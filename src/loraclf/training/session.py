@@ -13,7 +13,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from loraclf.modeling.adapters import count_parameters
@@ -91,7 +90,7 @@ def make_optimizer(model: torch.nn.Module, recipe, device: torch.device) -> torc
             "lr": t.lr * (ratio if fast else 1.0),
             "weight_decay": t.weight_decay if decay else 0.0,
         }
-        for (fast, decay), params in sorted(groups.items())
+        for (fast, decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
     ]
     # The fused kernel is one launch per step on GPUs.
     return torch.optim.AdamW(param_groups, lr=t.lr, fused=device.type == "cuda")
@@ -221,7 +220,3 @@ def nondeterministic_paths(device: torch.device, t) -> list[str]:
     if t.compile:
         reasons.append("torch.compile may choose different kernels between runs")
     return reasons
-
-
-def label_counts(labels: np.ndarray, num_labels: int) -> list[int]:
-    return np.bincount(labels, minlength=num_labels).tolist()
