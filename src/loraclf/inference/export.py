@@ -32,6 +32,7 @@ import shutil
 from pathlib import Path
 
 from loraclf.utils.errors import UserError
+from loraclf.utils.files import temp_sibling
 
 FORMATS = ("hf", "onnx")
 REMOTE_CODE = Path(__file__).parent / "hf_remote" / "modeling_loraclf.py"
@@ -98,8 +99,7 @@ def export_run(run_path: str, out_path: str, fmt: str) -> Path:
 
     tokenizer = load_tokenizer(str(run / "tokenizer"), truncation_side=recipe.data.truncation_side)
     model = build_trained_model(run, recipe, len(labels), tokenizer.pad_token_id).eval()
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(out, ".partial")  # a name of this export's own: two exports never share a folder
     tmp.mkdir()
     try:
         kind = fmt

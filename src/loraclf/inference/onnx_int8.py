@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import tempfile
 import warnings
@@ -30,6 +29,7 @@ import torch
 from loraclf.inference.int8_runtime import Int8Classifier, graph_path, session, softmax
 from loraclf.modeling.backbones import PooledClassifier, is_causal_lm
 from loraclf.utils.errors import UserError
+from loraclf.utils.files import atomic_path
 
 # Largest difference in class probabilities tolerated between the exported fp32 graph and PyTorch.
 TOLERANCE = 1e-3
@@ -106,16 +106,15 @@ def export(model, path: Path, pad_id: int) -> None:
             raise ValueError(
                 f"the exported graph differs from the PyTorch model (probabilities off by {gap:.2g})"
             )
-        part = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        quantize_dynamic(
-            str(fp32),
-            str(part),
-            op_types_to_quantize=["MatMul"],  # the encoder's linear layers; embeddings and head stay fp32
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-        os.replace(part, path)
+        with atomic_path(path) as part:
+            quantize_dynamic(
+                str(fp32),
+                str(part),
+                op_types_to_quantize=["MatMul"],  # the encoder's linear layers; embeddings and head stay fp32
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
 
 
 @contextlib.contextmanager

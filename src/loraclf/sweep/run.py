@@ -31,7 +31,6 @@ import argparse
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from loraclf.modeling.methods import validate_recipe
 from loraclf.sweep.space import Dist, Planner, check_some_point_fits, metric_columns, parse_space, recipe_with
 from loraclf.sweep.study import fail_lost_trials, make_pruner, open_storage, open_study, shown_url, worker
 from loraclf.utils.errors import UserError, say
+from loraclf.utils.files import atomic_open, atomic_write_text
 
 EVALS_PER_TRIAL = 4
 
@@ -173,12 +173,11 @@ def leaderboard(study, keys: list[str], metric: str) -> list[dict]:
 
 
 def write_leaderboard(rows: list[dict], path: Path, columns: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    # A temporary name of this writer's own: two workers finishing trials at once each rename a whole file.
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)  # readers (and a second worker) never see half a file
 
 
 def columns_of(keys: list[str], metric: str) -> list[str]:
@@ -371,9 +370,7 @@ def _write_record(out: Path, study: str, storage: str, metric: str, space: list[
         "metric": metric,
         "space": {d.key: d.describe() for d in space},
     }
-    tmp = out / f".sweep.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "sweep.json")
+    atomic_write_text(out / "sweep.json", json.dumps(record, indent=1))
 
 
 def _trial_line(trial, metric: str) -> str:
