@@ -243,6 +243,66 @@ def test_string_labels_are_compared_without_surrounding_whitespace(tmp_path):
     assert ts.labels.tolist() == [1, 0]
 
 
+SPELLINGS = [("01", "02"), ("007", "012"), ("+1", "-1"), ("1_000", "2_000"), ("1e3", "2e3"), ("1", "A1")]
+
+
+@pytest.mark.parametrize("spelled", SPELLINGS, ids=[",".join(s) for s in SPELLINGS])
+def test_labels_keep_the_training_files_spelling(tmp_path, spelled):
+    """Finding 8: "01" came back as 1, "1_000" and "1e3" as 1000. In a text column they stay as written."""
+    path = tmp_path / "train.csv"
+    path.write_text(
+        "label,text\n" + "".join(f"{lab},text {i}\n" for i, lab in enumerate(spelled * 2)), "utf-8"
+    )
+    ts, label_map = load_texts(str(path), DEFAULT, "--train")
+    assert label_map == sorted(spelled) and all(isinstance(x, str) for x in label_map)
+    assert [label_map[i] for i in ts.labels] == list(spelled * 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("plain.csv", "label,text\n1,a\n1.0,b\n2,c\n2.00,d\n"),
+        (
+            "numbers.jsonl",
+            '{"label": 1, "text": "a"}\n{"label": 1.0, "text": "b"}\n{"label": 2, "text": "c"}\n',
+        ),
+    ],
+)
+def test_one_number_in_a_column_of_numbers_is_one_class(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    ts, label_map = load_texts(str(path), DEFAULT, "--train")
+    assert label_map == [1, 2] and ts.labels.tolist()[:3] == [0, 0, 1]
+
+
+def test_a_text_column_holding_1_and_01_trains_two_classes_and_the_summary_says_so(tmp_path, capsys):
+    from loraclf.data.splits import read_rows
+
+    path = tmp_path / "train.csv"
+    rows = [("01", "troops"), ("1", "treaty"), ("x", "goal")] * 4
+    path.write_text("label,text\n" + "".join(f"{a},{b}\n" for a, b in rows), encoding="utf-8")
+    got = read_rows(DataConfig(val_size=3), 0, str(path), None)
+    assert got.label_map == ["01", "1", "x"]
+    assert got.notes["labels_spelling_one_number"] == [["01", "1"]]
+    err = capsys.readouterr().err
+    assert "labels '01' and '1' spell one number differently" in err and "separate classes" in err
+
+
+def test_a_runs_numeric_labels_still_meet_any_spelling_of_their_numbers(tmp_path):
+    """A run from before labels kept their spelling has labels.json [1, 2] for a file that wrote 01, 02."""
+    path = tmp_path / "eval.csv"
+    path.write_text("label,text\n01,a\n02,b\n2,c\n", encoding="utf-8")
+    ts, _ = load_texts(str(path), DEFAULT, "--eval", label_map=[1, 2])
+    assert ts.labels.tolist() == [0, 1, 1]
+
+
+def test_another_spelling_of_a_spelled_label_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "eval.csv"
+    path.write_text("label,text\n1,a\n2,b\n", encoding="utf-8")
+    msg = error(path, flag="--eval", label_map=["01", "02"])
+    assert "row 1 has label 1" in msg and "the number of the training label '01' spelled differently" in msg
+
+
 # --- through the command line --------------------------------------------------------------------------------------
 
 TINY = [
@@ -265,6 +325,9 @@ def runs(tmp_path_factory, tiny_bert_dir):
     pd.read_csv(bare, header=None, names=AG).to_csv(headed, index=False)
     semi = d / "semi.csv"
     pd.read_csv(bare, header=None, names=AG).to_csv(semi, index=False, sep=";")
+    padded = d / "padded.csv"  # category codes written with a leading zero (finding 8)
+    frame = pd.read_csv(bare, header=None, names=AG)
+    frame.assign(label=[f"{x:02d}" for x in frame["label"]]).to_csv(padded, index=False)
     common = ["--model", tiny_bert_dir, *TINY]
     jobs = {
         "bare": [
@@ -278,11 +341,19 @@ def runs(tmp_path_factory, tiny_bert_dir):
             "data.columns=" + ",".join(AG),
         ],
         "headed": ["train", "--train", semi, "--out", d / "headed-run", *common],
+        "padded": ["train", "--train", padded, "--out", d / "padded-run", *common],
     }
     results = run_cli_forked({**jobs, "unfixed": ["train", "--train", bare, "--out", d / "x", *common]}, d)
     for name in jobs:
         assert results[name].returncode == 0, (name, results[name])
-    return {"d": d, "bare": bare, "headed": headed, "semi": semi, "unfixed": results["unfixed"]}
+    return {
+        "d": d,
+        "bare": bare,
+        "headed": headed,
+        "semi": semi,
+        "padded": padded,
+        "unfixed": results["unfixed"],
+    }
 
 
 def one_line(res, *fragments) -> str:
@@ -331,3 +402,26 @@ def test_a_headerless_run_still_reads_json_lines_by_their_keys(tmp_path):
         str(path), DataConfig(header=False, columns=["label", "text"]), "--eval", label_map=LABELS
     )
     assert ts.texts == ["label", "goal"]  # data.header concerns CSV/TSV only
+
+
+def test_cli_labels_json_evaluate_and_predict_show_the_files_spelling(runs):
+    """Finding 8 end to end: a run trained on labels 01..04 keeps them in labels.json, evaluate and predict."""
+    d, run = runs["d"], runs["d"] / "padded-run"
+    codes = ["01", "02", "03", "04"]
+    assert json.loads((run / "labels.json").read_text())["labels"] == codes
+    res = run_cli_forked(
+        {
+            "table": ["evaluate", run, "--data", runs["padded"]],
+            "json": ["evaluate", run, "--data", runs["padded"], "--json"],
+            "predict": ["predict", run, "--input", runs["padded"], "--output", d / "padded-pred.csv"],
+        },
+        d,
+    )
+    for name in res:
+        assert res[name].returncode == 0, (name, res[name])
+    table_rows = [line.split()[0] for line in res["table"].stdout.splitlines() if line[:2] in codes]
+    assert table_rows[:4] == codes  # the per-class table names the classes as the file does
+    assert list(json.loads(res["json"].stdout)["per_class"]) == codes
+    with (d / "padded-pred.csv").open(encoding="utf-8") as fh:
+        labels = {row["Label"] for row in csv.DictReader(fh)}
+    assert labels and labels <= set(codes)
