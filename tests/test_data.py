@@ -296,10 +296,16 @@ def test_invalid_jsonl_names_the_line(tmp_path):
 
 
 def test_unknown_format(tmp_path):
-    p = tmp_path / "data.xlsx"
+    p = tmp_path / "data.ods"
     p.write_bytes(b"PK\x03\x04")
     msg = _err(p)
-    assert "data.xlsx" in msg and ".csv" in msg
+    assert "data.ods" in msg and ".csv" in msg and ".xlsx" in msg
+
+
+def test_a_damaged_workbook_is_one_line(tmp_path):
+    p = tmp_path / "data.xlsx"
+    p.write_bytes(b"PK\x03\x04")
+    assert "data.xlsx' is not a readable Excel workbook" in _err(p)
 
 
 def test_folder_that_is_not_a_dataset(tmp_path):

@@ -204,3 +204,57 @@ def test_evaluate_records_its_file_for_the_report(run, tmp_path):
     assert f"<th>holdout accuracy</th><td>{printed['accuracy'] * 100:.2f}%" in page
     assert (run["dir"] / "figures" / "confusion_matrix_holdout.png").is_file()
     shutil.rmtree(run["dir"] / "evaluations")  # the module's run is shared: leave it as it was
+
+
+# --- the files people export (issue 28) ----------------------------------------------------------------------------
+
+
+def _class_folders(root, train_csv, n: int = 12):
+    """The first ``n`` rows of ``train_csv`` as CLASS/NNN.txt files (the run's string labels as folder names)."""
+    df = pd.read_csv(train_csv).head(n)
+    for i, (label, text) in enumerate(zip(df["label"], df["text"])):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        (root / label / f"{i:03d}.txt").write_text(text, encoding="utf-8")
+    return root, df
+
+
+def test_evaluate_and_predict_read_a_folder_of_texts_per_class(run, tmp_path):
+    root, df = _class_folders(tmp_path / "test", run["train"])
+    res = run_cli("evaluate", run["dir"], "--data", root, "--json")
+    assert res.returncode == 0, res
+    assert json.loads(res.stdout)["n"] == len(df)
+    res, out = _predict(run, root, tmp_path)
+    assert res.returncode == 0, res
+    pred = pd.read_csv(out)
+    assert sorted(pred["ID"]) == sorted(f"{lab}/{i:03d}.txt" for i, lab in enumerate(df["label"]))
+
+
+def test_evaluate_takes_data_encoding_for_a_file_excel_saved(run, tmp_path):
+    src = tmp_path / "export.csv"
+    df = pd.read_csv(run["train"]).head(8)
+    df["text"] = df["text"] + " – “café”"
+    src.write_bytes(b"sep=,\r\n" + df.to_csv(index=False, lineterminator="\r\n").encode("cp1252"))
+    fails(
+        run_cli("evaluate", run["dir"], "--data", src), "export.csv", "is not UTF-8", "data.encoding=cp1252"
+    )
+    res = run_cli("evaluate", run["dir"], "--data", src, "--json", "data.encoding=cp1252")
+    assert res.returncode == 0, res
+    assert json.loads(res.stdout)["n"] == 8
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragments"),
+    [
+        ("dup.csv", b"text,text,label\na,b,world\nc,d,sports\n", ("dup.csv", "column 'text' twice")),
+        ("latin.csv", "label,text\nworld,café\nsports,goal\n".encode("latin-1"), ("data.encoding=latin-1",)),
+        ("missing.csv", None, ("missing.csv", "not found")),
+    ],
+    ids=["duplicate-column", "encoding", "no-file"],
+)
+def test_train_input_mistakes_are_one_line_before_any_model_loads(run, tmp_path, name, content, fragments):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    res = run_cli("train", "--model", run["bert"], "--train", path, "--out", tmp_path / "r", *TINY)
+    fails(res, *fragments)
+    assert not (tmp_path / "r").exists()

@@ -10,6 +10,7 @@ Any other global ends the load before it is called, with a message saying how to
 from __future__ import annotations
 
 import _compat_pickle
+import io
 import pickle
 from pathlib import Path
 
@@ -115,14 +116,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_pickle_table(path: Path, flag: str) -> pd.DataFrame:
-    """Unpickle a DataFrame, an HF Dataset, a dict of columns or a list of texts/records, running no foreign code."""
+def load_pickle_table(path: Path, flag: str, data: bytes | None = None) -> pd.DataFrame:
+    """Unpickle a DataFrame, an HF Dataset, a dict of columns or a list of texts/records, running no foreign code.
+
+    ``data`` is the file's (decompressed) bytes when the caller read them already.
+    """
     convert = (
         f'if you trust the file, convert it once: python -c "import pandas as pd; '
         f"pd.read_pickle('{path}').to_csv('data.csv', index=False)\""
     )
     try:
-        with Path(path).open("rb") as fh:
+        with io.BytesIO(data) if data is not None else Path(path).open("rb") as fh:
             obj = _RestrictedUnpickler(fh).load()
     except _Refused as exc:
         raise UserError(

@@ -85,6 +85,11 @@ def _missing(v) -> bool:
 def raw_labels(
     df: pd.DataFrame, cfg: DataConfig, source: str, flag: str, fix: str = "set data.label_column=NAME"
 ) -> list:
+    if df.attrs.get("text_folder") == "unlabelled":
+        raise UserError(
+            f"{flag}: folder '{source}' holds texts but no class folders; put each class's files in a folder "
+            "named by the class (e.g. train/World/1.txt)"
+        )
     if cfg.label_column not in df.columns:
         cols = [str(c) for c in df.columns]
         raise UserError(
