@@ -428,6 +428,51 @@ def test_another_study_in_the_same_folder_is_refused(sweep, files):
     one_line_error(res, "holds study 'main'", "--study main")
 
 
+# --- a bad point fails its trial, not the sweep (issue 28, finding 13) ----------------------------------------------
+
+
+def test_a_point_out_of_memory_or_beyond_the_position_limit_fails_only_its_trial(
+    files, tmp_path, monkeypatch
+):
+    """Trial 0 fits; trial 1 runs out of memory at its batch size; trial 2 asks for more tokens than the tiny
+    BERT's 128 positions. Both failures are recorded with their reason and the sweep finishes all three."""
+    import contextlib
+
+    import optuna
+    import torch
+
+    from loraclf.training import steps
+
+    real = steps.memory_hint
+
+    @contextlib.contextmanager
+    def tight_memory(
+        p, shape, device
+    ):  # the allocator fails for batches of 16: the real hint turns it into a line
+        with real(p, shape, device):
+            if p.recipe.train.batch_size == 16:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+            yield
+
+    monkeypatch.setattr(steps, "memory_hint", tight_memory)
+    space = tmp_path / "space.yaml"
+    space.write_text("train.batch_size: {choice: [8, 16]}\ndata.max_length: {choice: [32, 4096]}\n")
+    out = tmp_path / "bad-points"
+    out.mkdir()
+    study = optuna.create_study(
+        storage=f"sqlite:///{out / 'study.db'}", study_name="bad-points", direction="maximize"
+    )
+    for point in ((8, 32), (16, 32), (8, 4096)):
+        study.enqueue_trial({"train.batch_size": point[0], "data.max_length": point[1]})
+    res = run_cli(*sweep_args(files, out, "--trials", 3, "train.epochs=1", space=space))
+    assert res.returncode == 0, res
+    board = {int(r["trial"]): r for r in read_board(out / "leaderboard.csv")}
+    assert [board[n]["state"] for n in range(3)] == ["complete", "fail", "fail"]
+    assert "out of cpu memory on a batch of" in board[1]["note"] and "train.batch_size=16" in board[1]["note"]
+    assert "data.max_length=4096 is longer than" in board[2]["note"]
+    assert "Traceback" not in res.stderr
+
+
 # --- pruning ---------------------------------------------------------------------------------------------------------
 
 
