@@ -314,3 +314,55 @@ def test_a_lock_is_free_again_once_its_holder_is_killed(tmp_path):
         holder.stdout.close()
     with RunLock(tmp_path) as lock:
         assert lock.held and (tmp_path / ".lock").read_text() == str(os.getpid())
+
+
+def test_evaluations_of_files_sharing_a_stem_are_kept_apart_and_old_records_read(tmp_path):
+    """test.csv, test.jsonl and test.v2.csv overwrote each other's evaluations/test.json (code review, 19)."""
+    from loraclf.runfolder.schema import read_evaluations, write_evaluation
+
+    def result(acc):
+        return {"accuracy": acc, "macro_f1": acc, "confusion_matrix": [[1]]}
+
+    folder = tmp_path / "evaluations"
+    folder.mkdir()
+    (folder / "old.json").write_text(
+        json.dumps({"data": "/x/old.tsv", **result(0.1)})
+    )  # written before issue 28
+    (folder / "test.json").write_text(
+        json.dumps({"data": "/x/test.csv", **result(0.2)})
+    )  # likewise, for test.csv
+    for name, acc in (("test.csv", 0.5), ("test.jsonl", 0.6), ("test.v2.csv", 0.7)):
+        write_evaluation(tmp_path, f"/data/{name}", result(acc))
+    found = read_evaluations(tmp_path)
+    assert {k: v["accuracy"] for k, v in found.items()} == {
+        "old": 0.1, "test.csv": 0.5, "test.jsonl": 0.6, "test.v2.csv": 0.7,
+    }  # fmt: skip
+
+
+def test_resuming_with_fewer_visible_gpus_restores_the_rng_of_those_it_sees(tmp_path, monkeypatch):
+    """A one-process checkpoint saved with two GPUs visible, resumed with one: no "invalid device ordinal"."""
+    import torch
+
+    from loraclf.runfolder.checkpoint import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    states = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 9, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    ckpt = save_checkpoint(tmp_path, 1, model, opt, sched, None, {"step": 1}, keep=1)
+
+    restored = {}
+
+    def set_rng_state(state, device="cuda"):  # as CUDA answers with one device visible
+        index = device if isinstance(device, int) else (torch.device(device).index or 0)
+        if index >= 1:
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        restored[index] = state.clone()
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for module in (torch.cuda, torch.cuda.random):  # set_rng_state_all calls the latter's own name
+        monkeypatch.setattr(module, "set_rng_state", set_rng_state)
+    assert load_checkpoint(ckpt, model, opt, sched, None) == {"step": 1}
+    assert list(restored) == [0] and torch.equal(restored[0], states[0])

@@ -54,7 +54,8 @@ def _readme(run: Path, kind: str, labels: list) -> str:
             "int8 ONNX graph of the classifier (encoder matrix products quantised, embeddings and head fp32).\n\n"
             "```python\nimport numpy as np, onnxruntime as ort\nfrom transformers import AutoTokenizer\n"
             "tok = AutoTokenizer.from_pretrained('.')\nsession = ort.InferenceSession('model.onnx')\n"
-            "enc = tok(['some text'], return_tensors='np')\n"
+            "# truncation=True cuts at the run's length; longer rows would overrun the position table\n"
+            "enc = tok(['some text'], truncation=True, padding=True, return_tensors='np')\n"
             "logits = session.run(None, {'input_ids': enc['input_ids'].astype(np.int64),\n"
             "                            'attention_mask': enc['attention_mask'].astype(np.int64)})[0]\n```\n"
         )
