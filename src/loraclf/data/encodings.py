@@ -1,9 +1,9 @@
 """A data file's bytes as text: decompression, byte-order marks, ``data.encoding``, and what to say when it fails.
 
 * **Compression** is told by the last suffix: ``.gz``, ``.bz2``, ``.xz`` (Python's own modules) and ``.zst``
-  (Zstandard, through the ``zstandard`` package, which pandas uses too, or Python 3.14's ``compression.zstd``). Any
-  kind of file may be compressed (``train.csv.gz``, ``test.parquet.zst``, ``data.pkl.xz``, ``sheet.xlsx.bz2``):
-  the file is decompressed in memory and read as the suffix before the compression's says.
+  (the ``zstandard`` package, a dependency, which pandas uses too). Any kind of file may be compressed
+  (``train.csv.gz``, ``test.parquet.zst``, ``data.pkl.xz``, ``sheet.xlsx.bz2``): the file is decompressed in memory
+  and read as the suffix before the compression's says.
 * **Encoding.** Without ``data.encoding`` a file is UTF-8, or UTF-16/UTF-32 when it starts with that encoding's
   byte-order mark: Excel's "Unicode Text" export is tab-separated UTF-16 LE with a BOM, and is read as it is. A
   UTF-8 BOM is dropped. With ``data.encoding`` (any codec Python knows: ``cp1252``, ``latin-1``, ``shift_jis``…)
@@ -61,16 +61,8 @@ def format_of(path: Path) -> tuple[str, str | None]:
 
 
 def _zstd_decompress(data: bytes) -> bytes:
-    try:
-        from compression import zstd  # Python >= 3.14
+    import zstandard  # an ImportError here becomes the one-line "pip install zstandard"
 
-        return zstd.decompress(data)
-    except ImportError:
-        pass
-    try:
-        import zstandard
-    except ImportError:
-        raise ImportError("zstd") from None
     # A stream reader: frames written without their size in the header (streaming writers) read too.
     with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
         return reader.read()
