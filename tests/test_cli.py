@@ -316,3 +316,29 @@ def test_readme_quick_start_says_how_the_commands_find_loraclf():
         "`--epoch` is an error",
     ):
         assert documented in command_line, documented
+
+
+def test_peft_s_rank_pattern_warning_is_not_silenced():
+    """peft warns when rank_pattern keys match no module: exactly the silent failure adapters.py guards against,
+    so the CLI must not filter it (code review, section 19)."""
+    import warnings
+
+    from loraclf.cli.main import _quiet_libraries
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        _quiet_libraries()
+        warnings.warn("rank_pattern keys did not match any targeted module and were ignored", UserWarning, 2)
+    assert any("rank_pattern" in str(w.message) for w in caught)
+
+
+def test_readme_data_section_gives_every_input_form_a_command():
+    from conftest import REPO
+
+    data = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Data\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in data.splitlines() if line.startswith("| ") and "`loraclf " in line]
+    table = "\n".join(rows)
+    for form in (".csv", ".tsv", "UTF-16", "data.encoding=", ".xlsx", ".jsonl", ".parquet", ".pkl", ".gz", ".zst",
+                 "folder of text files per class", "folder of text files to predict",
+                 "save_to_disk", "ag_news:test", "data.header=false"):  # fmt: skip
+        assert form in table, form

@@ -181,6 +181,21 @@ def test_onnx_export_runs_in_onnx_runtime_alone(trained, tmp_path):
     assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.9
 
 
+def test_the_onnx_readme_snippet_runs_on_a_text_longer_than_the_position_table(trained, tmp_path):
+    """The README's snippet must truncate: a text beyond the backbone's 128 positions crashed ORT's Gather."""
+    import re
+
+    out = tmp_path / "onnx"
+    assert run_cli("export", trained["runs"]["mlp-mean"], "--out", out, "--format", "onnx").returncode == 0
+    code = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
+    long_text = " ".join(["stocks profit bank merger earnings shares"] * 60)  # 360 words, 128 positions
+    code = code.replace("'some text'", repr(long_text)) + "\nprint(logits.argmax(1).tolist())\n"
+    res = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True, env=cli_env())
+    assert res.returncode == 0, res.stderr[-2000:]
+    expected = loraclf.load(trained["runs"]["mlp-mean"], precision="fp32").predict_proba([long_text])
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == expected.argmax(1).tolist()
+
+
 def test_export_refuses_an_occupied_folder_and_a_bad_format(trained, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("x")

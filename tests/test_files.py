@@ -8,9 +8,11 @@ through ``load_texts`` and through the command line (one line on stderr, exit st
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -243,6 +245,307 @@ def test_string_labels_are_compared_without_surrounding_whitespace(tmp_path):
     assert ts.labels.tolist() == [1, 0]
 
 
+SPELLINGS = [("01", "02"), ("007", "012"), ("+1", "-1"), ("1_000", "2_000"), ("1e3", "2e3"), ("1", "A1")]
+
+
+@pytest.mark.parametrize("spelled", SPELLINGS, ids=[",".join(s) for s in SPELLINGS])
+def test_labels_keep_the_training_files_spelling(tmp_path, spelled):
+    """Finding 8: "01" came back as 1, "1_000" and "1e3" as 1000. In a text column they stay as written."""
+    path = tmp_path / "train.csv"
+    path.write_text(
+        "label,text\n" + "".join(f"{lab},text {i}\n" for i, lab in enumerate(spelled * 2)), "utf-8"
+    )
+    ts, label_map = load_texts(str(path), DEFAULT, "--train")
+    assert label_map == sorted(spelled) and all(isinstance(x, str) for x in label_map)
+    assert [label_map[i] for i in ts.labels] == list(spelled * 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("plain.csv", "label,text\n1,a\n1.0,b\n2,c\n2.00,d\n"),
+        (
+            "numbers.jsonl",
+            '{"label": 1, "text": "a"}\n{"label": 1.0, "text": "b"}\n{"label": 2, "text": "c"}\n',
+        ),
+    ],
+)
+def test_one_number_in_a_column_of_numbers_is_one_class(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    ts, label_map = load_texts(str(path), DEFAULT, "--train")
+    assert label_map == [1, 2] and ts.labels.tolist()[:3] == [0, 0, 1]
+
+
+def test_a_text_column_holding_1_and_01_trains_two_classes_and_the_summary_says_so(tmp_path, capsys):
+    from loraclf.data.splits import read_rows
+
+    path = tmp_path / "train.csv"
+    rows = [("01", "troops"), ("1", "treaty"), ("x", "goal")] * 4
+    path.write_text("label,text\n" + "".join(f"{a},{b}\n" for a, b in rows), encoding="utf-8")
+    got = read_rows(DataConfig(val_size=3), 0, str(path), None)
+    assert got.label_map == ["01", "1", "x"]
+    assert got.notes["labels_spelling_one_number"] == [["01", "1"]]
+    err = capsys.readouterr().err
+    assert "labels '01' and '1' spell one number differently" in err and "separate classes" in err
+
+
+def test_a_runs_numeric_labels_still_meet_any_spelling_of_their_numbers(tmp_path):
+    """A run from before labels kept their spelling has labels.json [1, 2] for a file that wrote 01, 02."""
+    path = tmp_path / "eval.csv"
+    path.write_text("label,text\n01,a\n02,b\n2,c\n", encoding="utf-8")
+    ts, _ = load_texts(str(path), DEFAULT, "--eval", label_map=[1, 2])
+    assert ts.labels.tolist() == [0, 1, 1]
+
+
+def test_another_spelling_of_a_spelled_label_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "eval.csv"
+    path.write_text("label,text\n1,a\n2,b\n", encoding="utf-8")
+    msg = error(path, flag="--eval", label_map=["01", "02"])
+    assert "row 1 has label 1" in msg and "the number of the training label '01' spelled differently" in msg
+
+
+# --- 5. encodings, Excel, compression, folders of texts, repeated columns (issue 28) ------------------------------
+
+ROWS = [("world", "café – “quoted” troops"), ("sports", "goal, then ½ time"), ("world", "naïve treaty")]
+
+
+def tab_text(rows=ROWS, newline="\r\n") -> str:
+    return "label\ttext" + newline + "".join(f"{a}\t{b}{newline}" for a, b in rows)
+
+
+@pytest.mark.parametrize(
+    ("bom", "codec"),
+    [
+        (codecs.BOM_UTF16_LE, "utf-16-le"),  # Excel's "Unicode Text"
+        (codecs.BOM_UTF16_BE, "utf-16-be"),
+        (codecs.BOM_UTF32_LE, "utf-32-le"),
+        (codecs.BOM_UTF8, "utf-8"),
+    ],
+    ids=["utf-16-le", "utf-16-be", "utf-32-le", "utf-8-sig"],
+)
+def test_a_file_with_a_byte_order_mark_reads_as_it_is(tmp_path, bom, codec):
+    path = tmp_path / "export.txt"
+    path.write_bytes(bom + tab_text().encode(codec))
+    ts, label_map = load_texts(str(path), RAW, "--train")
+    assert ts.texts == [b for _, b in ROWS] and label_map == ["sports", "world"]
+
+
+@pytest.mark.parametrize("codec", ["cp1252", "latin-1", "shift_jis"])
+@pytest.mark.parametrize("name", ["data.csv", "data.jsonl"])
+def test_data_encoding_reads_any_codec(tmp_path, codec, name):
+    rows = (
+        [("world", "café troops"), ("sports", "goal ½ time")]
+        if codec != "shift_jis"
+        else [("w", "東京"), ("s", "大阪")]
+    )
+    if codec == "cp1252":
+        rows[0] = ("world", "café – “quoted”")
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        content = "label,text\n" + "".join(f"{a},{b}\n" for a, b in rows)
+    else:
+        content = "".join(json.dumps({"label": a, "text": b}, ensure_ascii=False) + "\n" for a, b in rows)
+    path.write_bytes(content.encode(codec))
+    cfg = validate(apply_overrides(Recipe(), [f"data.encoding={codec}"])).data
+    assert load_texts(str(path), cfg, "--train")[0].texts == [b for _, b in rows]
+
+
+@pytest.mark.parametrize(
+    ("text", "codec", "likely"),
+    [("café – “quoted”", "cp1252", "cp1252"), ("café naïve", "latin-1", "latin-1")],
+    ids=["curly-quotes-cp1252", "accents-latin-1"],
+)
+def test_not_utf8_names_data_encoding_and_the_likely_codec(tmp_path, text, codec, likely):
+    path = tmp_path / "export.csv"
+    path.write_bytes(f"label,text\nworld,troops\nworld,{text}\n".encode(codec))
+    msg = error(path)
+    assert "is not UTF-8 (byte" in msg and "line 3" in msg and f"set data.encoding={likely}" in msg
+
+
+def test_an_unknown_codec_is_one_line(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("label,text\nworld,a\nsports,b\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"data\.encoding: unknown encoding 'klingon'"):
+        load_texts(str(path), DataConfig(encoding="klingon"), "--train")
+
+
+def test_excels_sep_line_is_honoured_and_skipped(tmp_path):
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"\xef\xbb\xbfsep=;\r\nlabel;text\r\nworld;troops, then treaty\r\nsports;goal\r\n")
+    ts, label_map = load_texts(str(path), RAW, "--train")
+    assert ts.texts == ["troops, then treaty", "goal"] and label_map == ["sports", "world"]
+    path.write_bytes(b"sep=;\nlabel;text\nworld;a\nsports;b;c\n")
+    assert "line 4 has 3 fields separated by ';'" in error(path)  # lines of the file, the sep line counted
+
+
+def write_kind(df: pd.DataFrame, kind: str, path) -> None:
+    """``df`` as a file of ``kind`` at ``path`` (uncompressed)."""
+    if kind == "csv":
+        df.to_csv(path, index=False)
+    elif kind == "tsv":
+        df.to_csv(path, index=False, sep="\t")
+    elif kind == "jsonl":
+        df.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif kind == "json":
+        path.write_text(json.dumps(df.to_dict(orient="records")), encoding="utf-8")
+    elif kind == "parquet":
+        df.to_parquet(path, index=False)
+    elif kind == "pkl":
+        df.to_pickle(path)
+    elif kind == "xlsx":
+        df.to_excel(path, index=False)
+
+
+def compress(data: bytes, how: str) -> bytes:
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    return {
+        "gz": gzip.compress,
+        "bz2": bz2.compress,
+        "xz": lzma.compress,
+        "zst": lambda b: zstandard.ZstdCompressor().compress(b),
+    }[how](data)
+
+
+KINDS = ["csv", "tsv", "jsonl", "json", "parquet", "pkl", "xlsx"]
+
+
+@pytest.mark.parametrize("how", ["gz", "bz2", "xz", "zst"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_of_file_reads_compressed(tmp_path, kind, how):
+    df = pd.DataFrame({"label": ["world", "sports", "world"], "text": ["troops", "goal", "treaty"]})
+    plain = tmp_path / f"data.{kind}"
+    write_kind(df, kind, plain)
+    path = tmp_path / f"data.{kind}.{how}"
+    path.write_bytes(compress(plain.read_bytes(), how))
+    ts, label_map = load_texts(str(path), DEFAULT, "--train")
+    assert ts.texts == ["troops", "goal", "treaty"] and label_map == ["sports", "world"]
+
+
+def test_zstd_without_a_zstandard_library_says_what_to_install(tmp_path, monkeypatch):
+    path = tmp_path / "data.csv.zst"
+    path.write_bytes(compress(b"label,text\nworld,a\nsports,b\n", "zst"))
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # an import of it now fails
+    assert "needs the zstandard package: pip install zstandard" in error(path)
+
+
+def test_a_damaged_compressed_file_is_one_line(tmp_path):
+    path = tmp_path / "data.csv.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00broken")
+    assert "is not a readable .gz file" in error(path)
+
+
+def test_an_excel_workbook_keeps_its_cells_types(tmp_path):
+    path = tmp_path / "sheet.xlsx"
+    pd.DataFrame(
+        {"id": ["007", "008", "009"], "label": [1, 2, 1.0], "text": ["troops", "goal", "treaty"]}
+    ).to_excel(path, index=False)
+    ts, label_map = load_texts(str(path), DEFAULT, "--train")
+    assert label_map == [1, 2] and ts.labels.tolist() == [
+        0,
+        1,
+        0,
+    ]  # a column of numbers: 1 and 1.0 are one class
+    assert ts.ids == ["007", "008", "009"] and ts.texts == ["troops", "goal", "treaty"]
+
+
+def test_an_excel_workbook_without_openpyxl_says_how_to_install_it(tmp_path, monkeypatch):
+    path = tmp_path / "sheet.xlsx"
+    pd.DataFrame({"label": ["a", "b"], "text": ["x", "y"]}).to_excel(path, index=False)
+    monkeypatch.setitem(sys.modules, "openpyxl", None)
+    assert "needs openpyxl: pip install loraclf[excel]" in error(path)
+
+
+def write_folder(root, files: dict[str, bytes]):
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def test_a_folder_of_texts_per_class_is_a_labelled_set(tmp_path, capsys):
+    root = write_folder(
+        tmp_path / "train",
+        {
+            "World/001.txt": b"troops moved",
+            "World/002.txt": "treaty signed – “today”".encode(),
+            "Sports/a.txt": b"\xef\xbb\xbfgoal scored",
+            "Sports/.DS_Store": b"\x00\x01",
+            "urls_pos.txt": b"http://example.com",  # IMDB keeps such files beside the class folders
+        },
+    )
+    ts, label_map = load_texts(str(root), RAW, "--train")
+    assert label_map == ["Sports", "World"]
+    assert ts.ids == ["Sports/a.txt", "World/001.txt", "World/002.txt"]
+    assert ts.texts == ["goal scored", "troops moved", "treaty signed – “today”"]
+    assert [label_map[i] for i in ts.labels] == ["Sports", "World", "World"]
+    assert "left out 1 file directly in" in capsys.readouterr().err
+
+
+def test_a_folder_of_texts_predicts_with_relative_paths_as_ids(tmp_path):
+    root = write_folder(tmp_path / "unlabelled", {"b.txt": b"goal", "a.txt": b"troops"})
+    ts, _ = load_texts(str(root), RAW, "--input", labelled=False)
+    assert ts.ids == ["a.txt", "b.txt"] and ts.texts == ["troops", "goal"]
+    assert "holds texts but no class folders" in error(root)
+
+
+def test_files_of_a_folder_that_are_not_utf8_are_named_in_one_line(tmp_path):
+    root = write_folder(
+        tmp_path / "train",
+        {
+            "World/ok.txt": b"troops",
+            "World/bad.txt": "café".encode("cp1252"),
+            "Sports/bad2.txt": "“goal”".encode("cp1252"),
+            "Sports/img.txt": b"\x89PNG\r\n\x1a\n\x00\x00\x00",
+        },
+    )
+    msg = error(root)
+    assert "3 files of" in msg and "Sports/bad2.txt" in msg and "Sports/img.txt (binary)" in msg
+    assert "World/bad.txt" in msg and "World/ok.txt" not in msg and "data.encoding" in msg
+    (root / "Sports" / "img.txt").unlink()
+    ts, _ = load_texts(str(root), DataConfig(encoding="cp1252"), "--train")
+    assert sorted(ts.texts) == ["café", "troops", "“goal”"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragment"),
+    [
+        (
+            "dup.csv",
+            "text,text,label\na,b,world\nc,d,sports\n",
+            "line 1 names column 'text' twice (columns 1 and 2)",
+        ),
+        ("dup.tsv", "label\ttext\tlabel\nworld\ta\tx\n", "names column 'label' twice (columns 1 and 3)"),
+        ("dup.jsonl", '{"text": "a", "label": "world", "text": "b"}\n', "line 1 has the key 'text' twice"),
+    ],
+)
+def test_a_column_named_twice_is_an_error_naming_it(tmp_path, name, content, fragment):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    assert fragment in error(path)
+
+
+@pytest.mark.parametrize("kind", ["parquet", "xlsx"])
+def test_a_column_named_twice_in_a_typed_file_is_an_error_naming_it(tmp_path, kind):
+    path = tmp_path / f"dup.{kind}"
+    df = pd.DataFrame([["a", "b", "world"], ["c", "d", "sports"]], columns=["text", "text", "label"])
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(
+            pa.table([pa.array(df.iloc[:, i].tolist()) for i in range(3)], names=list(df.columns)), path
+        )
+    else:
+        df.to_excel(path, index=False)
+    assert "'text'" in error(path) and "twice" in error(path)
+
+
 # --- through the command line --------------------------------------------------------------------------------------
 
 TINY = [
@@ -265,6 +568,9 @@ def runs(tmp_path_factory, tiny_bert_dir):
     pd.read_csv(bare, header=None, names=AG).to_csv(headed, index=False)
     semi = d / "semi.csv"
     pd.read_csv(bare, header=None, names=AG).to_csv(semi, index=False, sep=";")
+    padded = d / "padded.csv"  # category codes written with a leading zero (finding 8)
+    frame = pd.read_csv(bare, header=None, names=AG)
+    frame.assign(label=[f"{x:02d}" for x in frame["label"]]).to_csv(padded, index=False)
     common = ["--model", tiny_bert_dir, *TINY]
     jobs = {
         "bare": [
@@ -278,11 +584,19 @@ def runs(tmp_path_factory, tiny_bert_dir):
             "data.columns=" + ",".join(AG),
         ],
         "headed": ["train", "--train", semi, "--out", d / "headed-run", *common],
+        "padded": ["train", "--train", padded, "--out", d / "padded-run", *common],
     }
     results = run_cli_forked({**jobs, "unfixed": ["train", "--train", bare, "--out", d / "x", *common]}, d)
     for name in jobs:
         assert results[name].returncode == 0, (name, results[name])
-    return {"d": d, "bare": bare, "headed": headed, "semi": semi, "unfixed": results["unfixed"]}
+    return {
+        "d": d,
+        "bare": bare,
+        "headed": headed,
+        "semi": semi,
+        "padded": padded,
+        "unfixed": results["unfixed"],
+    }
 
 
 def one_line(res, *fragments) -> str:
@@ -331,3 +645,26 @@ def test_a_headerless_run_still_reads_json_lines_by_their_keys(tmp_path):
         str(path), DataConfig(header=False, columns=["label", "text"]), "--eval", label_map=LABELS
     )
     assert ts.texts == ["label", "goal"]  # data.header concerns CSV/TSV only
+
+
+def test_cli_labels_json_evaluate_and_predict_show_the_files_spelling(runs):
+    """Finding 8 end to end: a run trained on labels 01..04 keeps them in labels.json, evaluate and predict."""
+    d, run = runs["d"], runs["d"] / "padded-run"
+    codes = ["01", "02", "03", "04"]
+    assert json.loads((run / "labels.json").read_text())["labels"] == codes
+    res = run_cli_forked(
+        {
+            "table": ["evaluate", run, "--data", runs["padded"]],
+            "json": ["evaluate", run, "--data", runs["padded"], "--json"],
+            "predict": ["predict", run, "--input", runs["padded"], "--output", d / "padded-pred.csv"],
+        },
+        d,
+    )
+    for name in res:
+        assert res[name].returncode == 0, (name, res[name])
+    table_rows = [line.split()[0] for line in res["table"].stdout.splitlines() if line[:2] in codes]
+    assert table_rows[:4] == codes  # the per-class table names the classes as the file does
+    assert list(json.loads(res["json"].stdout)["per_class"]) == codes
+    with (d / "padded-pred.csv").open(encoding="utf-8") as fh:
+        labels = {row["Label"] for row in csv.DictReader(fh)}
+    assert labels and labels <= set(codes)

@@ -12,6 +12,7 @@ import pytest
 
 import loraclf
 from conftest import LABELS, run_cli, write_text_csv
+from loraclf.utils.errors import UserError
 
 TINY = [
     "--quiet",
@@ -195,12 +196,99 @@ def test_evaluate_records_its_file_for_the_report(run, tmp_path):
     res = run_cli("evaluate", run["dir"], "--data", data, "--json")
     assert res.returncode == 0, res
     printed = json.loads(res.stdout)
-    recorded = json.loads((run["dir"] / "evaluations" / "holdout.json").read_text())
+    recorded = json.loads((run["dir"] / "evaluations" / "holdout.csv.json").read_text())
     assert recorded["data"] == str(data) and recorded["accuracy"] == printed["accuracy"]
     assert recorded["confusion_matrix"] == printed["confusion_matrix"] and recorded["rows"] == 24
     res = run_cli("report", run["dir"])
     assert res.returncode == 0, res
     page = (run["dir"] / "report.html").read_text(encoding="utf-8")
-    assert f"<th>holdout accuracy</th><td>{printed['accuracy'] * 100:.2f}%" in page
-    assert (run["dir"] / "figures" / "confusion_matrix_holdout.png").is_file()
+    assert f"<th>holdout.csv accuracy</th><td>{printed['accuracy'] * 100:.2f}%" in page
+    assert (run["dir"] / "figures" / "confusion_matrix_holdout.csv.png").is_file()
     shutil.rmtree(run["dir"] / "evaluations")  # the module's run is shared: leave it as it was
+
+
+# --- the files people export (issue 28) ----------------------------------------------------------------------------
+
+
+def _class_folders(root, train_csv, n: int = 12):
+    """The first ``n`` rows of ``train_csv`` as CLASS/NNN.txt files (the run's string labels as folder names)."""
+    df = pd.read_csv(train_csv).head(n)
+    for i, (label, text) in enumerate(zip(df["label"], df["text"])):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        (root / label / f"{i:03d}.txt").write_text(text, encoding="utf-8")
+    return root, df
+
+
+def test_evaluate_and_predict_read_a_folder_of_texts_per_class(run, tmp_path):
+    root, df = _class_folders(tmp_path / "test", run["train"])
+    res = run_cli("evaluate", run["dir"], "--data", root, "--json")
+    assert res.returncode == 0, res
+    assert json.loads(res.stdout)["n"] == len(df)
+    res, out = _predict(run, root, tmp_path)
+    assert res.returncode == 0, res
+    pred = pd.read_csv(out)
+    assert sorted(pred["ID"]) == sorted(f"{lab}/{i:03d}.txt" for i, lab in enumerate(df["label"]))
+
+
+def test_evaluate_takes_data_encoding_for_a_file_excel_saved(run, tmp_path):
+    src = tmp_path / "export.csv"
+    df = pd.read_csv(run["train"]).head(8)
+    df["text"] = df["text"] + " – “café”"
+    src.write_bytes(b"sep=,\r\n" + df.to_csv(index=False, lineterminator="\r\n").encode("cp1252"))
+    fails(
+        run_cli("evaluate", run["dir"], "--data", src), "export.csv", "is not UTF-8", "data.encoding=cp1252"
+    )
+    res = run_cli("evaluate", run["dir"], "--data", src, "--json", "data.encoding=cp1252")
+    assert res.returncode == 0, res
+    assert json.loads(res.stdout)["n"] == 8
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragments"),
+    [
+        ("dup.csv", b"text,text,label\na,b,world\nc,d,sports\n", ("dup.csv", "column 'text' twice")),
+        ("latin.csv", "label,text\nworld,café\nsports,goal\n".encode("latin-1"), ("data.encoding=latin-1",)),
+        ("missing.csv", None, ("missing.csv", "not found")),
+    ],
+    ids=["duplicate-column", "encoding", "no-file"],
+)
+def test_train_input_mistakes_are_one_line_before_any_model_loads(run, tmp_path, name, content, fragments):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    res = run_cli("train", "--model", run["bert"], "--train", path, "--out", tmp_path / "r", *TINY)
+    fails(res, *fragments)
+    assert not (tmp_path / "r").exists()
+
+
+# --- the cache folder is the user's own (code review, section 19) --------------------------------------------------
+
+
+def test_a_new_cache_folder_is_owner_only(tmp_path, monkeypatch):
+    from loraclf.utils.cache import cache_dir
+
+    monkeypatch.setenv("LORACLF_CACHE", str(tmp_path / "new" / "cache"))
+    assert cache_dir() == tmp_path / "new" / "cache"
+    assert (tmp_path / "new" / "cache").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_cache_folder_others_may_write_is_refused_in_one_line(run, tmp_path, monkeypatch):
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("LORACLF_CACHE", str(shared))
+    res, out = _predict(run, run["train"], tmp_path)
+    fails(res, "shared-cache", "may be written by other users (mode 777)", "chmod 700")
+    assert not out.exists()
+
+
+def test_a_cache_folder_of_another_user_is_refused(tmp_path, monkeypatch):
+    """The fallback's name in /tmp is predictable: another user may have created it first."""
+    import os
+
+    from loraclf.utils.cache import cache_dir
+
+    monkeypatch.setenv("LORACLF_CACHE", str(tmp_path))
+    monkeypatch.setattr(os, "getuid", lambda: tmp_path.stat().st_uid + 1)  # as seen by another user
+    with pytest.raises(UserError, match="belongs to another user"):
+        cache_dir()

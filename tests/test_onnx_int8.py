@@ -369,3 +369,86 @@ def test_cached_run_tokenises_like_transformers_for_every_tokenizer_kind(tmp_pat
     assert [x.tolist() for x in got] == [x.tolist() for x in want]
     assert max(len(x) for x in want) == full.max_length  # the long text is truncated the same way
     np.testing.assert_allclose(cached.predict_proba(probe), full.predict_proba(probe), rtol=0, atol=1e-9)
+
+
+# --- the cache key names the backbone; the quantised graph is checked (code review, section 19) --------------------
+
+
+def _copy_run_with_backbone(run, backbone, tmp_path):
+    """A copy of ``run`` whose recipe names ``backbone`` (a model folder or a hub id)."""
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    recipe = yaml.safe_load((copy / "recipe.yaml").read_text())
+    recipe["model"]["name"] = str(backbone)
+    (copy / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return copy
+
+
+def test_the_graph_key_names_the_backbone(trained, tiny_model_dirs, tmp_path):
+    """A run trained on ``--model ./my-bert`` whose folder is later replaced must not keep the old graph."""
+    import os
+    import shutil
+
+    backbone = tmp_path / "my-bert"
+    shutil.copytree(tiny_model_dirs["bert"], backbone)
+    run = _copy_run_with_backbone(trained["runs"]["bert"], backbone, tmp_path)
+    before = int8_runtime.digest(run)
+    assert int8_runtime.digest(run) == before  # the same folder: the same graph
+    weights = backbone / "model.safetensors"
+    data = weights.read_bytes()
+    weights.unlink()
+    weights.write_bytes(data)  # replaced by a file of the same size: another modification time
+    os.utime(weights, ns=(1, 1))
+    assert int8_runtime.digest(run) != before
+    hub = _copy_run_with_backbone(trained["runs"]["bert"], "org/model", tmp_path / "hub")
+    other = tmp_path / "hub" / "run" / "recipe.yaml"
+    key = int8_runtime.digest(hub)
+    other.write_text(other.read_text().replace("revision: null", "revision: v2"))
+    assert int8_runtime.digest(hub) != key
+
+
+def test_argmax_agreement_counts_only_rows_pytorch_decides_clearly():
+    expected = np.array([[0.9, 0.1], [0.51, 0.49], [0.2, 0.8], [0.7, 0.3]])
+    got = np.array(
+        [[0.8, 0.2], [0.4, 0.6], [0.6, 0.4], [0.6, 0.4]]
+    )  # row 1 flips within the margin: not counted
+    assert onnx_int8.argmax_agreement(expected, got) == pytest.approx(2 / 3)
+    assert onnx_int8.argmax_agreement(np.full((2, 2), 0.5), np.eye(2)) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("shares", "note", "fp32"),
+    [([0.5, 0.97], "quantised again with reduce_range (agrees on 97%)", False),
+     ([0.5, 0.6], "(60% with reduce_range); using the fp32 ONNX graph", True)],
+    ids=["reduce-range", "fp32"],
+)  # fmt: skip
+def test_a_quantised_graph_that_disagrees_with_pytorch_is_not_cached(
+    trained, monkeypatch, capsys, tmp_path, shares, note, fp32
+):
+    import onnx
+    import onnxruntime.quantization
+
+    monkeypatch.setenv("LORACLF_CACHE", str(tmp_path / "cache"))
+    answers = iter(shares)
+    monkeypatch.setattr(onnx_int8, "argmax_agreement", lambda expected, got: next(answers))
+    real, calls = onnxruntime.quantization.quantize_dynamic, []
+    monkeypatch.setattr(
+        onnxruntime.quantization,
+        "quantize_dynamic",
+        lambda *a, **k: calls.append(k.get("reduce_range")) or real(*a, **k),
+    )
+    fast = loraclf.load(trained["runs"]["bert"], precision="int8")
+    assert fast.engine is not None and calls == [False, True]
+    err = [x for x in capsys.readouterr().err.splitlines() if "probe rows" in x]
+    assert len(err) == 1 and "the int8 graph picked PyTorch's class on 50% of clear probe rows" in err[0]
+    assert note in err[0]
+    ops = {node.op_type for node in onnx.load(str(fast.engine.path)).graph.node}
+    assert ("DynamicQuantizeLinear" in ops or "MatMulInteger" in ops) != fp32
+    if fp32:  # the fp32 graph gives PyTorch's answers
+        exact = loraclf.load(trained["runs"]["bert"], precision="fp32")
+        texts = trained["texts"]
+        np.testing.assert_allclose(fast.predict_proba(texts), exact.predict_proba(texts), atol=1e-4)

@@ -400,14 +400,14 @@ def test_recorded_evaluation_appears_beside_validation(tmp_path):
     result = {"accuracy": 0.6125, "macro_f1": 0.6, "n": 44, "per_class": per_class, "confusion_matrix": cm,
               "labels": LABELS, "loss": 1.0}  # fmt: skip
     path = write_evaluation(run, tmp_path / "test.csv.gz", result)
-    assert path == run / "evaluations" / "test.json" and not list(path.parent.glob(".*.tmp"))
+    assert path == run / "evaluations" / "test.csv.gz.json" and not list(path.parent.glob(".*.tmp"))
     page = write_report(run).read_text(encoding="utf-8")
     assert "<th>validation accuracy</th><td>83.00%</td>" in page
-    assert "<th>test accuracy</th><td>61.25% (44 rows of" in page
-    assert "<th>test macro-F1</th><td>60.00%</td>" in page
-    assert (run / "figures" / "confusion_matrix_test.png").is_file()
+    assert "<th>test.csv.gz accuracy</th><td>61.25% (44 rows of" in page
+    assert "<th>test.csv.gz macro-F1</th><td>60.00%</td>" in page
+    assert (run / "figures" / "confusion_matrix_test.csv.gz.png").is_file()
     assert len(images(page)) == len(FIGURES) + 1
-    assert 'alt="confusion matrix on test"' in page
+    assert 'alt="confusion matrix on test.csv.gz"' in page
     # The evaluation's file removed: its figure goes with it on the next report.
     path.unlink()
     page = write_report(run).read_text(encoding="utf-8")

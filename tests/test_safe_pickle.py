@@ -132,3 +132,110 @@ def test_non_table_object_is_a_user_error(tmp_path):
     p = _dump(42, tmp_path / "num.pkl")
     with pytest.raises(UserError, match="not a table"):
         load_pickle_table(p, "--data")
+
+
+# --- Arrow arrays are rebuilt from checked values, never by pyarrow's or datasets' reconstructors (issue 28) -------
+
+
+def test_a_pickled_dataset_runs_no_pyarrow_or_datasets_reconstructor(tmp_path, monkeypatch):
+    """The Kaggle-style pickle loads without ``pyarrow.lib._restore_array`` or a ``datasets`` ``__setstate__``:
+    neither was written for hostile input (code review, section 19)."""
+    import datasets
+    import pyarrow.lib
+
+    p = _dump(datasets.Dataset.from_dict({"text": ["x", "y", None], "label": [0, 1, 0]}), tmp_path / "t.pkl")
+    called = []
+    real = pyarrow.lib._restore_array
+    monkeypatch.setattr(pyarrow.lib, "_restore_array", lambda *a: called.append("_restore_array") or real(*a))
+    for cls in (datasets.Dataset, datasets.table.InMemoryTable):
+        monkeypatch.setattr(
+            cls, "__setstate__", lambda self, state, n=cls.__name__: called.append(n), raising=False
+        )
+    out = load_pickle_table(p, "--input")
+    assert called == []
+    assert out["text"].tolist()[:2] == ["x", "y"] and out["text"].isna().tolist() == [False, False, True]
+    assert out["label"].tolist() == [0, 1, 0]
+
+
+def test_every_column_kind_of_a_dataset_reads_as_datasets_reads_it(tmp_path):
+    import datasets
+
+    features = datasets.Features(
+        {
+            "text": datasets.Value("large_string"),
+            "label": datasets.ClassLabel(names=["neg", "pos"]),
+            "score": datasets.Value("float32"),
+            "flag": datasets.Value("bool"),
+            "ids": datasets.Sequence(datasets.Value("int32")),
+            "raw": datasets.Value("binary"),
+            "nothing": datasets.Value("null"),
+        }
+    )
+    data = {
+        "text": ["a", None, "ünï"], "label": [1, 0, 1], "score": [0.5, None, 2.0], "flag": [True, False, None],
+        "ids": [[1, 2], [], None], "raw": [b"\x00\x01", b"", None], "nothing": [None, None, None],
+    }  # fmt: skip
+    ds = datasets.Dataset.from_dict(data, features=features).select([2, 0, 1])  # a row selection (_indices)
+    out = load_pickle_table(_dump(ds, tmp_path / "all.pkl"), "--data")
+    assert list(out.columns) == list(data)
+
+    def plain(values):
+        return [None if x is None or x is pd.NA or (isinstance(x, float) and x != x) else
+                list(x) if hasattr(x, "tolist") and not isinstance(x, (str, bytes)) else x for x in values]  # fmt: skip
+
+    expected = ds.to_pandas()
+    for column in data:
+        assert plain(out[column].tolist()) == plain(expected[column].tolist()), column
+    assert plain(out["ids"].tolist()) == [None, [1, 2], []]  # rows 2, 0, 1
+
+
+def _crafted_dataset(tmp_path, mutate):
+    """A pickled Dataset whose string array's data tuple (buffers, lengths) ``mutate`` changed: a crafted file."""
+    import io
+
+    import datasets
+    import pyarrow as pa
+
+    class Crafting(pickle.Pickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, pa.Array) and pa.types.is_string(obj.type):
+                restore, (data,) = obj.__reduce__()
+                return restore, (mutate(data),)
+            return NotImplemented
+
+    buf = io.BytesIO()
+    Crafting(buf).dump(datasets.Dataset.from_dict({"text": ["abc", "de"], "label": [0, 1]}))
+    p = tmp_path / "crafted.pkl"
+    p.write_bytes(buf.getvalue())
+    return p
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: (
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+            [d[4][0], d[4][1], d[4][2][:2]],
+            d[5],
+            d[6],
+        ),  # data shorter than offsets
+        lambda d: (d[0], d[1] + 1000, d[2], d[3], d[4], d[5], d[6]),  # length beyond the buffers
+        lambda d: (d[0], d[1], d[2], 10**6, d[4], d[5], d[6]),  # offset beyond the buffers
+    ],
+    ids=["offsets-past-data", "length-past-buffers", "offset-past-buffers"],
+)
+def test_a_crafted_arrow_buffer_is_refused_in_one_line(tmp_path, mutate):
+    p = _crafted_dataset(tmp_path, mutate)
+    with pytest.raises(UserError) as exc:
+        load_pickle_table(p, "--input")
+    msg = str(exc.value)
+    assert "crafted.pkl" in msg and "Arrow" in msg and "\n" not in msg
+
+
+def test_a_pandas_frame_of_arrow_strings_loads(tmp_path):
+    df = pd.DataFrame({"text": pd.array(["a", None, "c"], dtype="string[pyarrow]"), "label": [1, 2, 1]})
+    out = load_pickle_table(_dump(df, tmp_path / "df.pkl"), "--data")
+    assert out["text"].tolist()[::2] == ["a", "c"] and pd.isna(out["text"][1])

@@ -204,6 +204,82 @@ def test_the_sweep_modules_import_neither_optuna_nor_torch():
     assert res.stdout.strip() == "[]"
 
 
+# --- two workers writing one leaderboard (issue 28, finding 15) ----------------------------------------------------
+
+BOARD_COLUMNS = ["trial", "state", "note"]
+# Run in fresh interpreters: each is a sweep worker rewriting DIR/leaderboard.csv after its trials.
+BOARD_WRITER = """
+import sys, time
+from pathlib import Path
+from loraclf.sweep.run import write_leaderboard
+path, me, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+for i in range(200):
+    rows = [{"trial": n, "state": "complete", "note": f"worker {me} " + "x" * 200} for n in range(100)]
+    write_leaderboard(rows, path, ["trial", "state", "note"])
+"""
+
+
+def check_board(path: Path) -> None:
+    rows = read_board(path)
+    assert [int(r["trial"]) for r in rows] == list(range(100)), "a torn or mixed leaderboard"
+    assert len({r["note"] for r in rows}) == 1  # every row from one writer's table
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "a temporary file was left behind"
+
+
+def test_two_workers_writing_one_leaderboard_never_raise_or_tear_threads(tmp_path):
+    import threading
+
+    from loraclf.sweep.run import write_leaderboard
+
+    path, errors, barrier = tmp_path / "leaderboard.csv", [], threading.Barrier(4)
+
+    def worker(me: int) -> None:
+        barrier.wait()
+        rows = [{"trial": n, "state": "complete", "note": f"worker {me} " + "x" * 200} for n in range(100)]
+        try:
+            for _ in range(200):
+                write_leaderboard(rows, path, BOARD_COLUMNS)
+        except Exception as exc:  # any exception is the failure this test looks for
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    check_board(path)
+
+
+def test_two_workers_writing_one_leaderboard_never_raise_or_tear_processes(tmp_path):
+    import loraclf
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    go = tmp_path / "go"
+    env = cli_env(PYTHONPATH=str(Path(loraclf.__file__).parents[1]))  # the loraclf this test imported
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BOARD_WRITER, str(out / "leaderboard.csv"), str(k), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for k in range(3)
+    ]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    check_board(out / "leaderboard.csv")
+
+
 # --- a sweep, resumed -----------------------------------------------------------------------------------------------
 
 
@@ -350,6 +426,51 @@ def test_report_has_its_figures_and_links(sweep):
 def test_another_study_in_the_same_folder_is_refused(sweep, files):
     res = run_cli(*sweep_args(files, sweep["out"], "--trials", 1, "--study", "other"))
     one_line_error(res, "holds study 'main'", "--study main")
+
+
+# --- a bad point fails its trial, not the sweep (issue 28, finding 13) ----------------------------------------------
+
+
+def test_a_point_out_of_memory_or_beyond_the_position_limit_fails_only_its_trial(
+    files, tmp_path, monkeypatch
+):
+    """Trial 0 fits; trial 1 runs out of memory at its batch size; trial 2 asks for more tokens than the tiny
+    BERT's 128 positions. Both failures are recorded with their reason and the sweep finishes all three."""
+    import contextlib
+
+    import optuna
+    import torch
+
+    from loraclf.training import steps
+
+    real = steps.memory_hint
+
+    @contextlib.contextmanager
+    def tight_memory(
+        p, shape, device
+    ):  # the allocator fails for batches of 16: the real hint turns it into a line
+        with real(p, shape, device):
+            if p.recipe.train.batch_size == 16:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+            yield
+
+    monkeypatch.setattr(steps, "memory_hint", tight_memory)
+    space = tmp_path / "space.yaml"
+    space.write_text("train.batch_size: {choice: [8, 16]}\ndata.max_length: {choice: [32, 4096]}\n")
+    out = tmp_path / "bad-points"
+    out.mkdir()
+    study = optuna.create_study(
+        storage=f"sqlite:///{out / 'study.db'}", study_name="bad-points", direction="maximize"
+    )
+    for point in ((8, 32), (16, 32), (8, 4096)):
+        study.enqueue_trial({"train.batch_size": point[0], "data.max_length": point[1]})
+    res = run_cli(*sweep_args(files, out, "--trials", 3, "train.epochs=1", space=space))
+    assert res.returncode == 0, res
+    board = {int(r["trial"]): r for r in read_board(out / "leaderboard.csv")}
+    assert [board[n]["state"] for n in range(3)] == ["complete", "fail", "fail"]
+    assert "out of cpu memory on a batch of" in board[1]["note"] and "train.batch_size=16" in board[1]["note"]
+    assert "data.max_length=4096 is longer than" in board[2]["note"]
+    assert "Traceback" not in res.stderr
 
 
 # --- pruning ---------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ settings are fixed once trained)::
 
     loraclf evaluate runs/x --data test_noheader.csv data.header=false data.columns=label,title,description
     loraclf predict runs/x --input test.csv --output p.csv data.header=true   # run trained headerless
+    loraclf evaluate runs/x --data export.csv data.encoding=cp1252            # a file saved by Excel
 
 They are the very words ``train`` takes and that a header-looks-like-data error prints, so one fix works in every
 command. ``data.header=true`` without ``data.columns`` drops the run's headerless column list. The column flags
@@ -27,6 +28,7 @@ FILE_KEYS = (
     "header",
     "columns",
     "delimiter",
+    "encoding",
     "text_column",
     "title_column",
     "description_column",
@@ -35,7 +37,7 @@ FILE_KEYS = (
 )
 OVERRIDES_HELP = (
     "trailing data.KEY=VALUE overrides say how the file is read when it differs from the training file "
-    f"({', '.join('data.' + k for k in FILE_KEYS[:3])}, data.*_column), e.g. data.header=false "
+    f"({', '.join('data.' + k for k in FILE_KEYS[:4])}, data.*_column), e.g. data.header=false "
     "data.columns=label,title,description"
 )
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")

@@ -127,7 +127,6 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*rank_pattern.*")
     # transformers reads its verbosity from the environment when it loads: not imported here just to silence it.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if "transformers" in sys.modules:  # already loaded (an in-process caller): set it directly

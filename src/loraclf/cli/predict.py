@@ -3,7 +3,7 @@
 Several runs form an ensemble (their probabilities are averaged). The run folders, the data file and the output
 path are checked from the folders' small files alone, and the data file is read, before the models load, so a
 mistake is reported without waiting for torch. ``evaluate`` on one run records its result in
-``RUN/evaluations/<file stem>.json`` for the report.
+``RUN/evaluations/<file name>.json`` for the report.
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 from pathlib import Path
 
 import yaml
@@ -13,6 +11,7 @@ from loraclf.config.coerce import from_dict, to_dict
 from loraclf.config.flags import suggest_key
 from loraclf.config.schema import Recipe
 from loraclf.utils.errors import UserError
+from loraclf.utils.files import atomic_write_text
 
 
 def load_recipe(path: str | Path | None) -> Recipe:
@@ -67,8 +66,5 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
 
 
 def save_recipe(recipe: Recipe, path: Path) -> None:
-    """Write the recipe as YAML, atomically: a unique temporary sibling renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    """Write the recipe as YAML, atomically (a unique temporary sibling renamed over ``path``)."""
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(recipe), sort_keys=False))

@@ -80,6 +80,11 @@ class DataConfig:
     delimiter: str | None = opt(
         None, "CSV/TSV field separator: , ; tab | (or any one character); null detects it from the first line"
     )
+    encoding: str | None = opt(
+        None,
+        "text encoding of files that are not UTF-8, any Python codec (e.g. cp1252, latin-1); null reads UTF-8, "
+        "or UTF-16/32 when the file starts with its byte-order mark",
+    )
     val_size: float = opt(
         0.1, "stratified validation split when no eval file: a fraction (<1) or a row count (>=1)"
     )

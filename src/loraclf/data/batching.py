@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from loraclf.utils.files import atomic_path
 from loraclf.utils.progress import bar as progress_bar
 
 if TYPE_CHECKING:
@@ -71,9 +71,8 @@ def tokenize(
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(x) for x in ids])
         flat = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-        np.savez(tmp, flat=flat, offsets=offsets)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npz") as tmp:  # np.savez adds .npz to names without it
+            np.savez(tmp, flat=flat, offsets=offsets)
         return ids
     out: list[np.ndarray] = []
     chunk = 1024  # large enough for the fast tokenizer's batching, small enough for a moving progress bar

@@ -14,11 +14,15 @@ settle which it is, so loraclf never guesses silently; it checks only when somet
 * with ``data.header=false``, a first row whose cells all look like column names (short, not numbers) and that
   either repeats a configured or a usual column name (``label``, ``text``, ``title``, …) or, in evaluation, carries
   a label the run does not know is a header row: the error says to set ``data.header=true``.
+
+:func:`column_names` turns a header row into column names and refuses a name given twice (``text,text,label``):
+pandas would rename the second to ``text.1`` and the first would be used without a word.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 
@@ -134,3 +138,24 @@ def check_header(
             f"{flag}: '{source}' row 1 (cells {_cells(first)}) looks like a header row, but data.header is "
             "false; set data.header=true to read it as column names"
         )
+
+
+def column_names(cells: list[str], path: Path | str, flag: str, where: str = "line 1") -> list[str]:
+    """Header cells as column names; empty ones become ``Unnamed: i`` (as pandas names them).
+
+    Raises:
+        UserError: a name occurs twice. pandas would read the second as ``text.1`` and loraclf would silently take
+            the first; the error names the column and both positions instead.
+    """
+    names: list[str] = []
+    first: dict[str, int] = {}
+    for i, cell in enumerate(cells):
+        name = cell if cell.strip() else f"Unnamed: {i}"
+        if name in first:
+            raise UserError(
+                f"{flag}: '{path}' {where} names column '{name}' twice (columns {first[name] + 1} and {i + 1}); "
+                "rename or remove one of them"
+            )
+        first[name] = i
+        names.append(name)
+    return names

@@ -1,11 +1,17 @@
-"""Reading data files into a DataFrame: CSV/TSV, JSON Lines, Parquet, Hugging Face datasets, pickles.
+"""Reading data files into a DataFrame: CSV/TSV, JSON Lines, Parquet, Excel, pickles, folders, HF datasets.
 
-Delimited files (``.csv``, ``.tsv``, ``.tab``, ``.txt``, optionally compressed) are parsed with Python's ``csv``
-module, record by record, so that every problem can name its line:
+Every kind of file may be compressed (``.gz``, ``.bz2``, ``.xz``, ``.zst``) and text is decoded as
+:mod:`loraclf.data.encodings` says (UTF-8, a byte-order mark's UTF-16/32, or ``data.encoding``). A folder of text
+files per class is :mod:`loraclf.data.folders`; an Excel workbook :mod:`loraclf.data.spreadsheets`. A column name
+that occurs twice is an error in every format, never a silent pick of one of the two.
 
-* **Delimiter.** ``data.delimiter`` wins when set. Otherwise it is detected from the first line: each of ``,``
-  ``;`` tab and ``|`` is counted outside double quotes and the most frequent wins (ties go to the suffix's own
-  delimiter, comma for ``.csv`` and tab for ``.tsv``). Spreadsheet programs in many locales write ``;``, so a
+Delimited files (``.csv``, ``.tsv``, ``.tab``, ``.txt``) are parsed with Python's ``csv`` module, record by record,
+so that every problem can name its line:
+
+* **Delimiter.** ``data.delimiter`` wins when set. Then a first line ``sep=;`` (which Excel writes and reads to
+  name the separator) is honoured and skipped. Otherwise the delimiter is detected from the first line: each of
+  ``,`` ``;`` tab and ``|`` is counted outside double quotes and the most frequent wins (ties go to the suffix's
+  own delimiter, comma for ``.csv`` and tab for ``.tsv``). Spreadsheet programs in many locales write ``;``, so a
   ``.csv`` name says little about the separator. Without a header row and with ``data.columns`` known, the
   delimiter that splits the first line into exactly that many fields is preferred.
 * **Header.** By default the first record names the columns. ``data.header=false`` with ``data.columns=a,b,c``
@@ -18,13 +24,13 @@ module, record by record, so that every problem can name its line:
 
 JSON Lines files are split on ``\\n`` only (a ``\\r`` before it is dropped), never with :meth:`str.splitlines`:
 JSON strings may hold U+2028, U+2029, ``\\x85`` and other characters that method would split on, so any valid
-JSON Lines file reads. A file whose first character is ``[`` is read as one JSON array of records.
+JSON Lines file reads. A file whose first character is ``[`` is read as one JSON array of records. A record with
+one key twice is an error (``json`` itself would keep the last silently).
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import re
@@ -35,46 +41,25 @@ from pathlib import Path
 import pandas as pd
 
 from loraclf.config import DataConfig
+from loraclf.data.encodings import decode, format_of, raw_bytes
+from loraclf.data.folders import HF_MARKERS, is_text_folder, read_text_folder
+from loraclf.data.headers import column_names
 from loraclf.data.paths import check_data_path
+from loraclf.data.spreadsheets import SUFFIXES as EXCEL_SUFFIXES
+from loraclf.data.spreadsheets import read_xlsx
 from loraclf.utils.errors import UserError, say
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
-COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+PICKLE_SUFFIXES = (".pkl", ".pickle")
 DELIMITERS = (",", ";", "\t", "|")
 DELIMITER_NAMES = {",": "','", ";": "';'", "\t": "tab", "|": "'|'"}
+# Excel's first line naming the separator: sep=; (some writers quote it).
+SEP_LINE = re.compile(r'"?sep=(.)"?[ \t]*')
+FIRST_LINE = re.compile(r"[^\r\n]*")
 # A megabyte-long text in one field is a real file, not an attack worth refusing (the csv default is 128 KiB).
 FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
-
-
-def raw_bytes(path: Path, flag: str) -> bytes:
-    """The file's bytes, decompressed when it ends in .gz, .bz2 or .xz.
-
-    Raises:
-        UserError: the compressed stream is damaged.
-    """
-    kind = COMPRESSED.get(path.suffix.lower())
-    if kind is None:
-        return path.read_bytes()
-    try:
-        return importlib.import_module(kind).decompress(path.read_bytes())
-    except (OSError, EOFError, ValueError) as exc:
-        raise UserError(f"{flag}: '{path}' is not a readable {path.suffix} file ({exc})") from None
-
-
-def decode(raw: bytes, path: Path, flag: str) -> str:
-    """UTF-8 text without a leading byte-order mark (spreadsheet programs often write one).
-
-    Raises:
-        UserError: the bytes are not UTF-8; the message names the byte and its line.
-    """
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"{flag}: '{path}' is not UTF-8 (byte {exc.start}, line {line}); re-save it as UTF-8, "
-            "e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
 
 
 def count_outside_quotes(line: str, char: str) -> int:
@@ -101,8 +86,10 @@ def detect_delimiter(first_line: str, default: str, width: int | None = None) ->
     return best if counts[best] else default
 
 
-def _records(text: str, sep: str, path: Path, flag: str) -> Iterator[tuple[int, list[str]]]:
+def _records(text: str, sep: str, path: Path, flag: str, skipped: int = 0) -> Iterator[tuple[int, list[str]]]:
     """(first line number, fields) of each record; quotes are checked strictly so that errors name a line.
+
+    ``skipped`` lines (a ``sep=`` line) were cut from the top of ``text``: line numbers count them.
 
     Raises:
         UserError: a quote is never closed, or text follows a closing quote.
@@ -110,7 +97,7 @@ def _records(text: str, sep: str, path: Path, flag: str) -> Iterator[tuple[int, 
     csv.field_size_limit(FIELD_LIMIT)
     # newline="": records end at \r, \n or \r\n outside quotes, and the csv module keeps them inside quotes.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
-    start = 1
+    start = 1 + skipped
     while True:
         try:
             row = next(reader)
@@ -121,48 +108,45 @@ def _records(text: str, sep: str, path: Path, flag: str) -> Iterator[tuple[int, 
                 where = f"the quote opened in the record starting on line {start} is never closed"
                 fix = "close it, or double the quotes inside quoted fields"
             else:
-                where = f"line {reader.line_num} has text after a closing quote ({exc})"
+                where = f"line {reader.line_num + skipped} has text after a closing quote ({exc})"
                 fix = 'quote the whole field and double the quotes inside it ("")'
             raise UserError(f"{flag}: '{path}' is malformed: {where}; {fix}") from None
         yield start, row
-        start = reader.line_num + 1
+        start = reader.line_num + 1 + skipped
 
 
-def _column_names(cells: list[str]) -> list[str]:
-    """Header cells as column names: empty ones become ``Unnamed: i``, repeats ``name.1`` (as pandas names them)."""
-    names, seen = [], {}
-    for i, cell in enumerate(cells):
-        name = cell if cell.strip() else f"Unnamed: {i}"
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}.{seen[name]}"
-        else:
-            seen[name] = 0
-        names.append(name)
-    return names
-
-
-def read_delimited(path: Path, default_sep: str, flag: str, cfg: DataConfig) -> pd.DataFrame:
-    """A CSV/TSV file as a DataFrame of strings, read as ``cfg`` says (delimiter, header, column names).
+def read_delimited(raw: bytes, path: Path, default_sep: str, flag: str, cfg: DataConfig) -> pd.DataFrame:
+    """A CSV/TSV file's bytes as a DataFrame of strings, read as ``cfg`` says (encoding, delimiter, header,
+    column names).
 
     Raises:
-        UserError: empty or undecodable file, malformed quoting, or a record whose field count differs from the
-            header's (naming its line, its count and the header's).
+        UserError: empty or undecodable file, malformed quoting, a column named twice, or a record whose field
+            count differs from the header's (naming its line, its count and the header's).
     """
-    text = decode(raw_bytes(path, flag), path, flag)
+    text = decode(raw, path, flag, cfg.encoding)
+    columns = list(cfg.columns) if not cfg.header and cfg.columns else None
+    first_line = FIRST_LINE.match(text).group(0)
+    declared, skipped = None, 0
+    sep_line = SEP_LINE.fullmatch(first_line)
+    if sep_line:  # Excel's "sep=;" line: the separator, then the file proper
+        declared, skipped = sep_line.group(1), 1
+        text = text[sep_line.end() :].removeprefix("\r").removeprefix("\n")
+        first_line = FIRST_LINE.match(text).group(0)
     if not text.strip():
         raise UserError(f"{flag}: file '{path}' is empty; give a file with a header row and data rows")
     # Empty lines at the end of a file are an editor's doing, not rows (a line of spaces is a row of spaces).
     text = re.sub(r"(\r?\n)+\Z", "\n", text)
-    columns = list(cfg.columns) if not cfg.header and cfg.columns else None
-    first_line = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]
-    sep = cfg.delimiter or detect_delimiter(first_line, default_sep, len(columns) if columns else None)
-    records = _records(text, sep, path, flag)
+    sep = (
+        cfg.delimiter
+        or declared
+        or detect_delimiter(first_line, default_sep, len(columns) if columns else None)
+    )
+    records = _records(text, sep, path, flag, skipped)
     if columns is None:
         header: list[str] = []
         while not header:  # blank lines above the header row are not columns
-            _, header = next(records)
-        columns = _column_names(header)
+            line, header = next(records)
+        columns = column_names(header, path, flag, f"line {line}")
         what = "the header has"
     else:
         what = f"data.columns names {len(columns)} ({', '.join(columns)}), so rows need"
@@ -197,18 +181,40 @@ def _width_message(path: Path, flag: str, line: int, n: int, width: int, what: s
     )
 
 
-def read_jsonl(path: Path, flag: str) -> pd.DataFrame:
+class _RepeatedKey(ValueError):
+    """A JSON object with one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):  # rare: only then look for the repeated key
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return out
+
+
+def _json(text: str):
+    # strict=False: raw control characters inside strings, which scrapers write, are kept as text.
+    return json.loads(text, strict=False, object_pairs_hook=_unique_keys)
+
+
+def read_jsonl(raw: bytes, path: Path, flag: str, cfg: DataConfig) -> pd.DataFrame:
     """JSON Lines (one object per ``\\n``-ended line) or a JSON array of objects.
 
     Raises:
-        UserError: undecodable text, a line that is not valid JSON (naming it), or no objects at all.
+        UserError: undecodable text, a line that is not valid JSON or repeats a key (naming it), or no objects.
     """
-    text = decode(raw_bytes(path, flag), path, flag)
+    text = decode(raw, path, flag, cfg.encoding)
     if text.lstrip().startswith("["):  # a JSON array of records
         try:
-            rows = json.loads(text, strict=False)
+            rows = _json(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"{flag}: '{path}' is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        except _RepeatedKey as exc:
+            raise UserError(f"{flag}: '{path}' has a record with the key '{exc}' twice; keep one") from None
     else:
         rows = []
         # Records end at "\n" only: str.splitlines would also split inside strings holding U+2028, \x85 etc.
@@ -216,18 +222,66 @@ def read_jsonl(path: Path, flag: str) -> pd.DataFrame:
             if not line.strip(" \t\r"):  # JSON's own whitespace; anything else must parse
                 continue
             try:
-                # strict=False: raw control characters inside strings, which scrapers write, are kept as text.
-                rows.append(json.loads(line, strict=False))
+                rows.append(_json(line))
             except json.JSONDecodeError as exc:
                 raise UserError(
                     f"{flag}: '{path}' line {n} is not valid JSON ({exc.msg}, column {exc.colno}); one object "
                     "per line"
+                ) from None
+            except _RepeatedKey as exc:
+                raise UserError(
+                    f"{flag}: '{path}' line {n} has the key '{exc}' twice; keep one (JSON readers would silently "
+                    "take the last)"
                 ) from None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise UserError(
             f"{flag}: '{path}' holds no JSON objects; write one object per line with text and label keys"
         )
     return pd.DataFrame(rows)
+
+
+def read_parquet(raw: bytes, path: Path, flag: str, cfg: DataConfig) -> pd.DataFrame:
+    """A Parquet file's bytes (its columns keep their types).
+
+    Raises:
+        UserError: not a readable Parquet file.
+    """
+    try:
+        return pd.read_parquet(io.BytesIO(raw))
+    except Exception as exc:  # pyarrow raises its own error types for corrupt files
+        error = exc
+    try:  # pandas refuses a schema that names a column twice: say which
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(io.BytesIO(raw)).names
+        _unique_columns(pd.DataFrame(columns=names), path, flag)
+    except UserError:
+        raise
+    except Exception:  # not Parquet at all: the first error says so
+        pass
+    raise UserError(f"{flag}: '{path}' is not a readable Parquet file ({type(error).__name__})") from None
+
+
+def read_pickle(raw: bytes, path: Path, flag: str, cfg: DataConfig) -> pd.DataFrame:
+    """A pickled table, through the restricted unpickler (:mod:`loraclf.data.safe_pickle`)."""
+    from loraclf.data.safe_pickle import load_pickle_table
+
+    return load_pickle_table(path, flag, raw)
+
+
+def _reader(suffix: str):
+    """The reader of a file kind, by its own suffix (before any compression suffix); None when unknown."""
+    if suffix in TABLE_SUFFIXES:
+        return lambda raw, path, flag, cfg: read_delimited(raw, path, TABLE_SUFFIXES[suffix], flag, cfg)
+    for suffixes, reader in (
+        (JSON_SUFFIXES, read_jsonl),
+        (PARQUET_SUFFIXES, read_parquet),
+        (PICKLE_SUFFIXES, read_pickle),
+        (EXCEL_SUFFIXES, read_xlsx),
+    ):
+        if suffix in suffixes:
+            return reader
+    return None
 
 
 def read_hf(spec: str, flag: str) -> pd.DataFrame:
@@ -258,49 +312,56 @@ def read_hf(spec: str, flag: str) -> pd.DataFrame:
 
 
 def read_table(path_or_id: str, flag: str = "--data", cfg: DataConfig | None = None) -> pd.DataFrame:
-    """Read any supported file into a DataFrame (strings for CSV/TSV; other formats keep their types).
+    """Read any supported input into a DataFrame (strings for CSV/TSV; other formats keep their types).
 
-    ``cfg`` says how delimited files are read (``data.delimiter``, ``data.header``, ``data.columns``); other
-    formats name their fields themselves and ignore it.
+    ``cfg`` says how files are read (``data.encoding``, and for delimited files ``data.delimiter``,
+    ``data.header``, ``data.columns``); formats that name their fields themselves ignore the last three.
 
     Raises:
-        UserError: a missing or unreadable file, an unknown format, or any error of the format's reader.
+        UserError: a missing or unreadable file, an unknown format, a column named twice, or any error of the
+            format's reader.
     """
     cfg = cfg or DataConfig()
     path = Path(path_or_id).expanduser()
     if path.is_dir():
-        if any((path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
-            return read_hf(str(path), flag)
+        if any((path / n).exists() for n in HF_MARKERS):
+            return _unique_columns(read_hf(str(path), flag), path, flag)
+        if is_text_folder(path):
+            return read_text_folder(path, flag, cfg)
         raise UserError(
-            f"{flag}: '{path}' is a folder but not a saved Hugging Face dataset; pass a data file"
+            f"{flag}: '{path}' is a folder but neither a saved Hugging Face dataset nor a folder of text files "
+            "per class (CLASS/NAME.txt); pass a data file or such a folder"
         )
     if not path.exists():
         check_data_path(path_or_id, flag)
-        return read_hf(path_or_id, flag)  # a hub dataset id such as "ag_news" or "ag_news:test"
+        # a hub dataset id such as "ag_news" or "ag_news:test"
+        return _unique_columns(read_hf(path_or_id, flag), path, flag)
     if not path.is_file():
         raise UserError(f"{flag}: '{path}' is not a regular file")
-    suffix = path.suffix.lower()
-    if suffix in COMPRESSED:  # data.csv.gz: the format is the suffix before the compression's
-        suffix = Path(path.stem).suffix.lower()
+    suffix, _ = format_of(path)
+    reader = _reader(suffix)
+    if reader is None:
+        old_excel = " (an Excel 97-2003 workbook: save it as .xlsx or CSV)" if suffix == ".xls" else ""
+        raise UserError(
+            f"{flag}: '{path}' has an unknown format '{suffix}'{old_excel}; use .csv, .tsv, .jsonl, .parquet, "
+            ".pkl or .xlsx (any of them compressed: .gz, .bz2, .xz, .zst), or a folder of text files per class"
+        )
     try:
-        if suffix in TABLE_SUFFIXES:
-            return read_delimited(path, TABLE_SUFFIXES[suffix], flag, cfg)
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            return read_jsonl(path, flag)
-        if suffix in (".parquet", ".pq"):
-            try:
-                return pd.read_parquet(path)
-            except Exception as exc:  # pyarrow raises its own error types for corrupt files
-                raise UserError(
-                    f"{flag}: '{path}' is not a readable Parquet file ({type(exc).__name__})"
-                ) from None
-        if suffix in (".pkl", ".pickle"):
-            from loraclf.data.safe_pickle import load_pickle_table
-
-            return load_pickle_table(path, flag)
+        raw = raw_bytes(path, flag)
     except PermissionError:
         raise UserError(f"{flag}: cannot read '{path}' (permission denied)") from None
-    raise UserError(
-        f"{flag}: '{path}' has an unknown format '{suffix}'; use .csv, .tsv, .jsonl, .parquet or .pkl "
-        "(.csv, .tsv and .jsonl may be compressed: .gz, .bz2, .xz)"
-    )
+    return _unique_columns(reader(raw, path, flag, cfg), path, flag)
+
+
+def _unique_columns(df: pd.DataFrame, path, flag: str) -> pd.DataFrame:
+    """Raise when a column name occurs twice (Parquet, pickles and datasets can hold such frames).
+
+    Raises:
+        UserError: names the repeated column.
+    """
+    repeated = df.columns[df.columns.duplicated()]
+    if len(repeated):
+        raise UserError(
+            f"{flag}: '{path}' has two columns named '{repeated[0]}'; rename or remove one of them"
+        )
+    return df

@@ -3,18 +3,24 @@
 A pickle is a program: unpickling calls whatever callables the file names, so ``pickle.load`` on a stranger's file
 can run anything (``os.system`` is the classic payload). The course's unlabelled test set is a pickled Hugging Face
 ``Dataset``, and people will pass such files to ``predict``. loraclf unpickles through an allowlist: only the
-constructors a pandas DataFrame, a Hugging Face Dataset (Arrow tables) or plain lists and dicts of strings need.
-Any other global ends the load before it is called, with a message saying how to convert the file.
+constructors a pandas DataFrame, a Hugging Face Dataset or plain lists and dicts of strings need. Any other global
+ends the load before it is called, with a message saying how to convert the file.
+
+The Arrow arrays inside a Dataset (and inside a pandas 3 DataFrame of strings) are not rebuilt by pyarrow's or
+``datasets``' own reconstructors, which trust their buffers: their names resolve to the checked stand-ins of
+:mod:`loraclf.data.arrow_pickle`, which decode every buffer with its bounds checked and hand pyarrow plain values.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
+import io
 import pickle
 from pathlib import Path
 
 import pandas as pd
 
+from loraclf.data import arrow_pickle
 from loraclf.utils.errors import UserError
 
 ALLOWED = {
@@ -55,6 +61,9 @@ ALLOWED = {
     ("pandas", "Index"),
     ("pandas", "RangeIndex"),
     ("pandas", "StringDtype"),
+    # The missing-value singleton of "string[pyarrow]" columns: a constant, nothing to run.
+    ("pandas", "NA"),
+    ("pandas._libs.missing", "NA"),
     ("pandas", "CategoricalDtype"),
     ("pandas", "Categorical"),
     ("pandas.core.frame", "DataFrame"),
@@ -68,21 +77,10 @@ ALLOWED = {
     ("pandas.arrays", "ArrowStringArray"),
     ("pandas.core.arrays.string_", "StringArray"),
     ("pandas.core.arrays.string_arrow", "ArrowStringArray"),
-    ("pyarrow.lib", "_restore_array"),
-    ("pyarrow.lib", "type_for_alias"),
-    ("pyarrow.lib", "py_buffer"),
-    ("pyarrow.lib", "_reconstruct_table"),
-    ("pyarrow.lib", "chunked_array"),
-    ("pyarrow.lib", "schema"),
-    ("pyarrow.lib", "field"),
-    ("pyarrow.lib", "list_"),
-    ("pyarrow.lib", "large_list"),
-    ("pyarrow.lib", "struct"),
-    ("pyarrow.lib", "dictionary"),
-    ("pyarrow.lib", "_reconstruct_record_batch"),
-    ("pyarrow.lib", "int64"),
-    ("pyarrow.lib", "string"),
-    ("pyarrow.lib", "large_string"),
+}
+# Resolved to loraclf's stand-ins (loraclf.data.arrow_pickle), never to pyarrow's or datasets' own code.
+ARROW = "pyarrow.lib"
+DATASETS = {
     ("datasets.arrow_dataset", "Dataset"),
     ("datasets.info", "DatasetInfo"),
     ("datasets.features.features", "Features"),
@@ -110,23 +108,34 @@ class _RestrictedUnpickler(pickle.Unpickler):
         # (Python 3 never writes these old names, so mapping them always is safe.)
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if module == ARROW and name in arrow_pickle.STAND_INS:
+            return arrow_pickle.STAND_INS[name]
+        if (module, name) in DATASETS:
+            return arrow_pickle.inert(module, name)
         if (module, name) not in ALLOWED:
             raise _Refused(f"{module}.{name}")
         return super().find_class(module, name)
 
 
-def load_pickle_table(path: Path, flag: str) -> pd.DataFrame:
-    """Unpickle a DataFrame, an HF Dataset, a dict of columns or a list of texts/records, running no foreign code."""
+def load_pickle_table(path: Path, flag: str, data: bytes | None = None) -> pd.DataFrame:
+    """Unpickle a DataFrame, an HF Dataset, a dict of columns or a list of texts/records, running no foreign code.
+
+    ``data`` is the file's (decompressed) bytes when the caller read them already.
+    """
     convert = (
         f'if you trust the file, convert it once: python -c "import pandas as pd; '
         f"pd.read_pickle('{path}').to_csv('data.csv', index=False)\""
     )
     try:
-        with Path(path).open("rb") as fh:
+        with io.BytesIO(data) if data is not None else Path(path).open("rb") as fh:
             obj = _RestrictedUnpickler(fh).load()
     except _Refused as exc:
         raise UserError(
             f"{flag}: '{path}' is a pickle that needs {exc}, which loraclf will not run; {convert}"
+        ) from None
+    except arrow_pickle.Refused as exc:
+        raise UserError(
+            f"{flag}: '{path}' is a pickle holding {exc}, which loraclf does not rebuild from a pickle; {convert}"
         ) from None
     except pickle.UnpicklingError:
         raise UserError(
@@ -138,8 +147,14 @@ def load_pickle_table(path: Path, flag: str) -> pd.DataFrame:
         ) from None
     if isinstance(obj, pd.DataFrame):
         return obj
-    if type(obj).__name__ == "Dataset" and hasattr(obj, "to_pandas"):
-        return obj.to_pandas()
+    try:
+        table = arrow_pickle.dataset_table(obj)
+    except arrow_pickle.Refused as exc:
+        raise UserError(
+            f"{flag}: '{path}' is a pickle holding {exc}, which loraclf does not rebuild from a pickle; {convert}"
+        ) from None
+    if table is not None:
+        return table.to_pandas()
     if isinstance(obj, dict) and all(isinstance(v, (list, tuple)) for v in obj.values()):
         return pd.DataFrame(obj)
     if isinstance(obj, (list, tuple)) and obj and all(isinstance(x, str) for x in obj):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from loraclf.config import DataConfig
+from loraclf.data.labels import same_number_labels
 from loraclf.data.tables import (
     TextSet,
     drop_empty,
@@ -64,6 +65,7 @@ def read_rows(d: DataConfig, seed: int, train_path: str | list[str], eval_path: 
         "eval_file": absolute(eval_path),
         "dropped_empty_train": dropped,
     }
+    _note_number_spellings(label_map, notes)
     if dropped:
         say(f"--train: dropped {dropped:,} rows with empty text")
     if eval_path:
@@ -82,6 +84,23 @@ def read_rows(d: DataConfig, seed: int, train_path: str | list[str], eval_path: 
             "in the training rows (ignoring case and punctuation); evaluation scores will be optimistic"
         )
     return Rows(train_set, eval_set, label_map, notes)
+
+
+def _note_number_spellings(label_map: list, notes: dict) -> None:
+    """Say (and record in the data summary) which classes spell one number differently, e.g. ``01`` and ``1``.
+
+    Labels keep the file's spelling, so such classes train apart; the note lets a user who meant one class see it.
+    """
+    groups = same_number_labels(label_map)
+    if not groups:
+        return
+    notes["labels_spelling_one_number"] = groups
+    shown = "; ".join(" and ".join(repr(x) for x in g) for g in groups[:3])
+    more = f" (and {len(groups) - 3} more groups)" if len(groups) > 3 else ""
+    say(
+        f"--train: labels {shown}{more} spell one number differently; they are trained as separate classes, as "
+        "the file writes them (make the spellings agree if each group is one class)"
+    )
 
 
 def _split(train_set: TextSet, val_size: float, seed: int, notes: dict) -> tuple[TextSet, TextSet]:

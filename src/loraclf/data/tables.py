@@ -7,9 +7,10 @@ or from ``title`` + ``description`` joined as the Hugging Face AG News does, a l
 an id. Labels are mapped to class indices through a label map fixed by the training file and saved with the run,
 so predictions come back in the training file's label space whatever layout the prediction file uses.
 
-Labels compare exactly, after surrounding whitespace is stripped from string labels (``" World "`` is ``World``)
-and numbers are unified (``3``, ``3.0`` and ``"3"`` are one class). Case is kept: ``world`` in an evaluation file
-is not the training label ``World``, and the error names the training label it resembles rather than guessing.
+Labels keep the training file's spelling (``01`` stays ``01``; numbers are unified only in columns of numbers, see
+:mod:`loraclf.data.labels`) and compare exactly, after surrounding whitespace is stripped from string labels
+(``" World "`` is ``World``). Case is kept: ``world`` in an evaluation file is not the training label ``World``,
+and the error names the training label it resembles rather than guessing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pandas as pd
 from loraclf.config import DataConfig
 from loraclf.data.clean import clean_texts
 from loraclf.data.headers import check_header
+from loraclf.data.labels import build_label_map, column_labels, encode_labels
 from loraclf.data.readers import read_table
 from loraclf.utils.errors import UserError, did_you_mean, short_list
 
@@ -80,34 +82,17 @@ def texts_of(
 
 
 def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def label_key(v):
-    """Normalise a label value so that 3, 3.0 and "3" are one class, and strings stay strings."""
-    if isinstance(v, (bool, np.bool_)):
-        return int(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return int(v)
-    s = str(v).strip()
-    try:
-        return int(s)
-    except ValueError:
-        pass
-    try:
-        f = float(s)
-        if f.is_integer():
-            return int(f)
-    except ValueError:
-        pass
-    return s
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
 def raw_labels(
     df: pd.DataFrame, cfg: DataConfig, source: str, flag: str, fix: str = "set data.label_column=NAME"
 ) -> list:
+    if df.attrs.get("text_folder") == "unlabelled":
+        raise UserError(
+            f"{flag}: folder '{source}' holds texts but no class folders; put each class's files in a folder "
+            "named by the class (e.g. train/World/1.txt)"
+        )
     if cfg.label_column not in df.columns:
         cols = [str(c) for c in df.columns]
         raise UserError(
@@ -120,52 +105,8 @@ def raw_labels(
             raise UserError(
                 f"{flag}: '{source}' row {row}, column '{cfg.label_column}': label is empty; fill it in or remove the row"
             )
-        out.append(label_key(v))
-    return out
-
-
-def build_label_map(labels: list, source: str, flag: str) -> list:
-    """Sorted distinct labels (numbers numerically, strings alphabetically); at least two classes."""
-    distinct = set(labels)
-    if len(distinct) < 2:
-        only = next(iter(distinct)) if distinct else None
-        raise UserError(
-            f"{flag}: '{source}' has a single class ({only!r}); a classifier needs at least two labels"
-        )
-    numeric = all(isinstance(x, int) for x in distinct)
-    return sorted(distinct) if numeric else sorted(distinct, key=str)
-
-
-def encode_labels(labels: list, label_map: list, source: str, flag: str) -> np.ndarray:
-    """Class indices of ``labels`` in ``label_map``.
-
-    Raises:
-        UserError: a label the training file does not have; names the row and the training label it resembles
-            (same letters in another case, or a close spelling) when there is one.
-    """
-    index = {v: i for i, v in enumerate(label_map)}
-    # Files may mix string and int spellings of the same label ("1" vs 1): compare by string too.
-    by_str = {str(v): i for i, v in enumerate(label_map)}
-    out = np.empty(len(labels), dtype=np.int64)
-    for row, v in enumerate(labels, 1):
-        i = index.get(v, by_str.get(str(v)))
-        if i is None:
-            raise UserError(
-                f"{flag}: '{source}' row {row} has label {v!r}, which the training file does not have"
-                f"{_resembles(v, label_map)} (labels: {short_list(map(str, label_map))}); fix the row or the file"
-            )
-        out[row - 1] = i
-    return out
-
-
-def _resembles(value, label_map: list) -> str:
-    """Which training label ``value`` resembles, for the error message; '' when none does."""
-    folded = " ".join(str(value).split()).casefold()
-    for known in label_map:
-        if " ".join(str(known).split()).casefold() == folded:
-            # Case is meaning-bearing in some label sets: say what differs instead of merging the two.
-            return f"; it differs only in case or spacing from the training label {str(known)!r}"
-    return did_you_mean(str(value), map(str, label_map))
+        out.append(v)
+    return column_labels(out)
 
 
 def ids_of(df: pd.DataFrame, cfg: DataConfig) -> list:

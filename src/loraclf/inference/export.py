@@ -32,6 +32,7 @@ import shutil
 from pathlib import Path
 
 from loraclf.utils.errors import UserError
+from loraclf.utils.files import temp_sibling
 
 FORMATS = ("hf", "onnx")
 REMOTE_CODE = Path(__file__).parent / "hf_remote" / "modeling_loraclf.py"
@@ -53,7 +54,8 @@ def _readme(run: Path, kind: str, labels: list) -> str:
             "int8 ONNX graph of the classifier (encoder matrix products quantised, embeddings and head fp32).\n\n"
             "```python\nimport numpy as np, onnxruntime as ort\nfrom transformers import AutoTokenizer\n"
             "tok = AutoTokenizer.from_pretrained('.')\nsession = ort.InferenceSession('model.onnx')\n"
-            "enc = tok(['some text'], return_tensors='np')\n"
+            "# truncation=True cuts at the run's length; longer rows would overrun the position table\n"
+            "enc = tok(['some text'], truncation=True, padding=True, return_tensors='np')\n"
             "logits = session.run(None, {'input_ids': enc['input_ids'].astype(np.int64),\n"
             "                            'attention_mask': enc['attention_mask'].astype(np.int64)})[0]\n```\n"
         )
@@ -98,8 +100,7 @@ def export_run(run_path: str, out_path: str, fmt: str) -> Path:
 
     tokenizer = load_tokenizer(str(run / "tokenizer"), truncation_side=recipe.data.truncation_side)
     model = build_trained_model(run, recipe, len(labels), tokenizer.pad_token_id).eval()
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(out, ".partial")  # a name of this export's own: two exports never share a folder
     tmp.mkdir()
     try:
         kind = fmt

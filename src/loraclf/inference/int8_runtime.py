@@ -36,7 +36,7 @@ DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 # Sorted batches of this many rows measured fastest for the int8 graph (16: 868, 32: 846, 64: 762 rows/s).
 BATCH_SIZE = 16
 # Part of the cache key: raise it whenever the export or the quantisation changes, so old graphs are not reused.
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3  # 3: the backbone's identity in the key; quantised graphs checked against PyTorch
 # The distributions ONNX Runtime is installed as; the first one present gives the version in the cache key.
 ORT_PACKAGES = (
     "onnxruntime",
@@ -60,8 +60,30 @@ def _version(*packages: str) -> str:
     return "none"
 
 
+def backbone_identity(name: str, revision: str | None) -> str:
+    """What names the frozen backbone's weights, which the run folder does not hold.
+
+    A local folder (``--model ./my-bert``) may be replaced after training while its path stays the same: its
+    identity is a digest of its ``config.json`` and of every file's name, size and modification time (reading
+    gigabytes of weights on every prediction would cost more than the export it saves). A hub id or an offline
+    alias is its name and revision.
+    """
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return f"{name}@{revision or 'default'}"
+    h = hashlib.sha256()
+    config = folder / "config.json"
+    h.update(config.read_bytes() if config.is_file() else b"")
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return f"folder:{h.hexdigest()}"
+
+
 def digest(run: Path) -> str:
-    """Everything the int8 graph depends on: weights, recipe, labels, and the exporting libraries' versions.
+    """Everything the int8 graph depends on: weights, recipe, labels, the backbone's identity (see
+    :func:`backbone_identity`) and the exporting libraries' versions.
 
     The versions come from the installed packages' metadata, so computing the key imports none of them.
     """
@@ -69,6 +91,8 @@ def digest(run: Path) -> str:
 
     h = hashlib.sha256()
     hash_run_content(h, run)
+    model = read_recipe(run).model
+    h.update(backbone_identity(model.name, model.revision).encode())
     versions = [str(GRAPH_VERSION), __version__]
     versions += [_version("torch"), _version("transformers"), _version("onnx"), _version(*ORT_PACKAGES)]
     h.update("|".join(versions).encode())

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from loraclf.utils.errors import UserError
+from loraclf.utils.files import atomic_open
 
 
 def write_submission(
@@ -23,9 +24,8 @@ def write_submission(
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise UserError(f"--output: folder '{parent}' does not exist; create it first")
-    tmp = parent / f".{path.name}.tmp"
     try:
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
+        with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             header = ["ID", "Label"] + ([f"prob_{n}" for n in label_names] if probs is not None else [])
             w.writerow(header)
@@ -34,14 +34,11 @@ def write_submission(
                 if probs is not None:
                     row += [f"{p:.6f}" for p in probs[i]]
                 w.writerow(row)
-        tmp.replace(path)
     except PermissionError:
-        tmp.unlink(missing_ok=True)
         raise UserError(
             f"--output: cannot write '{path}' (permission denied); choose a writable location"
         ) from None
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UserError(
             f"--output: cannot write '{path}' ({exc.strerror}); choose a writable location"
         ) from None

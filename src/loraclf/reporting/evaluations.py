@@ -1,6 +1,6 @@
 """Scores on other files in the run report: what ``loraclf evaluate RUN --data FILE`` recorded.
 
-``evaluate`` on a single run writes ``RUN/evaluations/<file stem>.json`` (see
+``evaluate`` on a single run writes ``RUN/evaluations/<file name>.json`` (see
 :func:`loraclf.runfolder.schema.write_evaluation`): the same metrics as ``metrics.json`` (accuracy, macro-F1,
 per-class scores, confusion matrix) for that file. The report lists each file's scores in the Summary beside the
 validation split's, and draws its confusion matrix next to validation's, so a shifted test set is seen at once.
@@ -23,10 +23,10 @@ def summary_rows(evaluations: dict[str, dict]) -> list[list[str]]:
 
 
 def build(evaluations: dict[str, dict], display) -> dict:
-    """Confusion-matrix figures of the recorded evaluations, keyed ``confusion_matrix_<stem>``.
+    """Confusion-matrix figures of the recorded evaluations, keyed ``confusion_matrix_<file name>``.
 
     Args:
-        evaluations: The recorded evaluations by file stem.
+        evaluations: The recorded evaluations by file name.
         display: Maps the run's label values (as strings) to the names shown (see ``data.label_names``).
     """
     return {

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 from loraclf.reporting import evaluations, figures
 from loraclf.reporting.run_files import load_run_files, named, read_predictions
 from loraclf.utils.errors import UserError
+from loraclf.utils.files import atomic_write_bytes
 
 # Every figure the report can write, in page order; stale ones (say, from an earlier --predictions) are removed.
 FIGURES = (
@@ -285,12 +285,9 @@ def render_html(
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Temp file then os.replace: a reader never sees half a file, an interrupted write leaves the old one."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UserError(
             f"RUN: cannot write '{path}' ({exc.strerror}); make the run folder writable"
         ) from None

@@ -1,4 +1,4 @@
-"""Crash-safe checkpoints and the run-folder lock.
+"""Crash-safe checkpoints and the GPU random-number states they restore (the run-folder lock is in lock.py).
 
 A checkpoint holds everything needed to continue a run exactly: the trainable weights (safetensors), the optimizer,
 scheduler and loss-scaler states, the RNG states and the position in the data order (epoch and next batch; the
@@ -20,21 +20,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from loraclf.runfolder.atomic import fsync_dir
-from loraclf.utils.errors import UserError, say
-from loraclf.utils.processes import process_alive
+from loraclf.runfolder.atomic import atomic_path, fsync_dir
+from loraclf.runfolder.lock import RunLock as RunLock  # where training imports it from
+from loraclf.utils.errors import UserError
 
 CKPT_DIR = "checkpoints"
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     """Write tensors to safetensors atomically (contiguous CPU copies; shared storage is not allowed there)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(tmp))
-    os.chmod(tmp, 0o644)  # safetensors creates files owner-only; run folders are meant to be shared
-    with tmp.open("rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}, str(tmp))
+        os.chmod(tmp, 0o644)  # safetensors creates files owner-only; run folders are meant to be shared
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -165,54 +164,18 @@ def load_checkpoint(
             torch.cuda.set_rng_state(ranks[rank]["cuda_rng"])
         return json.loads((path / "state.json").read_text())
     torch.set_rng_state(blob["torch_rng"])
-    if blob.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+    restore_cuda_rng(blob.get("cuda_rng") or [])
     return json.loads((path / "state.json").read_text())
 
 
-class RunLock:
-    """An exclusive lock file in the run folder, so two processes never write one run. Stale locks are taken over."""
+def restore_cuda_rng(states: list) -> None:
+    """Set the saved generator state of each GPU that is still visible.
 
-    def __init__(self, run: Path):
-        self.path = run / ".lock"
-        self.held = False
-
-    def acquire(self) -> None:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and process_alive(pid):
-                    raise UserError(
-                        f"--out: run folder '{self.path.parent}' is being written by another loraclf process "
-                        f"(pid {pid}); wait for it or choose another --out"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # the writer died: the lock is stale
-                say(
-                    f"note: took over the stale lock {self.path} (pid {pid or '?'} is no longer running; "
-                    "it was stopped or crashed)"
-                )
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            self.held = True
-            return
-        raise UserError(
-            f"--out: cannot lock run folder '{self.path.parent}'; remove {self.path} if no run is active"
-        )
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
+    A one-process checkpoint holds one state per GPU visible when it was saved; a resume may see fewer (another
+    ``CUDA_VISIBLE_DEVICES``), and ``set_rng_state_all`` would then fail on a missing device ordinal. Training
+    draws on the first device only, so the states of devices no longer visible are not needed.
+    """
+    if not states or not torch.cuda.is_available():
+        return
+    for device, state in enumerate(states[: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(state, device)

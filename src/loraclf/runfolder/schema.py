@@ -10,7 +10,7 @@ A run folder is self-describing; ``evaluate``, ``predict``, ``export`` and ``rep
     metrics.jsonl        training history: one JSON object per logging step and per evaluation
     metrics.json         final metrics of the best weights on the evaluation rows
     confusion_matrix.csv rows = true class, columns = predicted class
-    evaluations/*.json   one per `loraclf evaluate RUN --data FILE`, named by the file's stem (the report shows them)
+    evaluations/*.json   one per `loraclf evaluate RUN --data FILE`, named by the file's name (the report shows them)
 
 The folder also holds ``checkpoints/`` while training (removed when the run completes) and a ``.lock`` while a
 process writes it. Every reader goes through :func:`read_run_info`, :func:`read_labels` and :func:`read_recipe`, so a
@@ -220,27 +220,40 @@ def _checkpoint_note(run: Path) -> str:
 EVALUATIONS = "evaluations"
 
 
+def evaluation_name(data_file: str | Path) -> str:
+    """The name an evaluation of ``data_file`` is recorded under: the whole file name, so ``test.csv``,
+    ``test.jsonl`` and ``test.v2.csv`` are three records (a folder or a hub id: its name)."""
+    return Path(str(data_file)).name or "data"
+
+
 def write_evaluation(run: Path, data_file: str | Path, result: dict) -> Path:
-    """Record ``loraclf evaluate RUN --data FILE`` as ``RUN/evaluations/<file stem>.json`` (atomically).
+    """Record ``loraclf evaluate RUN --data FILE`` as ``RUN/evaluations/<file name>.json`` (atomically).
 
     The report shows each recorded file's scores and confusion matrix beside the validation split's. A later
-    evaluation of a file with the same stem replaces the earlier one.
+    evaluation of a file with the same name replaces the earlier one, also one recorded under the name older
+    versions used (the text before the first dot), when that record names the same file name.
     """
     folder = Path(run) / EVALUATIONS
     folder.mkdir(exist_ok=True)
-    name = Path(str(data_file)).name.split(".")[0] or "data"
+    name = evaluation_name(data_file)
     path = folder / f"{name}.json"
     atomic_write_text(path, json.dumps({"data": str(data_file), **result}, indent=1))
+    old = folder / f"{name.split('.')[0] or 'data'}.json"
+    if old != path and old.is_file():
+        with contextlib.suppress(UserError, OSError, AttributeError):
+            if evaluation_name(read_json(old).get("data", "")) == name:
+                old.unlink()  # superseded by the record just written
     return path
 
 
 def read_evaluations(run: Path) -> dict[str, dict]:
-    """The recorded evaluations of a run by file stem (see :func:`write_evaluation`); damaged files are skipped."""
+    """The recorded evaluations of a run by file name (see :func:`write_evaluation`; records of older versions
+    by the text before the file name's first dot); damaged files are skipped."""
     folder = Path(run) / EVALUATIONS
     found = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         with contextlib.suppress(UserError):
             data = read_json(path)
             if isinstance(data, dict) and "confusion_matrix" in data and "accuracy" in data:
-                found[path.stem] = data
+                found[path.name.removesuffix(".json")] = data
     return found

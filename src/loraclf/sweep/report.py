@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from loraclf.reporting.report import CSS
+from loraclf.utils.files import atomic_write_bytes
 
 FIGURES = {
     "optimization_history": (
@@ -228,6 +229,4 @@ def write_sweep_report(
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Temp file then os.replace: a reader (or a second worker writing the same page) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)

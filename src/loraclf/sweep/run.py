@@ -16,7 +16,9 @@ The method, step by step:
    there through ``train()``'s ``on_evaluate`` hook. A stopped run finishes like an early-stopped one: its best
    weights are evaluated, ``metrics.json`` and ``report.html`` are written, and the trial keeps those metrics as
    user attributes. A finished trial's value is its final metric (the kept weights, scored as ``loraclf evaluate``
-   scores them).
+   scores them). A point that fails on its own (a :class:`~loraclf.utils.errors.PointError` such as out of memory
+   or a length beyond the position table, or a diverged loss) is a FAIL trial whose reason is the leaderboard's
+   note, and the sweep goes on; a mistake every trial would meet (a file, the recipe) stops it.
 4. **Storage and workers** (:mod:`loraclf.sweep_study`). The study lives in ``DIR/study.db`` (SQLite) unless
    ``--storage URL`` names another database (PostgreSQL or MySQL, for workers on several machines). Running the
    command again loads the study and adds N trials; stopping a worker loses at most its running trial.
@@ -31,7 +33,6 @@ import argparse
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +40,15 @@ from loraclf.config import Recipe, from_dict, to_dict
 from loraclf.modeling.methods import validate_recipe
 from loraclf.sweep.space import Dist, Planner, check_some_point_fits, metric_columns, parse_space, recipe_with
 from loraclf.sweep.study import fail_lost_trials, make_pruner, open_storage, open_study, shown_url, worker
-from loraclf.utils.errors import UserError, say
+from loraclf.utils.errors import PointError, UserError, say
+from loraclf.utils.files import atomic_open, atomic_write_text
 
 EVALS_PER_TRIAL = 4
 
 
 class TrialFailed(Exception):
-    """A trial that cannot run (an invalid combination of values) or diverged: recorded as FAIL, the sweep goes on."""
+    """A trial that cannot run (an invalid combination of values, a :class:`PointError` such as out of memory or a
+    length beyond the position table) or diverged: recorded as FAIL with its reason, the sweep goes on."""
 
 
 # --- one trial -----------------------------------------------------------------------------------------------------
@@ -62,6 +65,9 @@ class Objective:
         trial.set_user_attr("worker", worker())
         try:
             return self._run(trial)
+        except PointError as exc:  # this configuration's own problem (memory, a length): the sweep goes on
+            trial.set_user_attr("note", str(exc))
+            raise TrialFailed(str(exc)) from None
         except UserError as exc:  # a problem of the inputs: the sweep stops with it, the trial records it
             trial.set_user_attr("note", str(exc))
             raise
@@ -71,6 +77,7 @@ class Objective:
 
     def _run(self, trial) -> float:
         import optuna
+        import torch
 
         from loraclf.training.loop import train
         from loraclf.training.prepare import prepare
@@ -93,16 +100,18 @@ class Objective:
             raise optuna.TrialPruned("over budget")
         run = self.out / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_folder", str(run.resolve()))
-        p = prepare(recipe, self.args.train, self.args.eval)
-        total = _total_steps(p)
-        if p.recipe.train.eval_every is None:
-            p.recipe.train.eval_every = max(1, math.ceil(total / EVALS_PER_TRIAL))
-        reporter = Reporter(trial, self.metric, total, math.ceil(total / p.recipe.train.eval_every))
         try:
+            p = prepare(recipe, self.args.train, self.args.eval)
+            total = _total_steps(p)
+            if p.recipe.train.eval_every is None:
+                p.recipe.train.eval_every = max(1, math.ceil(total / EVALS_PER_TRIAL))
+            reporter = Reporter(trial, self.metric, total, math.ceil(total / p.recipe.train.eval_every))
             m = train(p, run, on_evaluate=reporter)
         except Diverged as exc:  # a learning rate too high for this point: a failed trial, not a failed sweep
             trial.set_user_attr("note", str(exc))
             raise TrialFailed(str(exc)) from None
+        except (torch.OutOfMemoryError, MemoryError) as exc:  # outside the training step's own memory hint
+            raise PointError(f"out of memory ({type(exc).__name__}: {str(exc)[:120]})") from None
         for key in ("accuracy", "macro_f1", "loss", "train_seconds", "steps"):
             trial.set_user_attr(key, m.get(key))
         if reporter.pruned_note:
@@ -174,12 +183,11 @@ def leaderboard(study, keys: list[str], metric: str) -> list[dict]:
 
 
 def write_leaderboard(rows: list[dict], path: Path, columns: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    # A temporary name of this writer's own: two workers finishing trials at once each rename a whole file.
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)  # readers (and a second worker) never see half a file
 
 
 def columns_of(keys: list[str], metric: str) -> list[str]:
@@ -372,9 +380,7 @@ def _write_record(out: Path, study: str, storage: str, metric: str, space: list[
         "metric": metric,
         "space": {d.key: d.describe() for d in space},
     }
-    tmp = out / f".sweep.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "sweep.json")
+    atomic_write_text(out / "sweep.json", json.dumps(record, indent=1))
 
 
 def _trial_line(trial, metric: str) -> str:

@@ -43,6 +43,7 @@ from loraclf.data.clean import clean_texts
 from loraclf.data.readers import read_table
 from loraclf.data.tables import raw_labels, texts_of
 from loraclf.utils.errors import UserError, did_you_mean
+from loraclf.utils.files import atomic_path
 
 METHODS = ("synonym", "eda", "generate")
 EDA_OPERATIONS = ("replace", "insert", "swap", "delete")
@@ -224,15 +225,14 @@ def check_output(output: str, input_path: str) -> Path:
 def write_table(df: pd.DataFrame, path: Path, flag: str = "--output") -> None:
     """Write CSV/TSV/JSONL/Parquet by extension, atomically: a crash never leaves half a file at ``path``."""
     suffix = path.suffix.lower()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if suffix in (".csv", ".tsv"):
-            df.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
-        elif suffix in (".jsonl", ".json", ".ndjson"):
-            df.to_json(tmp, orient="records", lines=True, force_ascii=False)
-        else:
-            df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            if suffix in (".csv", ".tsv"):
+                df.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
+            elif suffix in (".jsonl", ".json", ".ndjson"):
+                df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            else:
+                df.to_parquet(tmp, index=False)
     except OSError as exc:
         raise UserError(f"{flag}: cannot write '{path}' ({exc.strerror or exc}); check the folder") from None
     except (ValueError, TypeError) as exc:  # pyarrow refuses columns of mixed types

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# label_key makes 3, "3" and 3.0 one label, exactly as the training data loader does.
-from loraclf.data.tables import label_key
+# label_key makes 3, "3" and 3.0 one label (and keeps "03" as written), as the training data loader does.
+from loraclf.data.labels import label_key
 from loraclf.utils.errors import UserError, short_list
 
 DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "ag_news.yaml"

@@ -10,8 +10,10 @@ head) runs unchanged, so the saving is the forward cost of k layers per step, fo
 blocks. Backward never reached the frozen layers anyway: nothing below k needs a gradient.
 
 With several processes (distributed.py) each rank caches only the rows it owns and trains on those; the cache
-maps the run's row numbers to its own. The size check compares the cache with the memory of the device that holds
-it (free GPU memory on CUDA, physical memory on a CPU).
+maps the run's row numbers to its own. The size check compares the cache with the memory the process may still
+take where the cache lives: free GPU memory on CUDA; on a CPU the least of available memory and the headroom under
+the cgroup's memory limit (a container's limit, not the host's RAM: :mod:`loraclf.utils.memory`), divided among the
+job's processes on the machine, which all build their caches at once.
 
 Before training uses it, the cache checks itself: the model's logits on one batch through the stand-ins must match
 the logits of the real layers. Anything it cannot serve (trainable parameters below k, an architecture without a
@@ -21,7 +23,6 @@ block list, a mismatch, too little memory) leaves training as it was and says wh
 from __future__ import annotations
 
 import contextlib
-import os
 
 import numpy as np
 import torch
@@ -30,10 +31,12 @@ from torch import nn
 from loraclf.data.batching import collate, sorted_batches
 from loraclf.modeling.adapters import layer_of
 from loraclf.utils.devices import autocast
+from loraclf.utils.memory import size_text, usable_memory
 from loraclf.utils.progress import bar as progress_bar
 
-# Share of physical memory the cache may take.
-MEMORY_SHARE = 0.35
+# Share of the memory still free (the model is loaded by then) the cache may take: the rest holds a training
+# step's activations and gradients, the optimizer's state (small with adapters) and the evaluation's batches.
+MEMORY_SHARE = 0.5
 
 
 class _Stop(Exception):
@@ -177,15 +180,12 @@ def _capture(model, blocks, k, ids, pad_id, device, precision, batch_size, progr
 
 
 def device_memory(device: torch.device) -> tuple[int | None, str]:
-    """Bytes the cache may draw on where it lives, and what they are: free GPU memory on CUDA, else RAM."""
+    """Bytes the cache may draw on where it lives, and what they are: free GPU memory on CUDA; on a CPU what this
+    process may still take (cgroup limit and available memory, its share among the machine's ranks)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free, f"the {free / 2**30:.1f} GB free on {device}"
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None, "memory"
-    return memory, f"the {memory / 2**30:.1f} GB of memory"
+    return usable_memory()
 
 
 def build(
@@ -207,9 +207,9 @@ def build(
     hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", 0)
     need = sum(len(x) for x in ids) * hidden * (2 if precision == "bf16" else 4)
     memory, what = device_memory(device)
-    if memory and need > MEMORY_SHARE * memory:
-        # The model, its activations and the optimizer need the rest: training without the cache is only slower.
-        say(f"frozen-layer cache: off ({need / 2**30:.1f} GB would exceed {MEMORY_SHARE:.0%} of {what})")
+    if memory is not None and need > MEMORY_SHARE * memory:
+        # Activations and the optimizer need the rest: training without the cache is only slower.
+        say(f"frozen-layer cache: off ({size_text(need)} would exceed {MEMORY_SHARE:.0%} of {what})")
         return None
     # The cached states must not depend on dropout: turn it off below k, as the recipe option promises.
     for block in blocks[:k]:
@@ -225,6 +225,12 @@ def build(
         cache = FrozenCache(blocks, k, flat, offsets, as_tuple)
         ok = _agrees(model, cache, ids, pad_id, device, precision)
         cache.local = local
+    except (torch.OutOfMemoryError, MemoryError):
+        # Memory taken since the plan (another process, fragmentation): train without the cache, as planned off.
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        say(f"frozen-layer cache: off (out of {device.type} memory while computing its {size_text(need)})")
+        return None
     finally:
         model.train(was_training)
     if not ok:

@@ -16,7 +16,6 @@ without forking the loop.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from loraclf.config import Recipe
 from loraclf.utils.errors import UserError
+from loraclf.utils.files import atomic_open
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,8 @@ def _teacher_probs(run, texts: list[str]) -> np.ndarray:
     probs = run.predict_proba(texts).astype(np.float32)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.save(f, probs, allow_pickle=False)
-        os.replace(tmp, path)
     except OSError:
         pass  # the cache only saves time; a read-only cache folder must not stop training
     return probs

@@ -24,7 +24,7 @@ from loraclf.modeling.plan import Plan, check_budget, plan
 from loraclf.runfolder.schema import read_recipe, read_run_info
 from loraclf.training.losses import teacher_log_probs
 from loraclf.utils.cache import cache_dir
-from loraclf.utils.errors import UserError, say
+from loraclf.utils.errors import PointError, UserError, say
 
 
 @dataclass
@@ -106,15 +106,16 @@ def _tokens(recipe: Recipe, tokenizer, train_set: TextSet, eval_set: TextSet):
     virtual = recipe.adapter.virtual_tokens if recipe.adapter.method in VIRTUAL_TOKEN_METHODS else 0
     # Batches are padded up to a multiple of PAD_MULTIPLE (data/batching.py): a limit that is not one would let a
     # padded batch overrun the position table (512 positions - 20 virtual tokens = 492, padded to 496).
+    # Both limits depend on the configuration (a sweep may search them): a PointError fails only that trial.
     positions, limit = limit, (limit - virtual) // PAD_MULTIPLE * PAD_MULTIPLE
     if limit < 8:
-        raise UserError(
+        raise PointError(
             f"adapter.virtual_tokens={virtual} leaves {max(positions - virtual, 0)} of {recipe.model.name}'s "
             f"{positions} positions for the text; use fewer virtual tokens (--virtual-tokens)"
         )
     if d.max_length is not None and d.max_length > limit:
         spent = f" after adapter.virtual_tokens={virtual}" if virtual else ""
-        raise UserError(
+        raise PointError(
             f"data.max_length={d.max_length} is longer than {recipe.model.name} can read ({limit} tokens{spent}); "
             f"set data.max_length to at most {limit}"
         )

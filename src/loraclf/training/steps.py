@@ -25,7 +25,7 @@ import torch
 
 from loraclf.data.batching import collate
 from loraclf.utils.devices import autocast
-from loraclf.utils.errors import UserError
+from loraclf.utils.errors import PointError, UserError
 
 
 def accumulate(p, s, group: list[np.ndarray], device, precision) -> None:
@@ -131,13 +131,13 @@ def memory_hint(p, shape, device):
     """Out of device memory: one line naming what to change instead of a traceback.
 
     Raises:
-        UserError: the batch did not fit.
+        PointError: the batch did not fit (a sweep fails only this configuration's trial).
     """
     try:
         yield
     except torch.OutOfMemoryError:
         t = p.recipe.train
-        raise UserError(
+        raise PointError(
             f"out of {device.type} memory on a batch of {shape[0]} rows × {shape[1]} tokens "
             f"(train.batch_size={t.batch_size}, max length {p.max_length}, "
             f"train.gradient_checkpointing={str(t.gradient_checkpointing).lower()}); lower train.batch_size and "

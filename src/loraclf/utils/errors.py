@@ -24,6 +24,16 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class PointError(UserError):
+    """A problem of one configuration rather than of the inputs, e.g. out of memory at this batch size or a length
+    beyond the model's position table.
+
+    ``loraclf train`` reports it like any UserError. A sweep, whose trials try many configurations, records the
+    trial as failed with this message and goes on, while any other UserError (a file, the recipe) stops it: every
+    trial would meet that one.
+    """
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
