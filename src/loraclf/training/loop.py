@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from loraclf.config.recipe import FORMAT_VERSION, Recipe, save_recipe
 from loraclf.data.batching import epoch_batches
+from loraclf.inference.calibration import calibrate
 from loraclf.inference.metrics import metrics, summary_line
 from loraclf.inference.predict import forward_probs
 from loraclf.modeling.adapters import count_parameters
@@ -767,6 +768,8 @@ def _finish(
     info.train_samples_per_s = m["train_samples_per_s"]
     info.best_step = state.best_step
     info.method_state = method_state or {}
+    # Temperature scaling on the validation rows, kept in run.json; evaluate and predict apply it.
+    info.calibration = calibrate(probs, labels)
     write_run_info(out, info)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     from loraclf.reporting.report import write_report
