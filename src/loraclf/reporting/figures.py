@@ -238,3 +238,56 @@ def fig_predicted_distribution(
     ax.set_ylabel("share of rows")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     return fig
+
+
+def fig_reliability(bins: dict[str, dict], temperature: float | None = None) -> Figure:
+    """Reliability diagram (accuracy against confidence per bin, the diagonal is perfect calibration) and the rows'
+    confidence histogram, for each set of bins given (e.g. before and after temperature scaling).
+
+    Args:
+        bins: Name → :func:`loraclf.inference.calibration.reliability_bins` (``edges``, ``count``,
+            ``confidence``, ``accuracy``); drawn in the order given, the first in blue, the second in red.
+        temperature: Shown in the title when given.
+    """
+    fig = _figure(11, 4.0)
+    ax, hist = fig.subplots(1, 2, width_ratios=[1, 1.2])
+    colors = [TRAIN_COLOR, EVAL_COLOR, EXTRA_COLOR, "gray"]
+    ax.plot([0, 1], [0, 1], ":", color="black", linewidth=1, label="perfect calibration")
+    for k, (name, b) in enumerate(bins.items()):
+        edges = np.asarray(b["edges"])
+        full = [i for i, c in enumerate(b["count"]) if c]
+        if not full:
+            continue
+        ax.plot(
+            [b["confidence"][i] for i in full],
+            [b["accuracy"][i] for i in full],
+            "o-",
+            color=colors[k % 4],
+            label=name,
+            markersize=4,
+        )
+        total = max(sum(b["count"]), 1)
+        width = np.diff(edges)
+        share = np.asarray(b["count"]) / total
+        offset = (k - (len(bins) - 1) / 2) * width / (len(bins) + 0.5)
+        hist.bar(
+            edges[:-1] + width / 2 + offset, share, width / (len(bins) + 0.5), color=colors[k % 4], label=name
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("reliability" + (f" (temperature {temperature:.3g})" if temperature else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("confidence (top-class probability)")
+    hist.set_ylabel("share of rows")
+    hist.yaxis.set_major_formatter(PercentFormatter(1.0))
+    hist.set_title("confidence histogram")
+    hist.grid(alpha=0.3, axis="y")
+    if hist.patches:
+        hist.legend(fontsize=8, loc="upper left")
+    else:
+        _empty(hist, "no rows")
+    return fig
