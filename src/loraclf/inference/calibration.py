@@ -8,7 +8,8 @@ number keeps their order, so the predicted class (argmax) never changes: only th
 At the end of training the final evaluation's probabilities of the validation rows are passed to :func:`calibrate`,
 and the record it returns is kept in ``run.json`` as ``calibration``::
 
-    temperature          the fitted T (1.0 for runs trained before calibration existed)
+    temperature          the fitted T (1.0 for runs trained before calibration existed, and when the fit ran to
+                         a bound of :data:`T_BOUNDS`: then ``note`` says why)
     n                    validation rows it was fitted on
     ece_before/after     expected calibration error, 15 equal-width bins of the top-class probability
     nll_before/after     mean negative log-likelihood of the true class
@@ -28,8 +29,9 @@ import math
 import numpy as np
 
 N_BINS = 15  # the usual ECE setting (Guo et al. 2017)
-# T is searched on log T within these bounds: a T outside means the validation rows are too few or too easy to say
-# anything (e.g. all correct, which pushes T towards 0); the bound is then reported as the fit.
+# T is searched on log T within these bounds. An optimum at a bound means the validation rows say nothing usable:
+# all correct pushes T towards 0 (hard 0/1 probabilities), a model at chance towards infinity; calibrate() then
+# keeps T = 1 and says why.
 T_BOUNDS = (0.05, 20.0)
 EPS = 1e-12  # a probability floor before logarithms: float64 softmax underflows only past a 700-logit gap
 
@@ -191,6 +193,13 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, announce: bool = True) -> d
     """
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     t = fit_temperature(log_probs(probs), labels)
+    note = None
+    if any(math.isclose(t, b, rel_tol=0.01) for b in T_BOUNDS):
+        note = (
+            f"the fit ran to its bound ({t:.3g}): the validation rows are too few or too easy to calibrate on "
+            "(e.g. every one correct); T = 1 kept"
+        )
+        t = 1.0
     after = scale(probs, t)
     bins = {"before": reliability_bins(probs, labels), "after": reliability_bins(after, labels)}
     record = {
@@ -209,8 +218,13 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, announce: bool = True) -> d
             "after": summary(after, labels),
         },
     }
+    if note:
+        record["note"] = note
     if announce:
         from loraclf.utils.errors import say
+
+        if note:
+            say(f"calibration: {note}")
 
         say(
             f"calibration: temperature {t:.3f} fitted on {len(labels):,} validation rows; expected calibration "

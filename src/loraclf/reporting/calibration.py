@@ -60,6 +60,8 @@ def render(record: dict | None, png: bytes | None, finished: bool) -> str:
         ),
         table(["on the validation rows", "raw softmax", f"temperature {t:.3g}"], rows),
     ]
+    if record.get("note"):
+        parts.append(note(f"Note: {record['note']}.", "warn"))
     if png is not None:
         parts.append(img(png, "reliability diagram", CAPTION))
     return _section(*parts)
