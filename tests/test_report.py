@@ -107,7 +107,9 @@ def make_run(
         "environment": {"python": "3.11.7", "torch": "2.3.0+cpu", "device": "cpu", "precision": "bf16"},
     }
     if finished:
-        info.update(train_seconds=seconds, train_samples_per_s=11.1, best_step=60, calibration=_calibration(k))
+        info.update(
+            train_seconds=seconds, train_samples_per_s=11.1, best_step=60, calibration=_calibration(k)
+        )
     history = []
     for step in range(20, 121, 20):
         history.append(

@@ -95,10 +95,11 @@ def cmd_shift(args) -> int:
     from loraclf.toolbox import shift
 
     training, rows, problem = shift.training_side(run, info, recipe, seed=args.seed)
+    shift.check_estimable(info, rows)
     if problem:
         say(f"shift: {problem}; no domain classifier or text statistics")
     score, engine = _scorer(run, args)
-    record = shift.validation_record(info, rows, score)
+    record = shift.stored_record(info) or shift.fitted_record(rows, score)
     probs = score(ts.texts, "predict")
     texts = clean_texts(ts.texts, recipe.data.clean)  # compared as training's texts were read: cleaned
     result, per_row = shift.analyse(texts, ts.ids, probs, labels, info, record, training, problem, args.seed)

@@ -17,6 +17,12 @@ Each estimate comes before and after temperature scaling, with a 95% percentile 
 rows (1,000 resamples). The validation rows are not resampled (only their summary is kept): the interval covers the
 target's sampling error, not validation's, whose standard error is reported beside it.
 
+They fail differently. When a shift leaves the model calibrated (p(x) changes, p(y | x) does not), the average
+confidence is the accuracy and DoC with it, while ATC can miss: a synthetic task whose rows crowd the class
+boundaries (tests/test_shift.py) loses 11.7 points of accuracy, AC and DoC find it within 0.2 points, ATC reads
+12.6 points too low (with the top-class probability as its score too). ATC did better than AC and DoC on most of the
+natural shifts Garg et al. measured, where calibration itself degrades. So loraclf reports all three.
+
 All three assume that the model's confidence falls where its accuracy falls. They cannot see errors the model is
 sure of: on rows unlike anything in training on which the model stays as confident as on validation, they
 overestimate, and ``loraclf shift`` says so instead of trusting the number (see :mod:`loraclf.toolbox.shift`).

@@ -306,18 +306,9 @@ def training_side(run: Path, info, recipe, seed: int = 0) -> tuple[dict | None, 
     return training, rows, None
 
 
-def validation_record(info, rows, score) -> dict:
-    """The run's calibration record; for runs trained before it was kept, fitted now on the re-derived
-    validation rows (not stored: ``stored`` is False, and predict keeps T = 1 for such a run).
-
-    Args:
-        info: The run's RunInfo.
-        rows: :func:`training_side`'s rows, or None.
-        score: ``texts → uncalibrated probabilities``.
-
-    Raises:
-        UserError: neither a stored summary nor readable validation rows.
-    """
+def stored_record(info) -> dict | None:
+    """The run's calibration record when it holds the validation summary estimates need (``stored``: True);
+    None for runs trained before it was kept."""
     stored = info.calibration or {}
     val = stored.get("validation")
     if (
@@ -326,10 +317,29 @@ def validation_record(info, rows, score) -> dict:
         and "temperature" in stored
     ):
         return {**stored, "stored": True}
-    if rows is None:
+    return None
+
+
+def check_estimable(info, rows) -> None:
+    """Raise before any model loads when the estimates have nothing to rest on.
+
+    Raises:
+        UserError: the run keeps no validation summary and its training file (to re-derive one) cannot be read.
+    """
+    if stored_record(info) is None and rows is None:
         raise UserError(
             f"RUN: '{info.data.get('train_file')}' cannot be read and the run keeps no validation summary (it was "
             "trained before loraclf kept one); ATC and DoC need one: restore the training file or retrain the run"
         )
+
+
+def fitted_record(rows, score) -> dict:
+    """For a run trained before calibration was kept: the record fitted now on its re-derived validation rows
+    (``stored``: False; not written to the run, so predict keeps T = 1 for it).
+
+    Args:
+        rows: :func:`training_side`'s rows.
+        score: ``(texts, desc) → uncalibrated probabilities``.
+    """
     probs = score(rows.eval.texts, "validation")
     return {**calibrate(probs, rows.eval.labels, announce=False), "stored": False}
