@@ -85,6 +85,23 @@ def test_calibrate_record_lowers_nll_of_an_overconfident_model():
     json.dumps(record)  # run.json holds it as is
 
 
+def test_a_fit_that_runs_to_its_bound_keeps_t_1_and_says_why():
+    rng = np.random.default_rng(5)
+    probs = cal.softmax(rng.normal(0, 2, size=(50, 4)))
+    record = cal.calibrate(probs, probs.argmax(1), announce=False)  # every row correct: T would run to 0
+    assert record["temperature"] == 1.0 and "bound" in record["note"]
+    assert record["nll_after"] == record["nll_before"]
+    # Labels unrelated to the probabilities (a model at chance): T would run to infinity, the same answer.
+    chance = cal.calibrate(
+        cal.softmax(rng.normal(0, 2, size=(500, 4))), rng.integers(0, 4, 500), announce=False
+    )
+    assert chance["temperature"] == 1.0 and "bound" in chance["note"]
+    logits = rng.normal(0, 2, size=(500, 4))
+    labels = (cal.softmax(logits).cumsum(axis=1) > rng.random((500, 1))).argmax(axis=1)
+    ordinary = cal.calibrate(cal.softmax(3 * logits), labels, announce=False)
+    assert ordinary["temperature"] > 1.5 and "note" not in ordinary
+
+
 @pytest.mark.parametrize("bad", [None, {}, {"temperature": -1}, {"temperature": "2"}, {"temperature": True}])
 def test_a_missing_or_unusable_temperature_means_none(bad):
     assert cal.temperature_of(bad) == 1.0
@@ -281,3 +298,13 @@ def test_prior_correction_without_training_counts_is_one_line_exit_2(tiny, tmp_p
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "train_label_counts" in res.stderr
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_python_api_prior_correction_matches_em_on_its_own_probabilities(tiny):
+    run = loraclf.load(tiny["run"], precision="fp32")
+    base = run.predict_proba(tiny["texts"])
+    counts = np.asarray(run.info.data["train_label_counts"], dtype=float)
+    want = em_priors(base, counts / counts.sum())[1]
+    got = run.predict_proba(tiny["texts"], prior_correction=True)
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert np.abs(got - base).max() > 1e-3  # the correction moved something
