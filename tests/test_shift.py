@@ -333,3 +333,11 @@ def test_a_run_without_calibration_is_calibrated_on_its_rederived_validation_row
     )
     res = run_cli("shift", gone, "--input", tiny["input"], "--quiet")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "retrain" in res.stderr
+
+
+def test_a_one_row_file_still_gets_estimates_and_says_why_nothing_checks_them():
+    result = _analyse(["stocks bank profit"], np.array([0.9]))
+    assert result["auc"] is None and result["estimated_accuracy"]["trustworthy"] is None
+    assert len(result["slices"]) == 1 and 0.0 <= result["estimated_accuracy"]["atc"] <= 1.0
+    assert any("too few for a domain classifier" in w for w in result["warnings"])
+    json.dumps(result)  # shift.json holds it as is

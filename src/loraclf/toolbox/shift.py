@@ -90,6 +90,11 @@ def _warnings(result: dict, validation: dict, record: dict, problem: str | None)
             f"{problem}: no domain classifier, atypicality or text statistics, so nothing shows where the estimate "
             "fails"
         )
+    if not problem and result["auc"] is None:
+        out.append(
+            f"{result['rows']:,} input row(s) are too few for a domain classifier (two a side at least): nothing "
+            "shows where the estimate fails"
+        )
     if not record.get("stored", True):
         out.append(
             "the run keeps no temperature (trained before loraclf kept one): it was fitted now on the re-derived "
@@ -112,8 +117,8 @@ def _warnings(result: dict, validation: dict, record: dict, problem: str | None)
         )
     if abs(est["atc"] - est["doc"]) > DISAGREE:
         out.append(
-            f"ATC ({est['atc']:.1%}) and DoC ({est['doc']:.1%}) disagree by more than {DISAGREE:.0%}: the model's "
-            "confidence has changed shape on this file; neither is reliable"
+            f"ATC ({est['atc']:.1%}) and DoC ({est['doc']:.1%}) disagree by more than {DISAGREE * 100:.0f} points: "
+            "the model's confidence has changed shape on this file; neither is reliable"
         )
     n_val = validation.get("n") or 0
     if n_val < MIN_VALIDATION:
@@ -128,10 +133,17 @@ def _histogram(values: np.ndarray) -> list[int]:
     return np.histogram(values, bins=HIST_BINS, range=(0.0, 1.0))[0].tolist()
 
 
+def _json_id(value):
+    """A row id as JSON holds it: numbers stay numbers (NumPy's become Python's), anything else a string."""
+    if isinstance(value, np.integer):
+        return int(value)
+    return value if isinstance(value, int | str) else str(value)
+
+
 def _examples(order, scores, texts, ids, labels, preds, conf) -> list[dict]:
     return [
         {
-            "id": ids[i] if isinstance(ids[i], int | str) else str(ids[i]),
+            "id": _json_id(ids[i]),
             "atypicality": float(scores[i]),
             "predicted": labels[preds[i]],
             "confidence": float(conf[i]),
@@ -190,20 +202,12 @@ def analyse(
     conf, preds = confidence(calibrated), calibrated.argmax(axis=1)
     domain = _domain(training, texts, seed)
     scores = domain.target_scores
-    est = estimate(probs, validation, temperature, seed=seed)
-    parts = slice_rows(scores)
     unlike_above = float(np.quantile(domain.train_scores, TRAIN_QUANTILE)) if domain.auc is not None else None
+    parts = slice_rows(scores)
     slices = [
         _slice(name, rows, scores, probs, validation, temperature, unlike_above, seed)
         for name, rows in zip(_slice_names(len(parts)), parts)
     ]
-    whole_atypical = domain.auc is not None and domain.auc >= AUC_SHIFTED
-    whole_confident = (
-        est["after"]["average_confidence"] >= validation["after"]["mean_confidence"] - CONFIDENCE_GAP
-    )
-    trustworthy = all(s["trustworthy"] for s in slices) and not (whole_atypical and whole_confident)
-    if domain.auc is None:
-        trustworthy = None  # without the domain classifier nothing can tell where the estimate fails
     order = np.argsort(scores, kind="stable")
     result = {
         "rows": len(texts),
@@ -215,18 +219,7 @@ def analyse(
             "features": "hashed word 1-2-grams + char 3-5-grams, TF-IDF, balanced logistic regression",
             "histogram": {"training": _histogram(domain.train_scores), "input": _histogram(scores)},
         },
-        "estimated_accuracy": {
-            "atc": est["after"]["atc"],
-            "doc": est["after"]["doc"],
-            "average_confidence": est["after"]["average_confidence"],
-            "interval": est["after"]["intervals"]["atc"],
-            "interval_of": "atc",
-            "intervals": est["after"]["intervals"],
-            "before_temperature": est["before"],
-            "validation_accuracy": validation["accuracy"],
-            "validation_standard_error": est["validation_standard_error"],
-            "trustworthy": trustworthy,
-        },
+        "estimated_accuracy": _overall(probs, validation, temperature, domain.auc, slices, seed),
         "slices": slices,
         **class_mix(labels, calibrated, info.data),
         "text_stats": _stats(training, texts, info.max_length),
@@ -234,20 +227,51 @@ def analyse(
             "most_typical": _examples(order[:EXAMPLES], scores, texts, ids, labels, preds, conf),
             "least_typical": _examples(order[::-1][:EXAMPLES], scores, texts, ids, labels, preds, conf),
         },
-        "calibration": {
-            "temperature": temperature,
-            "stored": bool(validation_record.get("stored", True)),
-            "validation_rows": validation.get("n"),
-            "validation_mean_confidence": {k: validation[k]["mean_confidence"] for k in ("before", "after")},
-            "validation_bins": validation_record.get("bins", {}),
-            "input_bins": {
-                "before": reliability_bins(probs, probs.argmax(axis=1)),
-                "after": reliability_bins(calibrated, preds),
-            },
-        },
+        "calibration": _calibration(validation_record, probs, calibrated),
     }
     result["warnings"] = _warnings(result, validation, validation_record, problem)
     return result, {"atypicality": scores, "predicted": preds, "confidence": conf}
+
+
+def _overall(
+    probs, validation: dict, temperature: float, auc: float | None, slices: list[dict], seed: int
+) -> dict:
+    """The whole file's estimates (after temperature scaling; ``before_temperature`` without) and whether to trust
+    them: not where a slice is flagged, nor where a clearly shifted file leaves the model as sure as on validation;
+    None (cannot tell) without the domain classifier."""
+    est = estimate(probs, validation, temperature, seed=seed)
+    after = est["after"]
+    shifted = auc is not None and auc >= AUC_SHIFTED
+    unmoved = after["average_confidence"] >= validation["after"]["mean_confidence"] - CONFIDENCE_GAP
+    trustworthy = None if auc is None else all(s["trustworthy"] for s in slices) and not (shifted and unmoved)
+    return {
+        "atc": after["atc"],
+        "doc": after["doc"],
+        "average_confidence": after["average_confidence"],
+        "interval": after["intervals"]["atc"],
+        "interval_of": "atc",
+        "intervals": after["intervals"],
+        "before_temperature": est["before"],
+        "validation_accuracy": validation["accuracy"],
+        "validation_standard_error": est["validation_standard_error"],
+        "trustworthy": trustworthy,
+    }
+
+
+def _calibration(record: dict, probs: np.ndarray, calibrated: np.ndarray) -> dict:
+    """The temperature, where it came from, and the validation and input confidence bins (for the figures)."""
+    validation = record["validation"]
+    return {
+        "temperature": float(record["temperature"]),
+        "stored": bool(record.get("stored", True)),
+        "validation_rows": validation.get("n"),
+        "validation_mean_confidence": {k: validation[k]["mean_confidence"] for k in ("before", "after")},
+        "validation_bins": record.get("bins", {}),
+        "input_bins": {
+            "before": reliability_bins(probs, probs.argmax(axis=1)),
+            "after": reliability_bins(calibrated, calibrated.argmax(axis=1)),
+        },
+    }
 
 
 def _domain(training: dict | None, texts: list[str], seed: int) -> DomainResult:
