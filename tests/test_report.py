@@ -30,11 +30,19 @@ HEADINGS = [
     "Training curves",
     "Confusion matrix",
     "Per-class metrics",
+    "Calibration",
     "Token lengths",
     "Label distribution",
     "Parameter budget",
 ]
-FIGURES = {"training_curves", "confusion_matrix", "token_lengths", "label_distribution", "parameter_budget"}
+FIGURES = {
+    "training_curves",
+    "confusion_matrix",
+    "reliability",
+    "token_lengths",
+    "label_distribution",
+    "parameter_budget",
+}
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -99,7 +107,9 @@ def make_run(
         "environment": {"python": "3.11.7", "torch": "2.3.0+cpu", "device": "cpu", "precision": "bf16"},
     }
     if finished:
-        info.update(train_seconds=seconds, train_samples_per_s=11.1, best_step=60)
+        info.update(
+            train_seconds=seconds, train_samples_per_s=11.1, best_step=60, calibration=_calibration(k)
+        )
     history = []
     for step in range(20, 121, 20):
         history.append(
@@ -135,6 +145,16 @@ def make_run(
     return path
 
 
+def _calibration(k: int) -> dict:
+    """run.json's calibration record of an over-confident model (fitted the way training fits it)."""
+    from loraclf.inference.calibration import calibrate, softmax
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, size=(100, k))
+    labels = (softmax(logits).cumsum(axis=1) > rng.random((100, 1))).argmax(axis=1)
+    return calibrate(softmax(3 * logits), labels, announce=False)
+
+
 def write_predictions(path: Path, labels: list[str], n: int = 50) -> Path:
     rows = [f"row{i},{labels[i % len(labels)]}" for i in range(n)]
     path.write_text("ID,Label\n" + "\n".join(rows) + "\n")
@@ -163,6 +183,26 @@ def test_report_writes_page_and_figures(tmp_path):
     # Self-contained: nothing to fetch, nothing to run.
     assert not re.search(r"<script|<link|@import|url\(|https?://", page)
     assert not list(run.glob(".*.tmp")) and not list((run / "figures").glob(".*.tmp"))
+
+
+def test_calibration_section_shows_temperature_ece_and_reliability(tmp_path):
+    run = make_run(tmp_path / "run1")
+    record = json.loads((run / "run.json").read_text())["calibration"]
+    page = write_report(run).read_text(encoding="utf-8")
+    part = page.split("<h2>Calibration</h2>", 1)[1].split("</section>", 1)[0]
+    assert f"Temperature {record['temperature']:.4g}, fitted on 100 validation rows" in part
+    assert f"<td>{record['ece_before'] * 100:.2f}%</td><td>{record['ece_after'] * 100:.2f}%</td>" in part
+    assert f"<td>{record['nll_before']:.4f}</td><td>{record['nll_after']:.4f}</td>" in part
+    assert len(images(part)) == 1 and 'alt="reliability diagram"' in part
+    # A run trained before calibration existed: the section says it predicts with T = 1, and draws nothing.
+    info = json.loads((run / "run.json").read_text())
+    del info["calibration"]
+    (run / "run.json").write_text(json.dumps(info))
+    page = write_report(run).read_text(encoding="utf-8")
+    part = page.split("<h2>Calibration</h2>", 1)[1].split("</section>", 1)[0]
+    assert "trained before loraclf kept a temperature" in part and "(T = 1)" in part
+    assert not images(part) and not (run / "figures" / "reliability.png").exists()
+    assert len(images(page)) == len(FIGURES) - 1
 
 
 def test_report_summary_and_tables(tmp_path):
@@ -204,7 +244,8 @@ def test_report_of_a_run_still_training(tmp_path):
     for heading in HEADINGS:
         assert f"<h2>{heading}</h2>" in page
     assert page.count("metrics.json is written when training completes") == 2
-    assert len(images(page)) == len(FIGURES) - 1  # no confusion matrix before metrics.json exists
+    assert "the temperature is fitted when training completes" in page
+    assert len(images(page)) == len(FIGURES) - 2  # no confusion matrix nor reliability diagram yet
 
 
 @pytest.mark.parametrize(

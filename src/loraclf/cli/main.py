@@ -1,7 +1,8 @@
 """The ``loraclf`` command line: the top-level parser, argument checks and dispatch to one module per command group.
 
 ``plan`` (cli/plan.py), ``train`` (cli/train.py), ``evaluate`` and ``predict`` (cli/predict.py), ``report`` and
-``runs``, ``augment``, ``pseudo-label`` and ``compare``, ``export`` each register their parser and their handler.
+``runs``, ``augment``, ``pseudo-label`` and ``compare``, ``shift``, ``export`` each register their parser and their
+handler.
 Recipe flags are shortcuts for recipe keys (``--rank`` is ``adapter.r``), derived from the recipe dataclasses in
 cli/args.py; any key can also be set with a trailing ``key.sub=value`` override.
 
@@ -20,10 +21,10 @@ import signal
 import sys
 import time
 
-from loraclf.cli import augment, export, plan, predict, report, sweep, toolbox, train
+from loraclf.cli import augment, export, plan, predict, report, shift, sweep, toolbox, train
 from loraclf.utils.errors import UserError
 
-GROUPS = (plan, train, predict, report, augment, toolbox, export, sweep)
+GROUPS = (plan, train, predict, report, augment, toolbox, shift, export, sweep)
 
 
 class Parser(argparse.ArgumentParser):

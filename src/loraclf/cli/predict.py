@@ -31,6 +31,12 @@ def _inference_flags(p) -> None:
     p.add_argument("--precision", default="auto", help=PRECISION_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
+        "--no-calibration",
+        dest="calibration",
+        action="store_false",
+        help="raw softmax probabilities: skip the run's fitted temperature (labels are the same either way)",
+    )
+    p.add_argument(
         "--nproc",
         type=int,
         metavar="N",
@@ -61,6 +67,12 @@ def add_commands(sub) -> None:
     add_column_flags(p, label=False)
     p.add_argument("--output", required=True, help="CSV to write")
     p.add_argument("--probabilities", action="store_true", help="add prob_<label> columns")
+    p.add_argument(
+        "--prior-correction",
+        action="store_true",
+        help="label shift: re-weight probabilities (and labels) to the file's class priors estimated by EM "
+        "(Saerens et al. 2002); prints the estimated priors",
+    )
     _inference_flags(p)
 
 
@@ -114,7 +126,10 @@ def _load(dist, device, args):
     # Rank 0 exports the int8 graph first, the others open it; each rank loads on its own device (cuda:N).
     with dist.main_first():
         return load_many(
-            args.runs, device=str(device) if dist.world > 1 else args.device, precision=args.precision
+            args.runs,
+            device=str(device) if dist.world > 1 else args.device,
+            precision=args.precision,
+            calibration=args.calibration,
         )
 
 
@@ -158,7 +173,7 @@ def _cached_int8(args, runs: list[Path]):
         return None  # several processes (or a WORLD_SIZE the distributed path will judge) go through PyTorch
     from loraclf.inference.int8_runtime import open_cached
 
-    return open_cached(runs[0], device=args.device, precision=args.precision)
+    return open_cached(runs[0], device=args.device, precision=args.precision, calibration=args.calibration)
 
 
 def _report_evaluation(args, runs, ts, labels, models, probs) -> None:
@@ -196,9 +211,34 @@ def _check_output(args) -> Path:
     return out
 
 
+def _check_priors(args, runs: list[Path]) -> None:
+    """``--prior-correction`` needs every run's training class counts; checked before anything loads."""
+    from loraclf.inference.label_shift import train_priors_of
+    from loraclf.runfolder.schema import read_run_info
+
+    for run in runs if args.prior_correction else []:
+        info = read_run_info(run)
+        if train_priors_of(info.data, info.num_labels) is None:
+            raise UserError(
+                f"--prior-correction: '{run / 'run.json'}' records no training count for every class "
+                "(data.train_label_counts); retrain the run, or predict without --prior-correction"
+            )
+
+
+def _prior_correction(models, probs, labels):
+    """``--prior-correction``: the probabilities re-weighted to the file's EM-estimated priors, said in one line."""
+    from loraclf.inference.run import correct_priors
+
+    priors, probs = correct_priors(models, probs)
+    shares = ", ".join(f"{lab} {p:.1%}" for lab, p in zip(labels, priors))
+    print(f"prior correction: estimated class priors of the input: {shares}", file=sys.stderr)
+    return probs
+
+
 def cmd_predict(args) -> int:
     out = _check_output(args)
     runs = _check_runs(args, "--input", args.input)
+    _check_priors(args, runs)
     launched = _relaunch(args)
     if launched is not None:
         return launched
@@ -224,6 +264,8 @@ def cmd_predict(args) -> int:
             return 0  # rank 0 writes the file
         world = dist.world
     labels = models[0].labels
+    if args.prior_correction:
+        probs = _prior_correction(models, probs, labels)
     ranks = f" × {world} processes" if world > 1 else ""
     print(
         f"predict: {len(ts):,} rows in {seconds:.2f} s ({len(ts) / max(seconds, 1e-9):.1f} rows/s, "

@@ -26,6 +26,7 @@ import numpy as np
 
 from loraclf.config import VIRTUAL_TOKEN_METHODS, Recipe
 from loraclf.data.batching import pad_batch, sorted_batches
+from loraclf.inference.calibration import temperature_of
 from loraclf.runfolder.schema import RunInfo, hash_run_content, read_labels, read_recipe, read_run_info
 from loraclf.utils.cache import cache_dir
 from loraclf.utils.progress import bar as progress_bar
@@ -144,9 +145,10 @@ class Int8Classifier:
         batch_size: int | None = None,
         progress: bool = False,
         desc: str = "predict",
+        temperature: float = 1.0,
     ) -> np.ndarray:
-        """Class probabilities, shape (rows, classes), rows in input order; length-sorted batches padded to their
-        longest row."""
+        """Class probabilities ``softmax(logits / temperature)``, shape (rows, classes), rows in input order;
+        length-sorted batches padded to their longest row."""
         out = np.zeros((len(ids), num_labels), dtype=np.float64)
         lengths = np.array([len(x) for x in ids])
         with progress_bar(len(ids), desc, progress) as bar:
@@ -154,7 +156,7 @@ class Int8Classifier:
                 # No rounding of the width here: ONNX Runtime's kernels do not cache per-shape primitives.
                 input_ids, mask = pad_batch(ids, rows, pad_id, multiple=1)
                 logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
-                out[rows] = softmax(logits.astype(np.float64))
+                out[rows] = softmax(logits.astype(np.float64) / temperature)
                 bar.update(len(rows))
         return out
 
@@ -208,6 +210,7 @@ class CachedRun:
     pad_id: int
     engine: Int8Classifier
     precision: str = "int8"
+    temperature: float = 1.0  # the run's fitted temperature, or 1.0 when calibration is off
 
     @property
     def trainable(self) -> int:
@@ -233,11 +236,23 @@ class CachedRun:
         if isinstance(texts, str):
             texts = [texts]
         ids = self.encode(texts, progress=progress)
-        return self.engine.probs(ids, self.pad_id, len(self.labels), batch_size, progress=progress, desc=desc)
+        return self.engine.probs(
+            ids,
+            self.pad_id,
+            len(self.labels),
+            batch_size,
+            progress=progress,
+            desc=desc,
+            temperature=self.temperature,
+        )
 
 
-def open_cached(run: Path, device: str = "auto", precision: str = "auto") -> CachedRun | None:
+def open_cached(
+    run: Path, device: str = "auto", precision: str = "auto", calibration: bool = True
+) -> CachedRun | None:
     """The run as a :class:`CachedRun` when int8 prediction needs nothing but its cached graph, else None.
+
+    ``calibration`` applies the run's fitted temperature, as :func:`loraclf.inference.run.load` does.
 
     None when: the device or precision asks for PyTorch (or a GPU may be present), the run is a prompt/prefix or
     causal-LM run (those predict with PyTorch under ``auto``), older runs that do not record their kind, no
@@ -280,4 +295,5 @@ def open_cached(run: Path, device: str = "auto", precision: str = "auto") -> Cac
     # transformers applies this setting when it calls the tokenizer; the raw tokenizer needs it set.
     tokenizer.encode_special_tokens = bool(config.get("split_special_tokens", False))
     engine = Int8Classifier(path, _threads(recipe))
-    return CachedRun(run, recipe, read_labels(run), info, tokenizer, pad_id, engine)
+    t = temperature_of(info.calibration) if calibration else 1.0
+    return CachedRun(run, recipe, read_labels(run), info, tokenizer, pad_id, engine, temperature=t)

@@ -36,11 +36,13 @@ def forward_probs(
     seed: int = 0,
     progress: bool = False,
     desc: str = "predict",
+    temperature: float = 1.0,
 ):
     """Class probabilities of token-id rows, shape (rows, classes), rows in input order.
 
     ``batch_size`` rows run at once (at most :data:`CPU_MAX_BATCH` on a CPU); ``mc_dropout`` > 0 averages that many
-    passes with dropout on.
+    passes with dropout on. Each pass's probabilities are ``softmax(logits / temperature)`` (a run's fitted
+    temperature, see :mod:`loraclf.inference.calibration`; 1.0 gives the raw softmax).
     """
     if torch.device(device).type == "cpu":
         batch_size = min(batch_size, CPU_MAX_BATCH)
@@ -60,7 +62,7 @@ def forward_probs(
             input_ids, mask = collate(ids, rows, pad_id, device)
             with autocast(device, precision):
                 logits = model(input_ids=input_ids, attention_mask=mask).logits
-            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            probs = torch.softmax(logits.float() / temperature, dim=-1).cpu().numpy()
             if out is None:
                 out = np.zeros((len(ids), probs.shape[1]), dtype=np.float64)
             out[rows] += probs

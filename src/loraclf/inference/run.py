@@ -25,6 +25,8 @@ class Run:
     ``precision`` is how predictions are computed: ``int8`` runs the run's quantised ONNX graph (``engine``) with
     ONNX Runtime; ``bf16``/``fp16``/``fp32`` run the merged PyTorch model. The PyTorch model is built on first use,
     so the int8 path never loads it, except for Monte Carlo dropout, which needs dropout layers to switch on.
+    ``temperature`` is the run's fitted temperature (``run.json`` ``calibration``; 1.0 when loaded without
+    calibration or trained before it existed): every engine returns ``softmax(logits / temperature)``.
     """
 
     path: Path
@@ -36,6 +38,7 @@ class Run:
     precision: str
     engine: object | None = None
     _model: torch.nn.Module | None = None
+    temperature: float = 1.0
 
     @property
     def max_length(self) -> int:
@@ -75,16 +78,20 @@ class Run:
         mc_dropout: int = 0,
         progress: bool = False,
         desc: str = "predict",
+        prior_correction: bool = False,
     ) -> np.ndarray:
         """Class probabilities, one row per text, columns in the order of ``self.labels``.
 
-        ``texts`` is a list of strings; a single string is taken as one text.
+        ``texts`` is a list of strings; a single string is taken as one text. ``prior_correction`` re-weights the
+        probabilities to the class priors EM estimates from these texts (label shift; see
+        :mod:`loraclf.inference.label_shift`), so it needs a whole file of texts, not one.
         """
         if isinstance(texts, str):
             texts = [texts]
-        return self.probs_of_ids(
+        probs = self.probs_of_ids(
             self.encode(texts, progress=progress), batch_size, mc_dropout, progress, desc
         )
+        return correct_priors([self], probs)[1] if prior_correction else probs
 
     def probs_of_ids(
         self,
@@ -99,7 +106,15 @@ class Run:
 
         pad_id = self.tokenizer.pad_token_id
         if self.engine is not None and not mc_dropout:
-            return self.engine.probs(ids, pad_id, len(self.labels), batch_size, progress=progress, desc=desc)
+            return self.engine.probs(
+                ids,
+                pad_id,
+                len(self.labels),
+                batch_size,
+                progress=progress,
+                desc=desc,
+                temperature=self.temperature,
+            )
         return forward_probs(
             self.model,
             ids,
@@ -111,6 +126,7 @@ class Run:
             seed=self.recipe.train.seed,
             progress=progress,
             desc=desc,
+            temperature=self.temperature,
         )
 
     def predict(self, texts: list[str], **kwargs) -> list:
@@ -168,12 +184,20 @@ def _causal(info: RunInfo, recipe: Recipe) -> bool:
     return bool(causal)
 
 
-def load(path: str | Path, device: str = "auto", precision: str = "auto", finished: bool = True) -> Run:
+def load(
+    path: str | Path,
+    device: str = "auto",
+    precision: str = "auto",
+    finished: bool = True,
+    calibration: bool = True,
+) -> Run:
     """Load a finished run folder for prediction: ``loraclf.load("runs/x").predict(["some text"])``.
 
     ``precision``: ``auto`` (int8 through ONNX Runtime on a CPU, else the device's fastest float type), ``int8``,
-    ``bf16``, ``fp16`` or ``fp32``.
+    ``bf16``, ``fp16`` or ``fp32``. ``calibration``: apply the run's fitted temperature to its probabilities (labels
+    are the same either way); False gives the raw softmax.
     """
+    from loraclf.inference.calibration import temperature_of
     from loraclf.modeling.backbones import load_tokenizer
     from loraclf.modeling.methods import get_method
     from loraclf.utils.devices import pick_device, pick_inference_precision, pick_precision
@@ -201,6 +225,7 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", finish
         )
     tokenizer = load_tokenizer(str(run / "tokenizer"), truncation_side=recipe.data.truncation_side)
     loaded = Run(run, recipe, labels, info, tokenizer, dev, prec)
+    loaded.temperature = temperature_of(info.calibration) if calibration else 1.0
     if prec == "int8":
         from loraclf.inference.onnx_int8 import int8_classifier
 
@@ -216,9 +241,11 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", finish
     return loaded
 
 
-def load_many(paths: list[str], device: str = "auto", precision: str = "auto") -> list[Run]:
+def load_many(
+    paths: list[str], device: str = "auto", precision: str = "auto", calibration: bool = True
+) -> list[Run]:
     """Load the members of an ensemble; they must share one label set (same classes, same order)."""
-    runs = [load(p, device=device, precision=precision) for p in paths]
+    runs = [load(p, device=device, precision=precision, calibration=calibration) for p in paths]
     for r in runs[1:]:
         if r.labels != runs[0].labels:
             raise UserError(
@@ -252,3 +279,26 @@ def raw_data_config(run: Run):
 def ensemble_proba(runs: list[Run], texts: list[str], progress: bool = False, **kwargs) -> np.ndarray:
     """Average the members' class probabilities (soft voting): a cheap, reliable gain when members differ."""
     return sum(r.predict_proba(texts, progress=progress, **kwargs) for r in runs) / len(runs)
+
+
+def correct_priors(runs: list, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Re-weight probabilities of a file to its class priors estimated by EM (``--prior-correction``).
+
+    The training priors are the members' mean training class shares (``run.json`` ``data.train_label_counts``).
+
+    Returns:
+        ``(priors, corrected)``: the estimated priors, shape (classes,), and the corrected probabilities.
+
+    Raises:
+        UserError: a run does not record its training class counts, or a class had no training row.
+    """
+    from loraclf.inference.label_shift import em_priors, train_priors_of
+
+    shares = [train_priors_of(r.info.data, len(r.labels)) for r in runs]
+    missing = next((r for r, s in zip(runs, shares) if s is None), None)
+    if missing is not None:
+        raise UserError(
+            f"--prior-correction: '{missing.path}/run.json' records no training count for every class "
+            "(data.train_label_counts); retrain the run, or predict without --prior-correction"
+        )
+    return em_priors(probs, np.mean(shares, axis=0))

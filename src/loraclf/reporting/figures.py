@@ -24,7 +24,7 @@ PART_COLORS = {"adapters": "#1f77b4", "biases": "#ff7f0e", "head": "#2ca02c", "o
 DPI = 110
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -36,7 +36,7 @@ def png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _short(name: str, width: int = 18) -> str:
+def short_name(name: str, width: int = 18) -> str:
     """Tick labels are shortened so a long class name cannot squeeze the plot; the tables keep full names.
 
     The middle goes, not the end: class names often share a prefix ("category 10", "category 11").
@@ -47,7 +47,7 @@ def _short(name: str, width: int = 18) -> str:
     return name[:head] + "…" + name[-(width - 1 - head) :]
 
 
-def _empty(ax, message: str) -> None:
+def empty_axes(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="gray")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -57,7 +57,7 @@ def fig_training_curves(history: list[dict], best_step: int | None = None) -> Fi
     """Loss, accuracy (with evaluation macro-F1) and learning rate against optimizer steps."""
     train = [r for r in history if r.get("split") == "train"]
     evals = [r for r in history if r.get("split") == "eval"]
-    fig = _figure(12, 3.6)
+    fig = new_figure(12, 3.6)
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     # Markers make a short run (a handful of logged points, or just one) visible; long runs read better as lines.
     mk = "o" if max(len(train), len(evals)) <= 30 else None
@@ -81,7 +81,7 @@ def fig_training_curves(history: list[dict], best_step: int | None = None) -> Fi
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if not ax.lines:
-            _empty(ax, "nothing logged yet")
+            empty_axes(ax, "nothing logged yet")
             continue
         if best_step is not None and ax is not ax_lr:
             ax.axvline(
@@ -104,12 +104,12 @@ def fig_confusion_matrix(matrix: list[list[int]], labels: list[str]) -> Figure:
     cm = np.asarray(matrix, dtype=float)
     n = len(labels)
     side = min(max(4.5, 0.55 * n + 2.5), 14)
-    fig = _figure(side + 1.2, side)
+    fig = new_figure(side + 1.2, side)
     ax = fig.subplots()
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class")
-    ticks = [_short(x) for x in labels]
+    ticks = [short_name(x) for x in labels]
     ax.set_xticks(range(n), ticks, rotation=45 if max(map(len, ticks)) > 3 else 0, ha="right")
     ax.set_yticks(range(n), ticks)
     ax.set_xlabel("predicted class")
@@ -127,10 +127,10 @@ def fig_token_lengths(lengths: dict) -> Figure:
     """Histogram of training-text lengths in tokens, with the chosen max length marked."""
     hist = np.asarray(lengths.get("histogram") or [], dtype=float)
     max_len = lengths.get("max_length")
-    fig = _figure(10, 3.6)
+    fig = new_figure(10, 3.6)
     ax = fig.subplots()
     if not hist.size:
-        _empty(ax, "no token lengths recorded")
+        empty_axes(ax, "no token lengths recorded")
         return fig
     # A bincount can run to thousands of lengths; about 128 bars keep the shape readable at any length.
     width = max(1, int(np.ceil(hist.size / 128)))
@@ -152,14 +152,14 @@ def fig_token_lengths(lengths: dict) -> Figure:
     return fig
 
 
-def _grouped_bars(ax, labels: list[str], series: list[tuple[str, list[float], str]], fmt: str) -> None:
+def grouped_bars(ax, labels: list[str], series: list[tuple[str, list[float], str]], fmt: str) -> None:
     x = np.arange(len(labels))
     width = 0.8 / len(series)
     for k, (name, values, color) in enumerate(series):
         bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, label=name, color=color)
         if len(labels) <= 12:
             ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=8, padding=2)
-    ticks = [_short(lab) for lab in labels]
+    ticks = [short_name(lab) for lab in labels]
     long = len(labels) > 8 or max(map(len, ticks)) > 8
     ax.set_xticks(x, ticks, rotation=45 if long else 0, ha="right" if long else "center")
     ax.margins(y=0.15)
@@ -171,7 +171,7 @@ def _grouped_bars(ax, labels: list[str], series: list[tuple[str, list[float], st
 
 def fig_label_distribution(data: dict, labels: list[str]) -> Figure:
     """Rows per class in the training and the validation split."""
-    fig = _figure(max(7, 0.6 * len(labels) + 3), 3.8)
+    fig = new_figure(max(7, 0.6 * len(labels) + 3), 3.8)
     ax = fig.subplots()
     series = [
         (f"{name} ({sum(data[key]):,} rows)", data[key], color)
@@ -182,9 +182,9 @@ def fig_label_distribution(data: dict, labels: list[str]) -> Figure:
         if data.get(key)
     ]
     if not series:
-        _empty(ax, "no label counts recorded")
+        empty_axes(ax, "no label counts recorded")
         return fig
-    _grouped_bars(ax, labels, series, "{:,.0f}")
+    grouped_bars(ax, labels, series, "{:,.0f}")
     ax.set_ylabel("rows")
     return fig
 
@@ -192,7 +192,7 @@ def fig_label_distribution(data: dict, labels: list[str]) -> Figure:
 def fig_parameter_budget(plan: dict) -> Figure:
     """Trainable parameters by kind against the budget, and adapter parameters per layer."""
     per_layer = {int(k): v for k, v in (plan.get("adapters_per_layer") or {}).items()}
-    fig = _figure(12, 3.4)
+    fig = new_figure(12, 3.4)
     axes = fig.subplots(1, 2, width_ratios=[3, 2]) if per_layer else [fig.subplots()]
     ax = axes[0]
     left = 0
@@ -232,9 +232,62 @@ def fig_predicted_distribution(
     if eval_counts:
         share = [c / max(sum(eval_counts), 1) for c in eval_counts]
         series.append(("validation split", share + [0.0] * (len(names) - len(share)), EVAL_COLOR))
-    fig = _figure(max(7, 0.6 * len(names) + 3), 3.8)
+    fig = new_figure(max(7, 0.6 * len(names) + 3), 3.8)
     ax = fig.subplots()
-    _grouped_bars(ax, names, series, "{:.0%}")
+    grouped_bars(ax, names, series, "{:.0%}")
     ax.set_ylabel("share of rows")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    return fig
+
+
+def fig_reliability(bins: dict[str, dict], temperature: float | None = None) -> Figure:
+    """Reliability diagram (accuracy against confidence per bin, the diagonal is perfect calibration) and the rows'
+    confidence histogram, for each set of bins given (e.g. before and after temperature scaling).
+
+    Args:
+        bins: Name → :func:`loraclf.inference.calibration.reliability_bins` (``edges``, ``count``,
+            ``confidence``, ``accuracy``); drawn in the order given, the first in blue, the second in red.
+        temperature: Shown in the title when given.
+    """
+    fig = new_figure(11, 4.0)
+    ax, hist = fig.subplots(1, 2, width_ratios=[1, 1.2])
+    colors = [TRAIN_COLOR, EVAL_COLOR, EXTRA_COLOR, "gray"]
+    ax.plot([0, 1], [0, 1], ":", color="black", linewidth=1, label="perfect calibration")
+    for k, (name, b) in enumerate(bins.items()):
+        edges = np.asarray(b["edges"])
+        full = [i for i, c in enumerate(b["count"]) if c]
+        if not full:
+            continue
+        ax.plot(
+            [b["confidence"][i] for i in full],
+            [b["accuracy"][i] for i in full],
+            "o-",
+            color=colors[k % 4],
+            label=name,
+            markersize=4,
+        )
+        total = max(sum(b["count"]), 1)
+        width = np.diff(edges)
+        share = np.asarray(b["count"]) / total
+        offset = (k - (len(bins) - 1) / 2) * width / (len(bins) + 0.5)
+        hist.bar(
+            edges[:-1] + width / 2 + offset, share, width / (len(bins) + 0.5), color=colors[k % 4], label=name
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("reliability" + (f" (temperature {temperature:.3g})" if temperature else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("confidence (top-class probability)")
+    hist.set_ylabel("share of rows")
+    hist.yaxis.set_major_formatter(PercentFormatter(1.0))
+    hist.set_title("confidence histogram")
+    hist.grid(alpha=0.3, axis="y")
+    if hist.patches:
+        hist.legend(fontsize=8, loc="upper left")
+    else:
+        empty_axes(hist, "no rows")
     return fig

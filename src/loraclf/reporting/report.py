@@ -4,15 +4,16 @@
 histogram, parameter plan, environment, timings), ``labels.json``, ``metrics.jsonl`` (the history: ``train`` rows
 with step, loss, accuracy, lr; ``eval`` rows with step, loss, accuracy, macro_f1) and ``metrics.json`` (final
 metrics of the kept weights: per-class scores and the confusion matrix); ``evaluations/*.json`` (files scored by
-``loraclf evaluate``, shown beside the validation split; see :mod:`loraclf.reporting.evaluations`). An optional
+``loraclf evaluate``, shown beside the validation split; see :mod:`loraclf.reporting.evaluations`); run.json's
+``calibration`` gives the Calibration section (see :mod:`loraclf.reporting.calibration`). An optional
 ``ID,Label`` predictions file adds its predicted class distribution. Classes are shown by name: the training file's
 label values, or ``data.label_names`` when the labels were numbers.
 
 Every figure is drawn by its own function in :mod:`loraclf.reporting.figures` (Agg canvas, no pyplot state). The PNGs
-are written to ``figures/`` and also embedded in ``report.html`` as base64 ``data:`` URIs; with inline CSS and no
-scripts, fonts or links, the page opens offline and can be mailed as one file. Every text that comes from the
-folder goes through ``html.escape``. Files are written to a temporary name and moved into place with
-``os.replace``, so a reader never sees half a page.
+are written to ``figures/`` and also embedded in ``report.html`` (see :mod:`loraclf.reporting.html`: inline CSS, no
+scripts, fonts or links, so the page opens offline and can be mailed as one file). Every text that comes from the
+folder is escaped. Files are written to a temporary name and moved into place with ``os.replace``, so a reader never
+sees half a page.
 
 A run that is still training has no ``metrics.json`` yet; its report says so in the sections that need it instead
 of failing, so the page can be used to watch a run.
@@ -20,22 +21,21 @@ of failing, so the page can be used to watch a run.
 
 from __future__ import annotations
 
-import base64
-import html
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from loraclf.reporting import evaluations, figures
+from loraclf.reporting import calibration, evaluations, figures
+from loraclf.reporting.html import atomic_write, esc, img, note, page, pct, section, table
 from loraclf.reporting.run_files import load_run_files, named, read_predictions
 from loraclf.utils.errors import UserError
-from loraclf.utils.files import atomic_write_bytes
 
 # Every figure the report can write, in page order; stale ones (say, from an earlier --predictions) are removed.
 FIGURES = (
     "training_curves",
     "confusion_matrix",
+    "reliability",
     "token_lengths",
     "label_distribution",
     "parameter_budget",
@@ -48,41 +48,6 @@ def _env_value(v) -> str:
     if isinstance(v, list):
         return "; ".join(map(str, v)) or "none"
     return str(v)
-
-
-# --- HTML -------------------------------------------------------------------------------------------------------------
-
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1.5em;
-color:#222;line-height:1.4}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
-table{border-collapse:collapse;margin:.6em 0}th,td{padding:.25em .8em;border-bottom:1px solid #eee;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f5f5f5}
-.summary td{text-align:left}
-.summary th{text-align:left;white-space:nowrap;vertical-align:top;background:none;font-weight:600;color:#555}
-figure{margin:.8em 0}img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption,.note{color:#666;font-size:.9em}.warn{color:#a33}.over{color:#a33;font-weight:600}
-pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}
-"""
-
-
-def esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _pct(x) -> str:
-    return "–" if x is None else f"{x * 100:.2f}%"
-
-
-def _table(header: list[str], rows: list[list], cls: str = "") -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _img(png: bytes, alt: str, caption: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{esc(alt)}"><figcaption>{esc(caption)}</figcaption></figure>'
 
 
 def _summary(r: dict) -> str:
@@ -102,8 +67,8 @@ def _summary(r: dict) -> str:
             "trainable / total",
             f"{plan['trainable']:,} / {plan['total']:,} ({plan['trainable'] / max(plan['total'], 1):.3%}){fits}",
         ],
-        ["validation accuracy", _pct(m.get("accuracy"))],
-        ["validation macro-F1", _pct(m.get("macro_f1"))],
+        ["validation accuracy", pct(m.get("accuracy"))],
+        ["validation macro-F1", pct(m.get("macro_f1"))],
         *evaluations.summary_rows(r.get("evaluations", {})),
         ["validation rows", f"{m.get('n', data.get('n_eval', 0)):,} (train rows {data.get('n_train', 0):,})"],
         ["kept weights", f"step {info.get('best_step', m.get('best_step', '?'))} of {m.get('steps', '?')}"],
@@ -142,7 +107,7 @@ def _per_class(m: dict, labels: list[str], names: dict[str, str]) -> str:
     rows.append(
         ["macro average", *(f"{v:.4f}" for v in means), f"{sum(c['support'] for c in pc.values()):,}"]
     )
-    return _table(["class", "precision", "recall", "F1", "support"], rows)
+    return table(["class", "precision", "recall", "F1", "support"], rows)
 
 
 def _budget(plan: dict) -> str:
@@ -159,15 +124,7 @@ def _budget(plan: dict) -> str:
         left = budget - plan["trainable"]
         verdict = f"budget {budget:,}: " + (f"fits, {left:,} to spare" if left >= 0 else f"OVER by {-left:,}")
     cls = "over" if budget and plan["trainable"] > budget else "note"
-    return _table(["part", "parameters", "share of budget"], rows) + f'<p class="{cls}">{esc(verdict)}</p>'
-
-
-def _section(title: str, *parts: str) -> str:
-    return f"<section><h2>{esc(title)}</h2>{''.join(parts)}</section>"
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{esc(text)}</p>'
+    return table(["part", "parameters", "share of budget"], rows) + f'<p class="{cls}">{esc(verdict)}</p>'
 
 
 def build_figures(r: dict, predictions: list[str] | None = None) -> dict[str, bytes]:
@@ -179,6 +136,7 @@ def build_figures(r: dict, predictions: list[str] | None = None) -> dict[str, by
             m["confusion_matrix"], named(r, m.get("labels", labels))
         )
     figs.update(evaluations.build(r.get("evaluations", {}), lambda xs: named(r, xs)))
+    figs.update(calibration.build(info.get("calibration")))
     figs["token_lengths"] = figures.fig_token_lengths(info.get("token_lengths", {}))
     figs["label_distribution"] = figures.fig_label_distribution(info.get("data", {}), named(r, labels))
     figs["parameter_budget"] = figures.fig_parameter_budget(info["plan"])
@@ -195,19 +153,19 @@ def build_figures(r: dict, predictions: list[str] | None = None) -> dict[str, by
 def _confusion_section(r: dict, pngs: dict[str, bytes], pending: str) -> str:
     """Validation's confusion matrix, then one per file recorded by `loraclf evaluate`."""
     validation = (
-        _img(
+        img(
             pngs["confusion_matrix"],
             "confusion matrix",
             "Rows are true classes, columns predicted ones, on the validation rows; colour is the share of the row.",
         )
         if r["metrics"]
-        else _note(pending)
+        else note(pending)
     )
     others = [
-        _img(pngs[f"confusion_matrix_{stem}"], f"confusion matrix on {stem}", evaluations.caption(e))
+        img(pngs[f"confusion_matrix_{stem}"], f"confusion matrix on {stem}", evaluations.caption(e))
         for stem, e in r.get("evaluations", {}).items()
     ]
-    return _section("Confusion matrix", validation, *others)
+    return section("Confusion matrix", validation, *others)
 
 
 def _predictions_section(pngs: dict[str, bytes], predictions: list[str], labels: list[str], name: str) -> str:
@@ -217,9 +175,9 @@ def _predictions_section(pngs: dict[str, bytes], predictions: list[str], labels:
     caption = (
         f"Share of predicted classes in {name} ({len(predictions):,} rows), beside the validation split."
     )
-    return _section(
+    return section(
         "Predicted class distribution",
-        _img(pngs["predicted_distribution"], "predicted class distribution", caption),
+        img(pngs["predicted_distribution"], "predicted class distribution", caption),
         warn,
     )
 
@@ -232,10 +190,10 @@ def render_html(
     pending = "not available yet: metrics.json is written when training completes"
     tl = info.get("token_lengths", {})
     sections = [
-        _section("Summary", _summary(r)),
-        _section(
+        section("Summary", _summary(r)),
+        section(
             "Training curves",
-            _img(
+            img(
                 pngs["training_curves"],
                 "training curves",
                 "Loss, accuracy and learning rate per optimizer step (metrics.jsonl); the dotted line marks the "
@@ -243,27 +201,28 @@ def render_html(
             ),
         ),
         _confusion_section(r, pngs, pending),
-        _section("Per-class metrics", _per_class(m, labels, r["names"]) if m else _note(pending)),
-        _section(
+        section("Per-class metrics", _per_class(m, labels, r["names"]) if m else note(pending)),
+        calibration.render(info.get("calibration"), pngs.get("reliability"), m is not None),
+        section(
             "Token lengths",
-            _img(
+            img(
                 pngs["token_lengths"],
                 "token length histogram",
                 f"Training texts by length in tokens; max_length {tl.get('max_length', '?')} is the "
                 f"{tl.get('quantile', '?')} quantile (median {tl.get('median', '?')}, longest {tl.get('max', '?')}).",
             ),
         ),
-        _section(
+        section(
             "Label distribution",
-            _img(
+            img(
                 pngs["label_distribution"],
                 "label distribution",
                 "Rows per class in the training and validation splits.",
             ),
         ),
-        _section(
+        section(
             "Parameter budget",
-            _img(
+            img(
                 pngs["parameter_budget"],
                 "parameter budget",
                 "Trainable parameters by kind against the budget.",
@@ -274,23 +233,8 @@ def render_html(
     if predictions is not None:
         sections.append(_predictions_section(pngs, predictions, labels, pred_name))
     if r.get("recipe"):
-        sections.append(_section("Recipe", f"<pre>{esc(r['recipe'])}</pre>"))
-    title = f"loraclf run: {r['name']}"
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
-        f"<body><h1>{esc(title)}</h1>{''.join(sections)}</body></html>\n"
-    )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file then os.replace: a reader never sees half a file, an interrupted write leaves the old one."""
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as exc:
-        raise UserError(
-            f"RUN: cannot write '{path}' ({exc.strerror}); make the run folder writable"
-        ) from None
+        sections.append(section("Recipe", f"<pre>{esc(r['recipe'])}</pre>"))
+    return page(f"loraclf run: {r['name']}", sections)
 
 
 def write_report(run_dir: Path, predictions: Path | None = None) -> Path:
@@ -321,7 +265,7 @@ def write_report(run_dir: Path, predictions: Path | None = None) -> Path:
         if old.stem not in pngs and (old.stem in FIGURES or old.stem.startswith("confusion_matrix_")):
             old.unlink(missing_ok=True)  # stale: from an earlier --predictions or a removed evaluation
     for name, png in pngs.items():
-        _atomic_write(run / "figures" / f"{name}.png", png)
-    page = render_html(r, pngs, preds, Path(predictions).name if predictions is not None else "")
-    _atomic_write(run / "report.html", page.encode("utf-8"))
+        atomic_write(run / "figures" / f"{name}.png", png)
+    text = render_html(r, pngs, preds, Path(predictions).name if predictions is not None else "")
+    atomic_write(run / "report.html", text.encode("utf-8"))
     return run / "report.html"

@@ -50,7 +50,7 @@ class RunInfo:
 
     ``plan`` is :meth:`loraclf.modeling.plan.Plan.to_json` (``trainable``, ``total``, the breakdown); ``data`` the
     data summary (files, row counts, label counts, notes); ``environment`` the libraries, hardware, precision and
-    threads. Keys written by newer code that this version does not know are kept in ``extra`` and written back.
+    threads; ``calibration`` the fitted temperature and the validation summary label-free estimates use. Keys written by newer code that this version does not know are kept in ``extra`` and written back.
     """
 
     format_version: int
@@ -67,6 +67,9 @@ class RunInfo:
     train_samples_per_s: float | None = None
     best_step: int | None = None
     method_state: dict = field(default_factory=dict)  # method-specific results (e.g. AdaLoRA's final ranks)
+    # Temperature scaling fitted on the validation rows (loraclf.inference.calibration.calibrate); runs trained
+    # before it existed have none and predict with T = 1.
+    calibration: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property

@@ -21,7 +21,7 @@ import os
 import warnings
 from pathlib import Path
 
-from loraclf.reporting.report import CSS
+from loraclf.reporting.html import CSS
 from loraclf.utils.files import atomic_write_bytes
 
 FIGURES = {

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from loraclf.config import FORMAT_VERSION, save_recipe
+from loraclf.inference.calibration import calibrate
 from loraclf.inference.metrics import metrics, nll
 from loraclf.modeling.backbones import is_causal_lm, load_config
 from loraclf.runfolder.atomic import atomic_write_text
@@ -182,7 +183,8 @@ def finish(p: Prepared, folder: RunFolder, record: dict, device: torch.device) -
     dist.barrier()  # rank 0 has written the best weights and the record
     with dist.main_first():  # rank 0 exports the int8 graph once; the others open it
         # This rank's device: a cuda:N chosen by the launcher, not train.device's first GPU on every rank.
-        run = load(out, device=str(device), precision=t.precision, finished=False)  # marked complete below
+        # finished=False: marked complete below; calibration=False: the temperature is fitted on these probabilities
+        run = load(out, device=str(device), precision=t.precision, finished=False, calibration=False)
     ids = p.eval_ids
     probs = dist.map_rows(
         len(ids),
@@ -203,6 +205,9 @@ def finish(p: Prepared, folder: RunFolder, record: dict, device: torch.device) -
     info.train_samples_per_s = m["train_samples_per_s"]
     info.best_step = state.best_step
     info.method_state = record["method_state"] or {}
+    # Temperature scaling on the validation rows (inference/calibration.py), kept in run.json; evaluate and predict
+    # apply it. The probabilities are the run's own, uncalibrated: the run has no temperature yet.
+    info.calibration = calibrate(probs, p.eval.labels)
     write_run_info(out, info)  # usable from here on; the record stays until the clean-up below is done
     finish_tail(out)
     return m

@@ -173,7 +173,8 @@ def teacher_log_probs(teachers: list[str], texts: list[str], label_map: list, sa
     """
     from loraclf.inference.run import load
 
-    runs = [load(path) for path in teachers]
+    # Raw softmax: distill.temperature is the softening knob; the teachers' fitted temperatures stay out of it.
+    runs = [load(path, calibration=False) for path in teachers]
     for path, run in zip(teachers, runs):
         if [str(x) for x in run.labels] != [str(x) for x in label_map]:
             raise UserError(
