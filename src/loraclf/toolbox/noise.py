@@ -11,7 +11,8 @@ perturbation off: the text comes back unchanged) to :data:`FULL_RATES`. They run
     probability ``rate``. None of the 205 machine-written rows read has one; a model that leans on "(SPACE.com)"
     for Sci/Tech or "(Sports Network)" for Sports has nothing to lean on there.
 ``run_on``
-    Each sentence boundary is replaced, with probability ``rate``, by a comma, "and", "while", a dash or nothing,
+    Each sentence boundary is replaced, with probability ``rate``, by a comma, a semicolon, "and", "while", a dash
+    or a bare space,
     and the next sentence's capital dropped when it starts with a common word: the machine-written rows run
     clause into clause for a hundred words or more.
 ``entities``
@@ -45,8 +46,8 @@ perturbation off: the text comes back unchanged) to :data:`FULL_RATES`. They run
     machine-written rows stop mid-phrase ("... Top player contract cost the new structure's market gain, th").
 
 Every function takes a ``random.Random``, so one seed gives the same text on any machine; only the standard
-library is used. Labels are never changed: the perturbations keep a text's content words, and its topic with them,
-at the strengths ``augment`` allows.
+library is used. ``augment`` copies each row's label to its noised copies: even at strength 1 (15% of words
+dropped, names and numbers replaced) most of a text's topical words survive, and at the default 0.4 nearly all.
 """
 
 from __future__ import annotations
