@@ -12,9 +12,8 @@ perturbation off: the text comes back unchanged) to :data:`FULL_RATES`. They run
     for Sci/Tech or "(Sports Network)" for Sports has nothing to lean on there.
 ``run_on``
     Each sentence boundary is replaced, with probability ``rate``, by a comma, a semicolon, "and", "while", a dash
-    or a bare space,
-    and the next sentence's capital dropped when it starts with a common word: the machine-written rows run
-    clause into clause for a hundred words or more.
+    or a bare space, and the next sentence's capital dropped when it starts with a common word: the
+    machine-written rows run clause into clause for a hundred words or more.
 ``entities``
     Names are swapped for invented ones ("Kenneth Bigley" → "Velwick Sorova", "IBM" → "QTV"), each distinct name
     with probability ``rate`` and the same invention wherever it recurs in the text. The file invents teams,
