@@ -1,7 +1,7 @@
-"""Data augmentation: offline WordNet, synonym replacement, EDA, LM generation, the files and errors of `augment`.
+"""Data augmentation: offline WordNet, synonym replacement, EDA, noise, LM generation, the files and errors of `augment`.
 
 WordNet tests need the Debian packages wordnet-base and wordnet-sense-index (they fail in CI without them and skip
-elsewhere). Generation runs on a 2-layer GPT-2 with a byte-level BPE tokenizer trained on the fixture texts: it
+elsewhere); noise tests need nothing but the standard library. Generation runs on a 2-layer GPT-2 with a byte-level BPE tokenizer trained on the fixture texts: it
 checks the mechanics (adaptation, saving, prompts, lengths, deduplication, filtering, the output file), not the
 quality of the samples.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from conftest import CLASS_WORDS, LABELS, run_cli, write_text_csv, write_title_desc_csv
 from loraclf.data.readers import read_table
-from loraclf.toolbox import augment, generate, wordnet
+from loraclf.toolbox import augment, generate, noise, wordnet
 from loraclf.toolbox.augment import (
     augment_rows,
     eda_augment,
@@ -292,6 +293,205 @@ def test_synonym_and_eda_never_fail_and_never_empty(wordnet_ready, text, seed, r
             assert out == text
 
 
+# --- noise imitating machine-written news ---------------------------------------------------------------------------
+
+NEWS = (
+    "Oil Prices Set a New Record SINGAPORE (Reuters) - Oil prices rose to $50.25 on Monday, said Kenneth Bigley "
+    "of Medtronic. Kenneth Bigley expects \"more\" gains in 2004 - and IBM's traders agree. It's a record."
+)
+COMMON = noise.common_words(
+    ["oil prices set a new record", "prices rose and traders agree", "it is a record"]
+)
+
+
+def test_noise_same_seed_same_output_other_seed_differs():
+    texts = [NEWS, SENTENCE, "Shares of Intel fell 3% on Tuesday after the chip maker cut its forecast."] * 2
+    first, _ = augment_rows(texts, "noise", copies=2, rate=0.6, seed=7)
+    again, _ = augment_rows(texts, "noise", copies=2, rate=0.6, seed=7)
+    other, _ = augment_rows(texts, "noise", copies=2, rate=0.6, seed=8)
+    assert first == again and first != other
+    assert all(t != texts[p] for p, t in first)
+
+
+def test_noise_strength_zero_is_identity():
+    for text in (NEWS, SENTENCE, "  two\tspaces  here ", "", "x"):
+        assert noise.noise_augment(text, 0.0, random.Random(1), COMMON) == text
+    rng = random.Random(0)
+    for fn in (noise.drop_words, noise.swap_adjacent, noise.repeat_words, noise.typos, noise.substitute_dates,
+               noise.strip_sources, noise.run_on, noise.curly_typography, noise.truncate):  # fmt: skip
+        assert fn(NEWS, 0.0, rng) == NEWS, fn.__name__
+    assert noise.substitute_entities(NEWS, 0.0, rng, COMMON) == NEWS
+    pairs, dropped = augment_rows([NEWS, SENTENCE], "noise", copies=3, rate=0.0, seed=0)
+    assert pairs == [] and dropped == 6
+
+
+def test_noise_strength_scales_how_much_changes():
+    words = NEWS.split()
+
+    def changed(strength):  # mean share of the words not kept, over 40 seeds
+        outs = [noise.noise_augment(NEWS, strength, random.Random(s), COMMON).split() for s in range(40)]
+        return np.mean([1 - sum((Counter(o) & Counter(words)).values()) / len(words) for o in outs])
+
+    assert 0 < changed(0.1) < changed(0.4) < changed(1.0)
+
+
+def test_noise_drop_swap_repeat_do_what_they_say():
+    tokens = SENTENCE.split()
+    for seed in range(20):
+        kept = noise.drop_words(SENTENCE, 0.4, random.Random(seed)).split()
+        it = iter(tokens)
+        assert 1 <= len(kept) <= len(tokens) and all(t in it for t in kept)  # an ordered subsequence
+        assert len(noise.drop_words(SENTENCE, 1.0, random.Random(seed)).split()) == 1
+        swapped = noise.swap_adjacent(SENTENCE, 0.5, random.Random(seed)).split()
+        assert sorted(swapped) == sorted(tokens)
+        assert all(abs(swapped.index(t) - i) <= 1 for i, t in enumerate(tokens) if tokens.count(t) == 1)
+        doubled = noise.repeat_words(SENTENCE, 0.3, random.Random(seed)).split()
+        assert [t for i, t in enumerate(doubled) if i == 0 or doubled[i - 1] != t] == tokens
+    assert noise.swap_adjacent("a b c d", 1.0, random.Random(0)) == "b a d c"
+    assert noise.repeat_words("new deal", 1.0, random.Random(0)) == "new new deal deal"
+
+
+def test_noise_entities_are_invented_consistently_and_words_are_kept():
+    out = noise.substitute_entities(NEWS, 1.0, random.Random(3), COMMON)
+    assert "Bigley" not in out and "Medtronic" not in out and "IBM" not in out
+    first = out.split("said ")[1].split(" of ")[0]
+    assert (
+        out.count(first) == 2 and first.count(" ") == 1
+    )  # both "Kenneth Bigley"s → one invented two-word name
+    assert out.startswith("Oil Prices Set a New Record")  # capitalised common words are not names
+    assert (
+        "SINGAPORE" in out and "(Reuters)" in out
+    )  # upper-case words over five letters and agency names stay
+    acronym = re.search(r"and (\w+)'s traders", out).group(1)
+    assert acronym.isupper() and len(acronym) == 3 and acronym != "IBM"
+    name = noise.invented_name(random.Random(0))
+    assert name[0].isupper() and name[1:].islower() and name.lower() not in COMMON
+
+
+def test_noise_dates_are_anachronistic_and_numbers_keep_their_format():
+    for seed in range(30):
+        out = noise.substitute_dates(NEWS, 1.0, random.Random(seed))
+        year = int(re.search(r"gains in (\d{4})", out).group(1))
+        assert 2008 <= year <= 2099
+        assert re.search(r"rose to \$[1-9]\d\.\d\d on ", out), out  # new digits, the same format
+        when = out.split("on ", 1)[1].split(", said")[0]
+        assert re.fullmatch(r"Q[1-4] \d{4}|[A-Z][a-z]+ \d{1,2}, \d{4}|[A-Z][a-z]+ \d{4}", when), when
+    assert noise.substitute_dates("no digits here", 1.0, random.Random(0)) == "no digits here"
+    assert re.fullmatch(r"won [1-9]-[1-9]", noise.substitute_dates("won 8-3", 1.0, random.Random(0)))
+
+
+def test_noise_sources_run_on_typography_truncate_and_typos():
+    stripped = noise.strip_sources(NEWS, 1.0, random.Random(0))
+    assert stripped.startswith("Oil Prices Set a New Record Oil prices rose")
+    assert noise.strip_sources("Bush Visits Ohio (AP) AP - President Bush", 1.0, random.Random(0)) == (
+        "Bush Visits Ohio President Bush"
+    )
+    text = "It rose. The firm said so. Mr. Smith left. Prices fell."
+    joined = [noise.run_on(text, 1.0, random.Random(seed)) for seed in range(20)]
+    assert all(". " not in j.replace("Mr. ", "") and "Mr. Smith" in j and j.endswith("fell.") for j in joined)
+    assert any("the firm" in j for j in joined)  # a common word loses its capital after a connector …
+    assert all("Prices fell" in j or "prices fell" not in j for j in joined)  # … other capitals are kept
+    curly = noise.curly_typography('He said "yes" - it\'s done -- now.', 1.0, random.Random(0))
+    assert curly == "He said “yes” – it’s done – now."
+    words = NEWS.split()
+    for seed in range(20):
+        cut = noise.truncate(NEWS, 1.0, random.Random(seed)).split()
+        assert 0.4 * len(words) - 1 <= len(cut) <= 0.95 * len(words)
+        assert cut[:-1] == words[: len(cut) - 1] and not cut[-1].endswith((".", ",", "!", "?"))
+    assert noise.truncate("too short to cut here", 1.0, random.Random(0)) == "too short to cut here"
+    for seed in range(10):
+        out = noise.typos("make peace in big banks", 1.0, random.Random(seed)).split()
+        assert [w for w in out if w in ("in", "big")] == ["in", "big"]  # words under four letters stay
+        assert not {"make", "peace", "banks"} & set(out)  # every longer word is misspelt
+    spelt = {noise.typos("banker", 1.0, random.Random(seed)) for seed in range(200)}
+    assert "b a nker" in spelt  # spaced out
+    assert any(len(w) == 5 for w in spelt)  # a letter dropped
+    assert any(len(w) == 6 and sorted(w) == sorted("banker") and w != "banker" for w in spelt)  # two swapped
+    assert any(len(w) == 7 and " " not in w for w in spelt)  # a letter doubled or a vowel inserted
+
+
+def test_noise_rejects_bad_strength_and_operations():
+    with pytest.raises(ValueError, match="strength"):
+        noise.noise_augment(NEWS, 1.5, random.Random(0))
+    with pytest.raises(ValueError, match="unknown noise operation 'shuffle'"):
+        noise.noise_augment(NEWS, 0.5, random.Random(0), operations=["shuffle"])
+    assert noise.noise_augment(NEWS, 1.0, random.Random(0), COMMON, ["typography"]) == (
+        noise.curly_typography(NEWS, noise.FULL_RATES["typography"], random.Random(0))
+    )
+
+
+NOISE_TOKENS = [
+    "Bush",
+    "said,",
+    "(Reuters)",
+    "AP -",
+    "2004",
+    "$1.5",
+    "Monday.",
+    "IBM's",
+    '"quoted"',
+    "--",
+    "The",
+    "é",
+    "x.",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(min_size=0, max_size=80),
+        st.lists(
+            st.sampled_from(NOISE_TOKENS),
+            min_size=1,
+            max_size=14,
+        ).map(" ".join),
+    ),
+    seed=st.integers(0, 2**16),
+    strength=st.floats(0, 1),
+)
+def test_noise_never_fails_and_never_empties_a_text(text, seed, strength):
+    out = noise.noise_augment(text, strength, random.Random(seed))
+    assert isinstance(out, str)
+    assert out.strip() if text.strip() else out == text
+
+
+def test_noise_file_keeps_labels_and_is_deterministic(tmp_path, tiny_csv):
+    outs = []
+    for name in ("a.csv", "b.csv"):
+        code, stdout, err = run_augment_cli(
+            "--method", "noise", "--input", tiny_csv, "--output", tmp_path / name, "--copies", "2",
+            "--strength", "0.7", "--seed", "3", "--no-keep-original",
+        )  # fmt: skip
+        assert code == 0, err
+        outs.append((tmp_path / name).read_text())
+    assert outs[0] == outs[1]
+    src, df = pd.read_csv(tiny_csv), pd.read_csv(tmp_path / "a.csv")
+    assert set(df.source) == {"noise"} and len(df) > len(src)
+    assert (df.label.to_numpy() == src.label.to_numpy()[df.parent.astype(int)]).all()
+    assert (df.text.to_numpy() != src.text.to_numpy()[df.parent.astype(int)]).all()
+    code, stdout, err = run_augment_cli(
+        "--method", "noise", "--input", tiny_csv, "--output", tmp_path / "z.csv", "--strength", "0"
+    )
+    assert code == 0 and f"{len(src)} rows in, 0 rows added" in stdout, err
+
+
+def test_real_ag_news_noise_200_rows(data_dir, tmp_path):
+    rows = pd.read_csv(data_dir / "ag_news" / "train.csv", nrows=200)
+    src = tmp_path / "ag200.csv"
+    rows.to_csv(src, index=False)
+    out = tmp_path / "ag200-noise.csv"
+    code, _, err = run_augment_cli("--method", "noise", "--input", src, "--output", out, "--no-keep-original")
+    assert code == 0, err
+    added = pd.read_csv(out)
+    assert len(added) >= 190  # at the default strength nearly every text changes
+    assert (added.label.to_numpy() == rows.label.to_numpy()[added.parent.astype(int)]).all()
+    joined = " ".join(added.text)
+    assert "#39;" not in joined and "quot;" not in joined
+    tags = lambda texts: sum("(Reuters)" in t or "(AP)" in t for t in texts)  # noqa: E731
+    assert tags(added.text) < 0.8 * tags(rows.text)  # agency tags are stripped at the default strength
+
+
 # --- files and errors ----------------------------------------------------------------------------------------------
 
 
@@ -319,7 +519,10 @@ def test_chained_augmentation_keeps_provenance(wordnet_ready, tmp_path, tiny_csv
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--method", "synonim"], "--method: 'synonim' is not one of synonym, eda, generate (did you mean"),
+        (
+            ["--method", "synonim"],
+            "--method: 'synonim' is not one of synonym, eda, noise, generate (did you mean",
+        ),
         (["--method", "eda", "--rate", "1.5"], "--rate must be a fraction in [0, 1]"),
         (["--method", "eda", "--copies", "0"], "--copies must be at least 1"),
         (["--method", "eda", "--input", "missing.csv"], "--input: file"),
@@ -328,6 +531,12 @@ def test_chained_augmentation_keeps_provenance(wordnet_ready, tmp_path, tiny_csv
         (["--method", "eda", "--output", "nodir/out.csv"], "--output: folder"),
         (["--method", "eda", "--output", "out.xlsx"], "--output: 'out.xlsx' has an unknown format"),
         (["--method", "eda", "--output", "train.csv"], "is the --input file"),
+        (["--method", "noise", "--strength", "1.5"], "--strength must be in [0, 1]"),
+        (["--method", "noise", "--strength", "-0.1"], "--strength must be in [0, 1]"),
+        (["--method", "eda", "--strength", "0.4"], "--strength applies to --method noise only"),
+        (["--method", "noise", "--copies", "0"], "--copies must be at least 1"),
+        (["--method", "noise", "--output", "train.csv"], "is the --input file"),
+        (["--method", "noise", "--text-column", "body"], "no column 'body'"),
         (["--method", "generate", "--per-class", "0"], "--per-class must be at least 1"),
         (["--method", "generate", "--min-words", "9", "--max-words", "3"], "--min-words/--max-words"),
         (["--method", "generate", "--prompts", "nope.yaml"], "--prompts: file"),

@@ -145,3 +145,220 @@ def test_int8_profile_reports_the_limit_and_the_operators(tmp_path, tiny_bert_di
     rate = float(out.split("scoring: ")[1].split()[0])
     assert limit > 0 and rate > 0, out
     assert "% of the limit" in out and "MatMul" in out.split("by operator:")[1], out
+
+
+# --- shifted development sets: benchmarks/shift_sets.py and benchmarks/kaggle_dev.py -------------------------------
+
+
+def load_script(name: str):
+    """A benchmarks/ script as a module, so that its functions are tested directly."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_test_csv(path, per_class: int = 40):
+    """A test.csv with AG News's quirks in its descriptions, ``per_class`` rows of each label 1-4."""
+    import pandas as pd
+
+    quirks = [
+        "Nasa #39;s newest project. It was &lt;b&gt;big&lt;/b&gt; news for AT amp;T, which didn't say quot;yes quot;.",
+        "Oracle Corp. raised its offer by \\$1.5 billion on Sept. 30. He is No. 1 in the U.S. market.",
+        "SINGAPORE (Reuters) - Oil prices rose on Monday as traders bought\\contracts for the #36;50 mark",
+        "Kenneth Bigley of Medtronic said the 2004 plan - a big one - works. I.B.M. is next.",
+    ]
+    rows = [
+        (label, f"Title {i} of class {label}", quirks[i % 4])
+        for i in range(per_class)
+        for label in (1, 2, 3, 4)
+    ]
+    pd.DataFrame(rows, columns=["label", "title", "description"]).to_csv(path, index=False)
+    return path
+
+
+def test_description_only_tokenised_matches_ood_unlabeled_format():
+    shift_sets = load_script("shift_sets")
+    fmt = shift_sets.description_only_tokenised
+    # "#39;" dropped, escaped markup removed with its text kept, "quot;"/"amp;" split, Treebank tokens.
+    assert fmt(
+        "Nasa #39;s newest project. It was &lt;b&gt;big&lt;/b&gt; news for AT amp;T, which didn't say quot;yes quot;."
+    ) == ("Nasa s newest project .\tIt was big news for AT amp ; T , which did n't say quot ; yes quot ; .")
+    # Sentences split as Punkt splits them: not after Corp., Sept. or U.S.; after "No." and an unknown initialism.
+    assert fmt(
+        "Oracle Corp. raised its offer by \\$1.5 billion on Sept. 30. He is No. 1 in the U.S. market. I.B.M. is next"
+    ) == (
+        "Oracle Corp. raised its offer by $ 1.5 billion on Sept. 30 .\tHe is No .\t1 in the U.S. market .\t"
+        "I.B.M .\tis next"
+    )
+    assert fmt("A #36;5 deal\\for AT&T #151; done") == "A $ 5 deal for AT T -- done"
+    assert fmt("") == ""
+
+
+def test_shift_sets_builds_every_set_from_a_fake_test_csv(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    shift_sets = load_script("shift_sets")
+    test = pd.read_csv(fake_test_csv(tmp_path / "test.csv"))
+    prior = {1: 0.55, 2: 0.15, 3: 0.15, 4: 0.15}
+    sets = shift_sets.build_sets(test, seed=3, strength=0.6, prior=prior)
+    assert list(sets) == list(shift_sets.SETS)
+    for name, frame in sets.items():
+        assert list(frame.columns) == ["label", "text"], name
+    assert sets["clean"]["text"].tolist() == (test.title + " " + test.description).tolist()
+    assert sets["title_only"]["text"].tolist() == test.title.tolist()
+    assert all(
+        frame["label"].tolist() == test.label.tolist() for n, frame in sets.items() if n != "prior_shift"
+    )
+    tokenised = sets["description_only_tokenised"]["text"]
+    assert tokenised[0] == shift_sets.description_only_tokenised(test.description[0])
+    assert not tokenised.str.contains("Title").any()
+    one_sentence = test.description.str.startswith("SINGAPORE")  # the only one-sentence description
+    assert (tokenised.str.contains("\t") == ~one_sentence).all()
+    noised = sets["noised"]["text"]
+    assert (noised != sets["clean"]["text"]).mean() > 0.9
+    again = shift_sets.build_sets(test, seed=3, strength=0.6, prior=prior)["noised"]["text"]
+    assert again.tolist() == noised.tolist()  # seeded
+    plain = shift_sets.build_sets(test, seed=3, strength=0.0, prior=prior)["noised"]["text"]
+    from loraclf.config.recipe import CleanConfig
+    from loraclf.data.clean import clean_texts
+
+    assert plain.tolist() == clean_texts(
+        sets["clean"]["text"].tolist(), CleanConfig()
+    )  # strength 0: cleaned only
+    assert "#39;" not in " ".join(noised) and "&lt;" not in " ".join(noised)  # noise works on decoded text
+    # 40 rows a class and 55/15/15/15: all 40 of label 1 and 10 of each other label, in test.csv's order.
+    shifted = sets["prior_shift"]
+    assert shifted["label"].value_counts().sort_index().tolist() == [40, 10, 10, 10]
+    keep = shift_sets.prior_shift(test.label.to_numpy(), prior, np.random.default_rng(3))
+    assert (np.diff(keep) > 0).all() and shifted["text"].tolist() == sets["clean"]["text"][keep].tolist()
+
+
+def test_prior_shift_errors_and_parse_prior():
+    import numpy as np
+    import pytest
+
+    shift_sets = load_script("shift_sets")
+    labels = np.array([1, 1, 2, 2, 3, 3])
+    with pytest.raises(ValueError, match="no rows with label 4"):
+        shift_sets.prior_shift(labels, {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25}, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="sum to 1"):
+        shift_sets.prior_shift(labels, {1: 0.5, 2: 0.6}, np.random.default_rng(0))
+    assert shift_sets.parse_prior("55,15,15,15") == {1: 0.55, 2: 0.15, 3: 0.15, 4: 0.15}
+    assert shift_sets.parse_prior("2,1,1,0") == {1: 0.5, 2: 0.25, 3: 0.25, 4: 0.0}
+    with pytest.raises(SystemExit, match="--prior needs four non-negative shares"):
+        shift_sets.parse_prior("50,50")
+
+
+def test_shift_sets_script_writes_the_files_and_prints_the_mixes(tmp_path):
+    import pandas as pd
+
+    data = tmp_path / "data"
+    (data / "ag_news").mkdir(parents=True)
+    fake_test_csv(data / "ag_news" / "test.csv", per_class=11)
+    out = tmp_path / "sets"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "shift_sets.py"), "--data", str(data), "--out", str(out), "--seed", "1"],
+        capture_output=True, text=True, env=cli_env(), timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    for name in ("clean", "title_only", "description_only_tokenised", "noised", "prior_shift"):
+        frame = pd.read_csv(out / f"{name}.csv")
+        assert list(frame.columns) == ["label", "text"] and len(frame) == (
+            20 if name == "prior_shift" else 44
+        )
+        assert f"{name}.csv" in res.stdout
+    assert "labels 1:55% 2:15% 3:15% 4:15%" in res.stdout  # 11 of label 1, 3 of each other label
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "shift_sets.py"), "--data", str(tmp_path), "--out", str(out)],
+        capture_output=True, text=True, env=cli_env(), timeout=300,
+    )  # fmt: skip
+    assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("shift_sets: ")
+
+
+def test_shift_sets_on_the_real_test_csv(data_dir, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "sets"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "shift_sets.py"), "--data", str(data_dir), "--out", str(out)],
+        capture_output=True, text=True, env=cli_env(), timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    test = pd.read_csv(data_dir / "ag_news" / "test.csv")
+    sets = {
+        name: pd.read_csv(out / f"{name}.csv", keep_default_na=False)
+        for name in load_script("shift_sets").SETS
+    }
+    for name in ("clean", "title_only", "description_only_tokenised", "noised"):
+        assert len(sets[name]) == len(test) and sets[name]["label"].tolist() == test.label.tolist(), name
+        assert (sets[name]["text"].str.strip() != "").all(), name
+    shares = sets["prior_shift"]["label"].value_counts(normalize=True).sort_index()
+    assert abs(shares[1] - 0.55) < 0.002 and all(abs(shares[k] - 0.15) < 0.002 for k in (2, 3, 4))
+    assert len(sets["prior_shift"]) > 2000
+    # The ood_unlabeled.csv format: tab-separated sentences in about a quarter of the rows, as there; no "&", no
+    # backslash, no title; and about as many rows cut mid-sentence as there.
+    tok = sets["description_only_tokenised"]["text"]
+    assert 0.18 < tok.str.contains("\t").mean() < 0.30
+    assert not tok.str.contains("&", regex=False).any() and not tok.str.contains("\\", regex=False).any()
+    assert 0.07 < 1 - tok.str.rstrip().str.contains(r"(?:[.!?]|'')$").mean() < 0.17
+    assert (sets["noised"]["text"] != sets["clean"]["text"]).mean() > 0.95
+
+
+def test_kaggle_dev_labels_are_the_documented_sample():
+    import numpy as np
+    import pandas as pd
+
+    labels = pd.read_csv(REPO / "benchmarks" / "data" / "kaggle_dev.csv")
+    assert list(labels.columns) == ["id", "label", "machine", "unsure"]  # ids and labels only, no text
+    expected = np.sort(np.random.default_rng(2026).choice(8000, 400, replace=False))
+    assert labels["id"].tolist() == expected.tolist()  # the draw benchmarks/data/README.md states
+    assert set(labels["label"]) == {1, 2, 3, 4} and set(labels["machine"]) == set(labels["unsure"]) == {0, 1}
+    readme = (REPO / "benchmarks" / "data" / "README.md").read_text()
+    counts = labels.groupby("label")["machine"].agg(["size", "sum"])
+    for label, row in counts.iterrows():  # the README's table agrees with the file
+        assert (
+            f"| {label} " in readme
+            and f"| {row['size']} | {row['size'] - row['sum']} | {row['sum']} |" in readme
+        )
+    assert f"{int(labels['machine'].sum())} machine-written" in readme
+    assert f"{int(labels['unsure'].sum())} unsure" in readme
+
+
+def test_kaggle_dev_joins_labels_and_texts(tmp_path):
+    import pandas as pd
+    import pytest
+
+    kaggle_dev = load_script("kaggle_dev")
+    labels = pd.DataFrame({"id": [2, 0, 5], "label": [1, 4, 2], "machine": [1, 0, 1], "unsure": [0, 0, 1]})
+    texts = pd.DataFrame({"id": range(6), "text": [f"text {i}" for i in range(6)]})
+    sets = kaggle_dev.dev_sets(labels, texts)
+    assert sets["all"].to_dict("list") == {"label": [1, 4, 2], "text": ["text 2", "text 0", "text 5"]}
+    assert sets["real"].to_dict("list") == {"label": [4], "text": ["text 0"]}
+    assert sets["machine"]["text"].tolist() == ["text 2", "text 5"]
+    assert kaggle_dev.dev_sets(labels, texts, exclude_unsure=True)["machine"]["text"].tolist() == ["text 2"]
+    with pytest.raises(SystemExit, match="not in the texts file"):
+        kaggle_dev.dev_sets(labels, texts[texts.id != 5])
+    with pytest.raises(SystemExit, match="id 2 is labelled twice"):
+        kaggle_dev.dev_sets(pd.concat([labels, labels.head(1)]), texts)
+
+
+def test_kaggle_dev_on_the_real_file(data_dir, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "dev"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "kaggle_dev.py"), "--data", str(data_dir), "--out", str(out)],
+        capture_output=True, text=True, env=cli_env(), timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    labels = pd.read_csv(REPO / "benchmarks" / "data" / "kaggle_dev.csv")
+    kaggle = pd.read_csv(data_dir / "ag_news" / "kaggle_test.csv").set_index("id")
+    frames = {name: pd.read_csv(out / f"{name}.csv") for name in ("all", "real", "machine")}
+    assert len(frames["all"]) == 400 and len(frames["machine"]) == int(labels.machine.sum())
+    assert len(frames["real"]) + len(frames["machine"]) == 400
+    assert frames["all"]["text"].tolist() == kaggle.loc[labels["id"], "text"].tolist()
+    assert frames["all"]["label"].tolist() == labels["label"].tolist()

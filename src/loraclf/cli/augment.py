@@ -1,8 +1,9 @@
 """The ``augment`` command, registered on the main ``loraclf`` parser by :func:`add_command`.
 
-``loraclf augment --method synonym|eda|generate --input FILE --output FILE [options]`` writes the input rows plus
-augmented rows, with a ``source`` provenance column; the methods are described in :mod:`loraclf.toolbox.augment` (synonym,
-EDA) and :mod:`loraclf.toolbox.generate` (adapted-LM generation).
+``loraclf augment --method synonym|eda|noise|generate --input FILE --output FILE [options]`` writes the input rows
+plus augmented rows, with a ``source`` provenance column; the methods are described in :mod:`loraclf.toolbox.augment`
+(synonym, EDA), :mod:`loraclf.toolbox.noise` (noise imitating machine-written news) and
+:mod:`loraclf.toolbox.generate` (adapted-LM generation).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import argparse
 EXAMPLES = """examples:
   loraclf augment --method synonym --input train.csv --output train+syn.csv --rate 0.1 --copies 1
   loraclf augment --method eda --input train.csv --output train+eda.csv --rate 0.1 --copies 4
+  loraclf augment --method noise --input train.csv --output noise.csv --no-keep-original --strength 0.4
+  loraclf train --train train.csv --train noise.csv --out runs/noise ...    # the noised rows as a second file
   loraclf augment --method generate --lm gpt2 --input train.csv --target ood_unlabeled.csv \\
       --per-class 500 --filter-run runs/minilm --output train+gen.csv
 
@@ -23,12 +26,12 @@ def add_command(sub) -> None:
     """Register the ``augment`` subcommand on an argparse subparsers object (its parser class is kept)."""
     p = sub.add_parser(
         "augment",
-        help="add synonym, EDA or LM-generated rows to a labelled data file",
+        help="add synonym, EDA, noised or LM-generated rows to a labelled data file",
         description="Augment a labelled data file; the output keeps a `source` provenance column.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--method", required=True, help="synonym | eda | generate")
+    p.add_argument("--method", required=True, help="synonym | eda | noise | generate")
     p.add_argument(
         "--input", required=True, metavar="FILE", help="labelled data file (csv, tsv, jsonl, parquet)"
     )
@@ -56,7 +59,7 @@ def add_command(sub) -> None:
 
 def _word_flags(p) -> None:
     """Options of the WordNet methods (synonym replacement, EDA)."""
-    g = p.add_argument_group("synonym and eda")
+    g = p.add_argument_group("synonym, eda and noise")
     g.add_argument(
         "--rate",
         metavar="R",
@@ -64,7 +67,20 @@ def _word_flags(p) -> None:
         default=0.1,
         help="synonym: share of eligible words replaced; eda: alpha, the strength of each operation (0.1)",
     )
-    g.add_argument("--copies", type=int, default=1, metavar="N", help="augmented copies per input row (1)")
+    g.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        metavar="N",
+        help="augmented copies per input row, also for noise (1)",
+    )
+    g.add_argument(
+        "--strength",
+        metavar="S",
+        type=float,
+        help="noise: 0 (unchanged) to 1 (every perturbation at its full rate); default 0.4, which matches "
+        "the machine-written rows of kaggle_test.csv",
+    )
 
 
 def _generate_flags(p) -> None:

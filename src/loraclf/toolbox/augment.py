@@ -14,14 +14,19 @@ Methods (``loraclf augment --method …``):
     random deletion of each word with probability alpha (never of every word).
 ``generate``
     Class-conditioned samples from an adapted causal LM: :mod:`loraclf.toolbox.generate`.
+``noise``
+    Seeded perturbations that imitate the machine-written rows of the competition's test file (dropped, swapped
+    and repeated words, invented names, anachronistic dates, typos, run-on sentences, truncation) at a strength
+    from 0 to 1: :mod:`loraclf.toolbox.noise`. Names are told from words by the whole input's vocabulary.
 
 Every input row draws from its own ``random.Random`` seeded with (seed, row index), so a row's copies do not depend
-on the other rows and one seed always writes the same file. Augmentation works on texts after loraclf's default
+on the other rows (except, for ``noise``, through the input's vocabulary that tells names from words) and one seed
+always writes the same file. Augmentation works on texts after loraclf's default
 cleaning (HTML entities decoded, whitespace collapsed), so that scraper remnants such as ``quot;`` or ``&lt;`` are
 never taken for words; original rows are copied verbatim. Copies identical to their original or to an earlier copy
 are dropped: they would only re-weight the row.
 
-The output table has the columns ``text``, ``label``, ``source`` (``original``, ``synonym``, ``eda`` or
+The output table has the columns ``text``, ``label``, ``source`` (``original``, ``synonym``, ``eda``, ``noise`` or
 ``generate``) and ``parent`` (0-based row of the original an augmented row was made from; originals come first, so
 this is also its row in the output), plus ``prompt`` (and ``confidence`` with a filter) for generated rows. An input
 that already has a ``source`` column, such as an earlier ``augment`` output, keeps its provenance columns.
@@ -34,6 +39,7 @@ import random
 import re
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +51,7 @@ from loraclf.data.tables import raw_labels, texts_of
 from loraclf.utils.errors import UserError, did_you_mean
 from loraclf.utils.files import atomic_path
 
-METHODS = ("synonym", "eda", "generate")
+METHODS = ("synonym", "eda", "noise", "generate")
 EDA_OPERATIONS = ("replace", "insert", "swap", "delete")
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".ndjson", ".parquet", ".pq")
 PROVENANCE = ("source", "parent", "prompt", "confidence")
@@ -183,9 +189,15 @@ def eda_augment(
 def augment_rows(texts: list[str], method: str, copies: int, rate: float, seed: int) -> tuple[list, int]:
     """(parent row, new text) pairs for ``copies`` copies of every text, and the number of dropped copies.
 
-    Copies equal to their original or to an earlier copy of the same row are dropped.
+    ``rate`` is the synonym rate, EDA's alpha, or the noise strength. Copies equal to their original or to an
+    earlier copy of the same row are dropped.
     """
-    fn = synonym_augment if method == "synonym" else eda_augment
+    if method == "noise":
+        from loraclf.toolbox.noise import common_words, noise_augment
+
+        fn = partial(noise_augment, common=common_words(texts))
+    else:
+        fn = synonym_augment if method == "synonym" else eda_augment
     pairs, dropped = [], 0
     for row, text in enumerate(texts):
         rng = random.Random(f"{seed}:{row}")  # a str seed is hashed with SHA-512: stable across processes
@@ -275,6 +287,10 @@ def check_args(args) -> str:
         )
     if not 0 <= args.rate <= 1:
         raise UserError(f"--rate must be a fraction in [0, 1], got {args.rate}")
+    if args.strength is not None and method != "noise":
+        raise UserError(f"--strength applies to --method noise only; {method} takes --rate")
+    if args.strength is not None and not 0 <= args.strength <= 1:
+        raise UserError(f"--strength must be in [0, 1] (0 leaves texts unchanged), got {args.strength}")
     if args.copies < 1:
         raise UserError(f"--copies must be at least 1, got {args.copies}")
     if method == "generate":
@@ -326,6 +342,12 @@ def target_texts(args, texts: list[str]) -> list[str]:
     return target
 
 
+def _noise_strength(args) -> float:
+    from loraclf.toolbox.noise import DEFAULT_STRENGTH
+
+    return DEFAULT_STRENGTH if args.strength is None else args.strength
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -347,7 +369,8 @@ def run_augment(args) -> int:
         target = target_texts(args, texts) if args.lm_epochs > 0 else []
         new_rows, note = run_generate(args, texts, labels, target, log=None if args.quiet else log)
     else:
-        pairs, dropped = augment_rows(texts, method, args.copies, args.rate, args.seed)
+        rate = args.rate if method != "noise" else _noise_strength(args)
+        pairs, dropped = augment_rows(texts, method, args.copies, rate, args.seed)
         new_rows = [{"text": t, "label": labels[p], "source": method, "parent": p} for p, t in pairs]
         note = f"{dropped:,} unchanged or repeated copies dropped"
     frame = output_frame(df, raw, labels, new_rows, args.keep_original)
