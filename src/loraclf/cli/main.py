@@ -1,8 +1,8 @@
 """The ``loraclf`` command line: the top-level parser, argument checks and dispatch to one module per command group.
 
 ``plan`` (cli/plan.py), ``train`` (cli/train.py), ``evaluate`` and ``predict`` (cli/predict.py), ``report`` and
-``runs``, ``augment``, ``pseudo-label`` and ``compare``, ``export`` each register their parser and their handler.
-Recipe flags are shortcuts for recipe keys (``--rank`` is ``adapter.r``), derived from the recipe dataclasses in
+``runs``, ``augment``, ``pseudo-label`` and ``compare``, ``export``, ``sweep`` and ``serve`` each register their
+parser and their handler. Recipe flags are shortcuts for recipe keys (``--rank`` is ``adapter.r``), derived from the recipe dataclasses in
 cli/args.py; any key can also be set with a trailing ``key.sub=value`` override.
 
 Flags are never abbreviated: argparse's prefix matching would take ``--epoch 1`` for ``--epochs``, so every parser
@@ -19,10 +19,10 @@ import os
 import sys
 import time
 
-from loraclf.cli import augment, export, plan, predict, report, sweep, toolbox, train
+from loraclf.cli import augment, export, plan, predict, report, serve, sweep, toolbox, train
 from loraclf.utils.errors import UserError
 
-GROUPS = (plan, train, predict, report, augment, toolbox, export, sweep)
+GROUPS = (plan, train, predict, report, augment, toolbox, export, sweep, serve)
 
 
 class Parser(argparse.ArgumentParser):
