@@ -182,7 +182,7 @@ def test_answers_are_loraclf_predicts(shared, runs, tmp_path, name):
     )
 
 
-def test_backbone_is_shared_and_what_training_changed_is_not(shared):
+def test_backbone_is_shared_and_what_training_changed_is_not(shared, runs):
     status, _, info = call("GET", shared.url("/info"), headers=AUTH)
     assert status == 200
     models = {m["name"]: m for m in info["models"]}
@@ -193,6 +193,16 @@ def test_backbone_is_shared_and_what_training_changed_is_not(shared):
     # PiSSA rewrote the query/value matrices (r=4 of their singular vectors moved into the adapter): it keeps those.
     assert models["pissa"]["own_bytes"] > models["lora"]["own_bytes"] + 2 * 2 * 32 * 32 * 4 * 0.9
     assert all("backbone shared" in m["engine"] for m in models.values())
+    for name in ("lora", "dora", "ia3", "prompt", "bitfit"):  # each adds exactly what it trained
+        assert models[name]["own_bytes"] == _trained_bytes(runs["served"] / name), name
+    # VeRA also holds its frozen random projections (r × the widest matrix, twice), made from a fixed seed.
+    assert models["vera"]["own_bytes"] == _trained_bytes(runs["served"] / "vera") + 2 * 4 * 32 * 4
+
+
+def _trained_bytes(run: Path) -> int:
+    from safetensors.torch import load_file
+
+    return sum(t.numel() * t.element_size() for t in load_file(str(run / "model.safetensors")).values())
 
 
 def test_wire_formats(shared):
@@ -373,6 +383,29 @@ def test_a_run_added_to_the_folder_is_served_without_a_restart(shared, runs):
     _, _, original = post(shared, "/models/ia3/predict", {"inputs": TEXTS[0]})
     assert status == 200 and added == original
     assert len(shared.log("loaded 'added'")) == 1
+
+
+def test_a_scan_refuses_once_retries_after_a_change_and_loads_a_run_once(runs, tmp_path, capsys):
+    from loraclf.serving.registry import Registry
+
+    folder = tmp_path / "runs"
+    shutil.copytree(runs["served"] / "ia3", folder / "good")
+    shutil.copytree(runs["served"] / "broken", folder / "bad")
+    (folder / "notes").mkdir()  # not a run folder: passed over in silence
+    registry = Registry("cpu", "fp32", share=True)
+    registry.watch(folder)
+    scans = [threading.Thread(target=registry.scan) for _ in range(2)]  # a miss and the periodic scan at once
+    for t in scans:
+        t.start()
+    for t in scans:
+        t.join(120)
+    registry.scan()
+    assert set(registry.members) == {"good"} and "safetensors" in registry.refusal("bad")
+    log = capsys.readouterr().err
+    assert log.count("loaded 'good'") == 1 and log.count("refused run 'bad'") == 1, log
+    assert "notes" not in log and "two run folders" not in log
+    shutil.copy(runs["served"] / "lora" / "model.safetensors", folder / "bad" / "model.safetensors")
+    assert registry.scan() == ["bad"] and registry.refusal("bad") is None
 
 
 # --- one run, its int8 graph; a full queue; the drain -----------------------------------------------------------

@@ -168,6 +168,9 @@ class Registry:
         self.refused: dict[str, tuple[tuple, str]] = {}
         self.folders: list[Path] = []
         self._lock = threading.Lock()
+        # One scan at a time (a request's miss and the periodic scan may meet): the second then finds the runs the
+        # first loaded instead of loading them again under a taken name.
+        self._scan_lock = threading.Lock()
         self._tokenizers: dict[str, tuple] = {}
         self._weights = None
 
@@ -268,26 +271,29 @@ class Registry:
         Returns:
             The names loaded by this scan.
         """
+        with self._scan_lock:
+            return [name for folder in self.folders for name in self._scan(folder)]
+
+    def _scan(self, folder: Path) -> list[str]:
+        try:
+            entries = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError as exc:
+            note(f"cannot read --runs folder '{folder}' ({type(exc).__name__}); serving the runs loaded")
+            return []
         added = []
-        for folder in self.folders:
+        for sub in entries:
+            if sub.name in self.members or not (sub / "run.json").exists():
+                continue  # loaded already, or not a run folder at all (a logs folder, say)
+            signature = _signature(sub)
+            if self.refused.get(sub.name, (None,))[0] == signature:
+                continue  # refused before and unchanged since
             try:
-                entries = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-            except OSError as exc:
-                note(f"cannot read --runs folder '{folder}' ({type(exc).__name__}); serving the runs loaded")
-                continue
-            for sub in entries:
-                if sub.name in self.members or not (sub / "run.json").exists():
-                    continue  # loaded already, or not a run folder at all (a logs folder, say)
-                signature = _signature(sub)
-                if self.refused.get(sub.name, (None,))[0] == signature:
-                    continue  # refused before and unchanged since
-                try:
-                    self.add(sub)
-                    self.refused.pop(sub.name, None)
-                    added.append(sub.name)
-                except UserError as exc:
-                    self.refused[sub.name] = (signature, str(exc))
-                    note(f"refused run '{sub.name}': {exc}")
+                self.add(sub)
+                self.refused.pop(sub.name, None)
+                added.append(sub.name)
+            except UserError as exc:
+                self.refused[sub.name] = (signature, str(exc))
+                note(f"refused run '{sub.name}': {exc}")
         return added
 
 

@@ -5,7 +5,8 @@ A run's classifier is rebuilt exactly as ``loraclf predict`` builds it unmerged
 peft wrapper, the run's trained weights. That is one full backbone per run. :class:`SharedWeights` then walks the
 rebuilt model and, for every parameter and buffer that is bit-for-bit the pretrained backbone's, puts the one shared
 tensor in its place; the run's duplicate is freed. What stays the run's own is what its training changed: adapter
-matrices, the trained head, BitFit's biases, PiSSA's residual weights, all of a fully fine-tuned model. So each
+matrices, the trained head, BitFit's biases, PiSSA's residual weights, all of a fully fine-tuned model (and VeRA's
+frozen random projections, which peft makes per model from a fixed seed). So each
 served run costs about its ``model.safetensors``, and a run that changed the backbone itself (``full``, or an
 initialisation that rewrites the base weights) keeps its own copy of what it changed, which the load line reports.
 
