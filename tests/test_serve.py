@@ -525,3 +525,28 @@ def test_two_runs_with_one_name_are_refused(runs, tmp_path):
     res = run_cli("serve", runs["served"] / "lora", other)
     assert res.returncode == 2 and "two run folders are named 'lora'" in res.stderr
     assert os.path.isdir(other)
+
+
+# --- the load benchmark's mechanics -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_load_benchmark_runs_on_a_tiny_run(runs, tmp_path):
+    """benchmarks/serve_load.py end to end on a tiny run (the numbers come only from real runs, benchmarks/README)."""
+    from conftest import REPO
+
+    data = write_text_csv(tmp_path / "texts.csv", 24, seed=9)
+    res = subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "serve_load.py"), "--run", str(runs["served"] / "lora"),
+            "--data", str(data), "--requests", "12", "--warmup", "2", "--concurrency", "1,3", "--adapters", "2",
+            "--memory", "1,2", "--workdir", str(tmp_path / "work"),
+        ],
+        capture_output=True, text=True, env=cli_env(), timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    assert re.search(r"`loraclf predict`: [\d,.]+ rows/s", out), out
+    for row in ("| one int8 run | 1 |", "| one int8 run | 3 |", "| 2 adapters, one backbone | 3 |", "| 2 | "):
+        assert row in out, out
+    assert len(list((tmp_path / "work" / "memory-2").iterdir())) == 2
