@@ -186,7 +186,7 @@ def test_backbone_is_shared_and_what_training_changed_is_not(shared, runs):
     status, _, info = call("GET", shared.url("/info"), headers=AUTH)
     assert status == 200
     models = {m["name"]: m for m in info["models"]}
-    assert set(models) == set(SERVED), "the damaged run must not be listed"
+    assert set(SERVED) <= set(models) and "broken" not in models, "the damaged run must not be listed"
     backbone = models["lora"]["shared_bytes"]
     for name in ("lora", "dora", "prompt", "bitfit"):
         assert models[name]["shared_bytes"] > 0.9 * backbone, models[name]
@@ -408,6 +408,26 @@ def test_a_scan_refuses_once_retries_after_a_change_and_loads_a_run_once(runs, t
     assert registry.scan() == ["bad"] and registry.refusal("bad") is None
 
 
+def test_serving_never_writes_into_the_shared_backbone(runs, tiny_bert_dir):
+    """PiSSA rewrites the weights it adapts while its model is built, BitFit trains biases: loading and scoring
+    them must leave every shared tensor equal to the pretrained backbone's."""
+    import torch
+    from transformers import AutoModel
+
+    from loraclf.serving.registry import Registry
+
+    registry = Registry("cpu", "fp32", share=True)
+    for name in ("lora", "pissa", "bitfit", "prompt", "dora"):
+        member = registry.add(runs["served"] / name)
+        member.logits(member.encode(TEXTS))
+    pool = next(iter(registry._weights._pools.values()))
+    model = AutoModel.from_pretrained(tiny_bert_dir)
+    fresh = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    assert pool.keys() == fresh.keys()
+    for key, tensor in pool.items():
+        assert torch.equal(tensor, fresh[key]), key
+
+
 # --- one run, its int8 graph; a full queue; the drain -----------------------------------------------------------
 
 
@@ -506,6 +526,44 @@ def test_command_line_mistakes_are_one_line_and_exit_2(runs, tmp_path, monkeypat
     monkeypatch.setenv("LORACLF_API_KEY", " ")
     res = run_cli("serve", runs["served"] / "lora")
     assert res.returncode == 2 and "LORACLF_API_KEY" in res.stderr
+
+
+_IMPORTS_AFTER_MISTAKES = r"""
+import socket, sys
+from loraclf.cli.main import main
+busy = socket.socket()
+busy.bind(("127.0.0.1", 0))
+busy.listen()
+run, empty = sys.argv[1], sys.argv[2]
+for argv in (["serve"], ["serve", "missing"], ["serve", "--runs", empty], ["serve", run, "--port", str(busy.getsockname()[1])],
+             ["serve", run, "--max-inputs", "20", "--queue-size", "10"], ["serve", "--help"]):
+    try:
+        assert main(argv) == 2, argv
+    except SystemExit as exc:  # --help
+        assert exc.code == 0
+heavy = ("torch", "transformers", "peft", "numpy", "fastapi", "starlette", "uvicorn", "prometheus_client")
+print("HEAVY:" + ",".join(m for m in heavy if m in sys.modules))
+"""
+
+
+def test_command_line_mistakes_import_no_heavy_library(runs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_AFTER_MISTAKES, str(runs["served"] / "lora"), str(tmp_path / "empty")],
+        capture_output=True, text=True, env=cli_env(), timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "HEAVY:", res.stdout[-500:]
+    assert res.stderr.count("loraclf: error: ") == 5, res.stderr
+
+
+def test_a_folder_whose_runs_all_fail_to_load_is_an_error(runs, tmp_path):
+    folder = tmp_path / "only-broken"
+    shutil.copytree(runs["served"] / "broken", folder / "broken")
+    res = run_cli("serve", "--runs", folder, "--port", "0")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and "refused run 'broken'" in lines[0], res
+    assert lines[-1].startswith("loraclf: error: --runs: no run in") and len(lines) == 2
 
 
 def test_missing_serving_libraries_name_the_extra(runs, monkeypatch):

@@ -127,8 +127,8 @@ class Batcher:
                 await self._run(jobs)
 
     def _take(self, name: str, queue: deque[Job]) -> list[Job]:
-        """Whole requests from the front of ``queue`` up to the token budget (at least one); requests whose
-        client has gone are dropped unscored."""
+        """Whole requests from the front of ``queue`` up to the token budget (at least one); cancelled requests
+        are dropped unscored."""
         jobs, tokens = [], 0
         while queue and (not jobs or tokens + queue[0].tokens <= self.max_tokens):
             job = queue.popleft()
