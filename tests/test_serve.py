@@ -44,6 +44,7 @@ SERVED = {
     "bitfit": ["--method", "bitfit"],
 }
 SERVED["pissa"] = ["--method", "lora", "adapter.init=pissa"]  # rewrites the base weights it adapts
+SERVED["full"] = ["--method", "full"]  # changed every weight: shares nothing, a separate copy
 TEXTS = [f"{r[1]} {r[2]}" for r in make_rows(16, seed=7)]
 
 
@@ -193,6 +194,11 @@ def test_backbone_is_shared_and_what_training_changed_is_not(shared, runs):
     # PiSSA rewrote the query/value matrices (r=4 of their singular vectors moved into the adapter): it keeps those.
     assert models["pissa"]["own_bytes"] > models["lora"]["own_bytes"] + 2 * 2 * 32 * 32 * 4 * 0.9
     assert all("backbone shared" in m["engine"] for m in models.values())
+    assert models["full"]["shared_bytes"] == 0 and models["full"]["own_bytes"] >= backbone
+    assert (
+        len(shared.log("loaded 'full'")) == 1
+        and "shares no backbone weights" in shared.log("loaded 'full'")[0]
+    )
     for name in ("lora", "dora", "ia3", "prompt", "bitfit"):  # each adds exactly what it trained
         assert models[name]["own_bytes"] == _trained_bytes(runs["served"] / name), name
     # VeRA also holds its frozen random projections (r × the widest matrix, twice), made from a fixed seed.
@@ -426,6 +432,16 @@ def test_serving_never_writes_into_the_shared_backbone(runs, tiny_bert_dir):
     assert pool.keys() == fresh.keys()
     for key, tensor in pool.items():
         assert torch.equal(tensor, fresh[key]), key
+
+
+def test_a_backbone_no_run_shares_is_not_kept(runs):
+    from loraclf.serving.registry import Registry
+
+    registry = Registry("cpu", "fp32", share=True)
+    member = registry.add(runs["served"] / "full")
+    assert member.shared_bytes == 0 and registry._weights._pools == {}
+    registry.add(runs["served"] / "lora")
+    assert len(registry._weights._pools) == 1 and registry.get("lora").shared_bytes > 0
 
 
 # --- one run, its int8 graph; a full queue; the drain -----------------------------------------------------------

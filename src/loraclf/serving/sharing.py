@@ -111,9 +111,11 @@ class SharedWeights:
 
     def __init__(self):
         self._pools: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._users: dict[tuple, int] = {}  # runs sharing each pool
 
     def pool(self, recipe: Recipe, device: torch.device) -> dict[str, torch.Tensor]:
-        """The named pretrained tensors of the run's backbone (loaded on first use, then kept)."""
+        """The named pretrained tensors of the run's backbone (loaded on first use, then kept while a run shares
+        them)."""
         key = backbone_key(recipe)
         if key not in self._pools:
             self._pools[key] = self._load(recipe, device)
@@ -141,7 +143,7 @@ class SharedWeights:
             trained: Names of the tensors loaded from the run's ``model.safetensors``; they stay the run's own.
 
         Returns:
-            (bytes now shared with the pool, bytes the run holds on its own).
+            (bytes of weights now shared with the pool, bytes of weights and buffers the run holds on its own).
         """
         drop_untrained_heads(model)
         pool = self.pool(recipe, next(model.parameters()).device)
@@ -153,14 +155,15 @@ class SharedWeights:
                     ref = None if t is None or full in trained else pool.get(tensor_name(full, own_prefixes))
                     if ref is not None and ref is not t and self._same(t, ref):
                         table[leaf] = ref
-        release_free_memory()
         pooled = {id(t) for t in pool.values()}
-        shared = own = 0
-        for t in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values():
-            if id(t) in pooled:
-                shared += _nbytes(t)
-            else:
-                own += _nbytes(t)
+        # Weights count: a shared buffer (the position indices) is a few kB held once per backbone.
+        shared = sum(_nbytes(p) for p in model.parameters() if id(p) in pooled)
+        own = sum(_nbytes(t) for t in [*model.parameters(), *model.buffers()] if id(t) not in pooled)
+        key = backbone_key(recipe)
+        self._users[key] = self._users.get(key, 0) + (shared > 0)
+        if not self._users[key]:  # loaded for a run that shares none of it (a full fine-tune): not kept idle
+            del self._pools[key], self._users[key]
+        release_free_memory()
         return shared, own
 
     @staticmethod
