@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from nltk.tokenize import TreebankWordTokenizer
 
-from loraclf.config.recipe import CleanConfig
+from loraclf.config import CleanConfig
 from loraclf.data.clean import clean_texts
 from loraclf.toolbox.noise import DEFAULT_STRENGTH, common_words, noise_augment
 

@@ -223,7 +223,7 @@ def test_shift_sets_builds_every_set_from_a_fake_test_csv(tmp_path):
     again = shift_sets.build_sets(test, seed=3, strength=0.6, prior=prior)["noised"]["text"]
     assert again.tolist() == noised.tolist()  # seeded
     plain = shift_sets.build_sets(test, seed=3, strength=0.0, prior=prior)["noised"]["text"]
-    from loraclf.config.recipe import CleanConfig
+    from loraclf.config import CleanConfig
     from loraclf.data.clean import clean_texts
 
     assert plain.tolist() == clean_texts(

@@ -1,10 +1,9 @@
 """The ``loraclf`` command line: the top-level parser, argument checks and dispatch to one module per command group.
 
 ``plan`` (cli/plan.py), ``train`` (cli/train.py), ``evaluate`` and ``predict`` (cli/predict.py), ``report`` and
-``runs``, ``augment``, ``pseudo-label`` and ``compare``, ``shift``, ``export`` each register their parser and their
-handler.
-Recipe flags are shortcuts for recipe keys (``--rank`` is ``adapter.r``), derived from the recipe dataclasses in
-cli/args.py; any key can also be set with a trailing ``key.sub=value`` override.
+``runs``, ``augment``, ``pseudo-label`` and ``compare``, ``shift``, ``export``, ``sweep`` and ``serve`` each
+register their parser and their handler. Recipe flags are shortcuts for recipe keys (``--rank`` is ``adapter.r``),
+derived from the recipe dataclasses in cli/args.py; any key can also be set with a trailing ``key.sub=value`` override.
 
 Flags are never abbreviated: argparse's prefix matching would take ``--epoch 1`` for ``--epochs``, so every parser
 is built with ``allow_abbrev=False`` and an unknown flag gets the closest real one as a suggestion. Parsing imports
@@ -21,10 +20,10 @@ import signal
 import sys
 import time
 
-from loraclf.cli import augment, export, plan, predict, report, shift, sweep, toolbox, train
+from loraclf.cli import augment, export, plan, predict, report, serve, shift, sweep, toolbox, train
 from loraclf.utils.errors import UserError
 
-GROUPS = (plan, train, predict, report, augment, toolbox, shift, export, sweep)
+GROUPS = (plan, train, predict, report, augment, toolbox, shift, export, sweep, serve)
 
 
 class Parser(argparse.ArgumentParser):

@@ -82,7 +82,7 @@ def cmd_shift(args) -> int:
     check_data_path(args.input, "--input")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    from loraclf.config.recipe import CleanConfig
+    from loraclf.config import CleanConfig
     from loraclf.data.clean import clean_texts
     from loraclf.data.tables import COLUMN_FLAGS, load_texts
     from loraclf.runfolder.schema import read_labels, read_run_info
