@@ -89,8 +89,8 @@ def test_default_clock_loses_at_most_ten_minutes():
 def _signal_at(monkeypatch, step: int, signum: int = signal.SIGINT, where: str = "accumulate") -> None:
     """Send ``signum`` to this process (as Ctrl-C or a scheduler's SIGTERM does) during optimizer step ``step + 1``.
 
-    ``where="accumulate"``: while its micro-batches run forward and backward (the interruption takes effect at
-    once; the checkpoint is the boundary after step ``step``). ``where="update"``: inside the step's update, where
+    ``where="accumulate"``: once its micro-batches ran forward and backward, drawing their dropout masks (the
+    interruption takes effect at once; the checkpoint is the boundary after step ``step``). ``where="update"``: inside the step's update, where
     signals wait for the update to land (the checkpoint is the boundary after step ``step + 1``).
     """
     from loraclf.training import steps
@@ -100,8 +100,13 @@ def _signal_at(monkeypatch, step: int, signum: int = signal.SIGINT, where: str =
 
     def patched(*args, **kwargs):
         calls[0] += 1
-        if calls[0] == step + 1:
+        if calls[0] != step + 1:
+            return real(*args, **kwargs)
+        if where == "accumulate":  # after the micro-batches drew their dropout masks, before the update
+            out = real(*args, **kwargs)
             os.kill(os.getpid(), signum)
+            return out
+        os.kill(os.getpid(), signum)  # inside the update: the signal waits for it to land
         return real(*args, **kwargs)
 
     monkeypatch.setattr(steps, name, patched)
