@@ -322,6 +322,10 @@ def test_an_error_while_finishing_keeps_the_trained_run_and_says_how_to_finish_i
     monkeypatch.undo()
     assert "could not be reloaded" in line and f"loraclf train --resume {run}" in line, line
     assert (run / "model.safetensors").is_file() and (run / "metrics.jsonl").is_file()
+    monkeypatch.setattr(inference_run, "load", fails)  # a resume that fails the same way keeps it too
+    _error_line(run_cli("train", "--resume", run, "--quiet"))
+    monkeypatch.undo()
+    assert (run / "model.safetensors").is_file() and (run / "run.json").is_file()
     res = run_cli("train", "--resume", run, "--quiet")
     assert res.returncode == 0 and "finishing the run" in res.stderr, res
     assert json.loads((run / "run.json").read_text())["status"] == "complete"

@@ -9,11 +9,12 @@ and every call here is free, so the single-process loop reads as before.
 **Same run at any world size.** The data order is one process's order: ``epoch_batches`` cuts each epoch into
 length-grouped batches of ``train.batch_size`` rows, and ``train.grad_accum`` consecutive batches make one
 optimizer step, at any N. Each rank takes its share of every batch (:meth:`Dist.share`): rows at strided
-positions of the length-sorted batch, so the shares have the same size and length mix. Each rank's loss is the
-mean over its rows times ``n_rank · N / n_step``, where ``n_step`` counts the rows of the whole optimizer step on
-all ranks; DDP then *averages* gradients over ranks, which leaves ``Σ_rows ∇loss / n_step``: the single-process
-gradient of the step's mean loss, exactly, however unevenly the rows divide. A rank whose share of a small batch
-is empty runs one row with weight 0, so every rank makes the same calls and DDP's all-reduce lines up.
+positions of the length-sorted batch, so the shares have the same size and length mix. Each rank's loss is its
+rows' summed loss terms divided by the whole step's totals (its rows on all ranks, and their summed class weights;
+training/steps.py), times N; DDP then *averages* gradients over ranks, which leaves the gradient of the
+single-process loss over the step's rows, for every loss term, however unevenly the rows divide (tested against
+one process taking the whole step, for one to three ranks). A rank whose share of a small batch is empty runs one
+row with weight 0, so every rank makes the same calls and DDP's all-reduce lines up.
 
 With the frozen-layer cache on, a rank caches only the rows it owns (``row % N``) and its share of a batch is
 those rows: the cache then costs 1/N of the memory and compute on each rank, at the price of shares that differ
