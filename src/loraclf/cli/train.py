@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 from loraclf.cli.args import add_recipe_flags, check_recipe, recipe_keys_help, resolve_recipe
@@ -92,6 +93,7 @@ def _read_rows(args):
 
 
 def cmd_train(args) -> int:
+    started = time.monotonic()  # a --time-budget counts the whole command from here
     if args.nproc is not None and args.nproc != 1:
         from loraclf.cli.launch import relaunch  # torch's launcher: only when several processes are asked for
 
@@ -119,7 +121,7 @@ def cmd_train(args) -> int:
             recipe.train.progress = False
         same = recipe.data == checked.data and recipe.train.seed == checked.train.seed
         p = prepare(recipe, args.train, args.eval, rows if same else None)  # rows of other settings: reread
-        m = train(p, out)
+        m = train(p, out, started=started)
     if not m:
         return 0  # a rank other than 0: rank 0 reports
     print(format_report(m))

@@ -178,6 +178,19 @@ class TrainConfig:
 
     epochs: float = opt(3.0, "passes over the training rows (fractions allowed)", "--epochs", ("train",))
     max_steps: int | None = opt(None, "overrides epochs when set")
+    time_budget: float | str | None = opt(
+        None,
+        "the whole command's time: seconds or a duration (90s, 8m, 1h30m); a timed warm-up plans the steps, "
+        "evaluations and rows that fit (train.epochs stays the ceiling) and run.json records the plan, which "
+        "train.max_steps and the other keys it lists reproduce without timing",
+        "--time-budget",
+        ("train",),
+    )
+    replans: list[int] | None = opt(
+        None,
+        "written by a time-budgeted run that fell behind its plan: [step, new total, ...]; at each step the run "
+        "was cut to the new total and the learning rate decays linearly from there to 0 (reproduces that run)",
+    )
     batch_size: int = opt(32, "training rows per batch")
     eval_batch_size: int = opt(
         128, "rows per batch at evaluation and prediction (PyTorch on a CPU: at most 32, measured faster)"

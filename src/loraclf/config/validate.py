@@ -8,6 +8,7 @@ contradict each other. One function per recipe section keeps each list short; :f
 from __future__ import annotations
 
 from loraclf.config.schema import CHOICES, DataConfig, Recipe
+from loraclf.utils.durations import parse_duration
 from loraclf.utils.errors import UserError, did_you_mean
 
 
@@ -66,6 +67,7 @@ def _adapter_checks(recipe: Recipe) -> list[Check]:
 
 def _train_checks(recipe: Recipe) -> list[Check]:
     t = recipe.train
+    parse_duration(t.time_budget)  # raises its own one-line error naming train.time_budget (--time-budget)
     return [
         (
             t.loraplus_lr_ratio is None or t.loraplus_lr_ratio > 0,
@@ -78,6 +80,11 @@ def _train_checks(recipe: Recipe) -> list[Check]:
             f"must be positive, got {t.epochs}",
         ),
         (t.max_steps is None or t.max_steps > 0, "train.max_steps", f"must be positive, got {t.max_steps}"),
+        (
+            t.replans is None or _cuts_ok(t.replans),
+            "train.replans",
+            f"must be [step, new total, ...] with steps rising and each total at least its step, got {t.replans}",
+        ),
         (t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}"),
         (t.eval_batch_size >= 1, "train.eval_batch_size", f"must be at least 1, got {t.eval_batch_size}"),
         (t.lr > 0, "train.lr", f"must be positive, got {t.lr}"),
@@ -108,6 +115,16 @@ def _train_checks(recipe: Recipe) -> list[Check]:
         (0 <= t.seed < 2**32, "train.seed (--seed)", f"must be in [0, 2^32), got {t.seed}"),
         (t.rdrop >= 0, "train.rdrop", f"must be 0 or positive, got {t.rdrop}"),
     ]
+
+
+def _cuts_ok(cuts: list[int]) -> bool:
+    pairs = list(zip(cuts[::2], cuts[1::2]))
+    steps = [step for step, _ in pairs]
+    return (
+        len(cuts) % 2 == 0
+        and all(1 <= step <= total for step, total in pairs)
+        and steps == sorted(set(steps))
+    )
 
 
 def _data_checks(recipe: Recipe) -> list[Check]:

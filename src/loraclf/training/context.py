@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from loraclf.runfolder.metrics_log import MetricsLogger, NullLogger
+from loraclf.training.budget import BudgetPlan
 from loraclf.training.interrupts import Interrupts
 from loraclf.training.prepare import Prepared
 from loraclf.training.session import Session
@@ -26,6 +27,8 @@ class LoopContext:
         window: ``[start, rows]`` of the progress bar's speed, which counts optimisation time only.
         last_save: ``checkpointing.clock()`` at the last checkpoint (time-based saves count from here).
         on_evaluate: ``train()``'s evaluation callback (sweeps report to their pruner through it).
+        budget: The time plan of a budgeted run (training/budget.py) while its deadline is kept, else None.
+        clock: ``time.monotonic()`` when the command started (a budget counts from there).
     """
 
     p: Prepared
@@ -42,3 +45,5 @@ class LoopContext:
     window: list = field(default_factory=lambda: [0.0, 0])
     last_save: float = 0.0
     on_evaluate: Callable[[int, dict], bool] | None = None
+    budget: BudgetPlan | None = None
+    clock: float = 0.0

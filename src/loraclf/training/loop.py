@@ -28,12 +28,14 @@ from loraclf.modeling.adapters import count_parameters
 from loraclf.runfolder.metrics_log import MetricsLogger
 from loraclf.runfolder.schema import read_run_info
 from loraclf.training import checkpointing, distributed, evaluation, steps
+from loraclf.training.budget_run import keep_to_deadline, keep_to_plan, record_plan
 from loraclf.training.context import LoopContext
 from loraclf.training.finish import RunFolder, final_metrics_of, finish, finish_tail
 from loraclf.training.interrupts import Interrupts
 from loraclf.training.prepare import Prepared
 from loraclf.training.session import Session, build_model, nondeterministic_paths, open_session
 from loraclf.training.state import LOG_EVERY_STEPS, Diverged, TrainState
+from loraclf.training.warmup import plan_run
 from loraclf.utils.devices import environment, pick_device, pick_precision, set_threads
 from loraclf.utils.errors import say
 from loraclf.utils.progress import TrainProgress
@@ -41,7 +43,9 @@ from loraclf.utils.progress import TrainProgress
 __all__ = ["Diverged", "LoopContext", "train"]
 
 
-def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dict:
+def train(
+    p: Prepared, out: Path, resume: bool = False, on_evaluate=None, started: float | None = None
+) -> dict:
     """Train into the run folder ``out``; returns the final metrics (an empty dict on ranks other than 0).
 
     Under a launcher (torchrun, accelerate) every rank calls this with the same arguments; rank 0 alone writes.
@@ -53,6 +57,8 @@ def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dic
         on_evaluate: Optional ``callback(step, metrics) -> bool`` called on rank 0 after every evaluation with
             the optimizer step and that evaluation's metrics (``accuracy``, ``macro_f1``, ``loss``, …); True
             stops training there, and the run finishes as after early stopping (sweeps prune with it).
+        started: ``time.monotonic()`` when the command started, from which ``train.time_budget`` counts
+            (default: now). A resumed run keeps its recorded plan and has no deadline.
 
     Raises:
         UserError: a diverged loss, out of memory, a locked or unwritable folder, a resume that cannot continue.
@@ -60,6 +66,7 @@ def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dic
             state that ``--resume`` continues.
     """
     t = p.recipe.train
+    clock = time.monotonic() if started is None else started
     with distributed.joined(pick_device(t.device)) as (dist, device):
         precision = pick_precision(t.precision, device)
         set_threads(t.threads)
@@ -72,7 +79,7 @@ def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dic
                     finish_tail(folder.out)
                 return final_metrics_of(folder.out) if dist.main else {}
             if record is None:
-                record = _optimise(p, folder, device, precision, interrupts, on_evaluate)
+                record = _optimise(p, folder, device, precision, interrupts, on_evaluate, clock)
             elif dist.main:
                 say(f"resuming: training ended at step {record['state']['step']:,}; finishing the run")
             try:
@@ -83,7 +90,7 @@ def train(p: Prepared, out: Path, resume: bool = False, on_evaluate=None) -> dic
 
 
 def _optimise(
-    p: Prepared, folder: RunFolder, device, precision: str, interrupts: Interrupts, on_evaluate
+    p: Prepared, folder: RunFolder, device, precision: str, interrupts: Interrupts, on_evaluate, clock: float
 ) -> dict:
     """Build the model, run the optimizer steps, and return the finishing record.
 
@@ -97,12 +104,19 @@ def _optimise(
         say(f"warning: {why}; the same seed may not give bit-identical results")
     model = build_model(p, device, precision)  # checked against the plan before any file is written
     trainable, total = count_parameters(model)  # before the frozen-layer cache swaps blocks for stand-ins
+    plan = None
+    if t.time_budget is not None and not folder.resume:  # the plan becomes the recipe's keys (budget.py)
+        p, plan = plan_run(p, model, device, precision, clock, dist.world)
+        if dist.main:
+            say(plan.line())
     folder.start(p, env)
+    if plan is not None and dist.main:
+        record_plan(folder.out, plan)
     ctx = LoopContext(
         p, folder.out, open_session(p, model, device, precision, dist), TrainState(), device, precision
     )
     del model  # the session owns it now
-    ctx.interrupts, ctx.on_evaluate = interrupts, on_evaluate
+    ctx.interrupts, ctx.on_evaluate, ctx.budget, ctx.clock = interrupts, on_evaluate, plan, clock
     if folder.resume:
         ctx.state = checkpointing.restore(ctx)
     else:
@@ -112,7 +126,8 @@ def _optimise(
     if dist.main:
         keep = ctx.state.step if folder.resume else None
         ctx.logger = MetricsLogger(ctx.out / "metrics.jsonl", keep_until_step=keep, tensorboard=t.tensorboard)
-    ctx.bar = TrainProgress(ctx.s.total_steps, ctx.state.step, t.progress and dist.main)
+    deadline = None if plan is None else clock + plan.budget_seconds
+    ctx.bar = TrainProgress(ctx.s.total_steps, ctx.state.step, t.progress and dist.main, deadline)
     ctx.rng = checkpointing.rng_snapshot(dist.world)
     # The frozen-layer cache replaces forward compute, so building it counts as training time.
     ctx.started = time.perf_counter() - ctx.state.train_seconds - ctx.s.cache_seconds
@@ -156,8 +171,12 @@ def run_steps(ctx: LoopContext) -> None:
             ctx.rng = checkpointing.rng_snapshot(s.dist.world)
             _log_train(ctx, rows)
         paused = time.perf_counter()
+        if ctx.budget is not None and not evaluation.due(ctx):
+            keep_to_deadline(ctx)  # may make this step the last (and so an evaluation step)
         if evaluation.due(ctx):
             stop = evaluation.evaluate_and_keep(ctx)
+            if ctx.budget is not None and not stop:
+                keep_to_plan(ctx)  # may cut the remaining steps
         state.train_seconds = time.perf_counter() - ctx.started
         if not stop and checkpointing.due(ctx):
             checkpointing.save(ctx)

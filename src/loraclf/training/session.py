@@ -97,13 +97,33 @@ def make_optimizer(model: torch.nn.Module, recipe, device: torch.device) -> torc
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe, total_steps: int):
-    """transformers' learning-rate schedule named by ``train.scheduler``, with its warmup, over ``total_steps``."""
+    """transformers' learning-rate schedule named by ``train.scheduler``, with its warmup, over ``total_steps``;
+    then the cuts of ``train.replans`` (a time budget's re-plans, :func:`relay_schedule`)."""
     from transformers import get_scheduler
 
     t = recipe.train
     warmup = t.warmup_steps if t.warmup_steps is not None else math.ceil(t.warmup_ratio * total_steps)
     name = "constant_with_warmup" if t.scheduler == "constant" else t.scheduler
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    for step, total in zip((t.replans or [])[::2], (t.replans or [])[1::2]):
+        relay_schedule(scheduler, step, total)
+    return scheduler
+
+
+def relay_schedule(scheduler, step: int, total: int) -> None:
+    """Cut a schedule at ``step`` to end at ``total``: the multipliers before ``step`` stay, then they fall linearly
+    from the one at ``step`` to 0 at ``total`` (a time budget's re-plan, ``train.replans``)."""
+
+    def relaid(before, at: float):
+        return lambda i: before(i) if i < step else at * max(0.0, (total - i) / max(total - step, 1))
+
+    scheduler.lr_lambdas = [relaid(f, f(step)) for f in scheduler.lr_lambdas]
+
+
+def planned_steps(t, steps_per_epoch: int) -> tuple[int, int]:
+    """(steps the schedule was laid over, steps the run takes): they differ after a time budget's re-plans."""
+    laid = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    return laid, (t.replans[-1] if t.replans else laid)
 
 
 @dataclass
@@ -148,19 +168,19 @@ def open_session(p: Prepared, model: torch.nn.Module, device, precision: str, di
         dist = dataclasses.replace(dist, owned_rows=True)  # each rank cached its own rows (distributed.py)
     optimizer = make_optimizer(model, r, device)
     steps_per_epoch = math.ceil(math.ceil(len(p.train_ids) / t.batch_size) / t.grad_accum)
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+    laid, total_steps = planned_steps(t, steps_per_epoch)
     weights = balanced_weights(p.train.labels, len(p.label_map)) if t.class_weights == "balanced" else None
     eval_every = t.eval_every or steps_per_epoch
     fwd = dist.wrap(model, device)
     method = get_method(r.adapter.method)
     if method.prepare is not None:  # e.g. AdaLoRA's pruning schedule, which needs the number of steps
-        method.prepare(model, total_steps)
+        method.prepare(model, laid)
     seed_rank(t.seed, dist)
     return Session(
         model=model,
         fwd=torch.compile(fwd, dynamic=True) if t.compile else fwd,
         optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, r, total_steps),
+        scheduler=make_scheduler(optimizer, r, laid),
         scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None,
         cache=cache,
         cache_seconds=cache_seconds,

@@ -28,8 +28,9 @@ def bar(total: int, desc: str, progress: bool, unit: str = "text") -> tqdm:
 class TrainProgress:
     """The training loop's progress: a tqdm bar on a terminal, a line every ``LOG_EVERY`` s in a log."""
 
-    def __init__(self, total: int, initial: int, enabled: bool):
-        self.total, self.step = total, initial
+    def __init__(self, total: int, initial: int, enabled: bool, deadline: float | None = None):
+        """``deadline``: ``time.monotonic()`` when a time budget runs out; the bar then counts down to it."""
+        self.total, self.step, self.deadline = total, initial, deadline
         self.bar = None
         self.log = enabled and not interactive()
         if enabled and interactive():
@@ -39,6 +40,8 @@ class TrainProgress:
     def update(self, **stats: str) -> None:
         """One optimizer step done; ``stats`` (loss, acc, samples/s) are shown beside the count."""
         self.step += 1
+        if self.deadline is not None:
+            stats["budget_left"] = _clock(self.deadline - time.monotonic())
         if self.bar is not None:
             self.bar.set_postfix(refresh=False, **stats)  # the bar redraws at its own pace
             self.bar.update(1)
@@ -46,14 +49,22 @@ class TrainProgress:
             now = time.perf_counter()
             rate = (self.step - self.first) / max(now - self.started, 1e-9)
             left = (self.total - self.step) / rate if rate > 0 else 0.0
-            shown = ", ".join(f"{k.replace('samples_s', 'samples/s')} {v}" for k, v in stats.items())
+            names = {"samples_s": "samples/s", "budget_left": "budget left"}
+            shown = ", ".join(f"{names.get(k, k)} {v}" for k, v in stats.items())
             print(
                 f"train: step {self.step:,}/{self.total:,} ({self.step / self.total:.0%}), {shown}, "
-                f"about {int(left // 60)}m{int(left % 60):02d}s left",
+                f"about {_clock(left)} left",
                 file=sys.stderr,
                 flush=True,
             )
             self.last = now
+
+    def set_total(self, total: int) -> None:
+        """A new number of steps (a time budget's re-plan)."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
 
     def write(self, message: str) -> None:
         """A line that must not be torn by the bar (evaluation results)."""
@@ -65,3 +76,8 @@ class TrainProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,230 @@
+"""The timed warm-up of a budgeted run: a few optimizer steps and a few validation batches, measured and undone.
+
+Speed depends on the batch's width (rows × padded tokens), and length-grouped batches vary a lot in width, so the
+warm-up times steps spread over the first epoch's real batches and prices the whole epoch by its padded tokens
+(seconds per token × the epoch's tokens per step); the validation rows likewise. The first step of each kind runs
+untimed: it pays for one-off allocations and kernel selection.
+
+The warm-up must not change the run it plans: it trains with its own optimizer, inside ``torch.random.fork_rng``
+(the dropout masks the run draws are untouched), and writes the trainable weights back as they were, so a planned
+run trains exactly as ``train.max_steps=N`` would from the same seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from loraclf.data.batching import PAD_MULTIPLE, epoch_batches
+from loraclf.data.splits import overlap_count
+from loraclf.data.tables import stratified_indices
+from loraclf.inference.predict import forward_probs
+from loraclf.modeling.methods import get_method
+from loraclf.training import steps
+from loraclf.training.budget import EXPORT_SECONDS, EXPORT_SECONDS_PER_MPARAM, BudgetPlan, Rates, lay_out
+from loraclf.training.distributed import Dist
+from loraclf.training.losses import LossStep, balanced_weights
+from loraclf.training.prepare import Prepared, prepare, rows_digest
+from loraclf.training.session import make_optimizer
+from loraclf.utils.durations import parse_duration
+from loraclf.utils.errors import UserError
+
+MAX_TIMED_STEPS = 12
+MIN_TIMED_STEPS = 3
+EVAL_SAMPLE_BATCHES = 2
+
+
+def measure(
+    p: Prepared, model: torch.nn.Module, device: torch.device, precision: str, budget: float
+) -> Rates:
+    """Time training steps and validation batches of ``model`` at the recipe's batch shapes; the model is unchanged.
+
+    Args:
+        p: The prepared run (tokenised rows).
+        model: The built classifier (session.build_model), before the session wraps it.
+        budget: The time budget, seconds: the warm-up spends about 1% of it (1.5 to 10 s) on timed steps.
+
+    Returns:
+        The measured :class:`~loraclf.training.budget.Rates`.
+    """
+    started = time.perf_counter()
+    saved = {n: q.detach().clone() for n, q in model.named_parameters() if q.requires_grad}
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            step_seconds = _time_steps(p, model, device, precision, min(10.0, max(1.5, 0.01 * budget)))
+            eval_seconds = _time_eval(p, model, device, precision)
+    finally:
+        with torch.no_grad():
+            for n, q in model.named_parameters():
+                if n in saved:
+                    q.copy_(saved[n])
+        model.train()
+    return Rates(
+        step_seconds=step_seconds,
+        eval_seconds=eval_seconds,
+        cache_row_seconds=_cache_row_seconds(p, model, eval_seconds),
+        export_seconds=_export_seconds(p, model, device),
+        warmup_seconds=time.perf_counter() - started,
+    )
+
+
+def _padded_tokens(lengths: np.ndarray, rows: np.ndarray) -> int:
+    width = -(-int(lengths[rows].max()) // PAD_MULTIPLE) * PAD_MULTIPLE
+    return len(rows) * width
+
+
+def _time_steps(p: Prepared, model, device, precision: str, target: float) -> float:
+    """Seconds of one optimizer step, averaged over the first epoch's mix of batch widths."""
+    r, t = p.recipe, p.recipe.train
+    lengths = np.array([len(x) for x in p.train_ids])
+    batches = epoch_batches(lengths, t.batch_size, t.seed, 0, t.group_by_length)
+    groups = [batches[i : i + t.grad_accum] for i in range(0, len(batches), t.grad_accum)]
+    tokens = np.array([sum(_padded_tokens(lengths, b) for b in g) for g in groups], dtype=np.float64)
+    weights = balanced_weights(p.train.labels, len(p.label_map)) if t.class_weights == "balanced" else None
+    s = SimpleNamespace(
+        model=model,
+        fwd=model,
+        loss_step=LossStep(r, weights, p.teacher_log_probs),
+        dist=Dist(),
+        cache=None,
+        method=get_method(r.adapter.method),
+        scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None,
+        step_stats=torch.zeros(2, device=device),
+    )
+    optimizer = make_optimizer(model, r, device)
+    model.train()
+    # Steps spread over the epoch (length-grouped batches come in random order, so any spread is representative).
+    order = np.linspace(0, len(groups) - 1, num=min(len(groups), MAX_TIMED_STEPS + 1)).round().astype(int)
+    spent, timed_tokens, timed = 0.0, 0.0, 0
+    for k, i in enumerate(order):
+        begin = time.perf_counter()
+        steps.accumulate(p, s, groups[i], device, precision)
+        if s.scaler:
+            s.scaler.step(optimizer)
+            s.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        float(s.step_stats[0])  # wait for the device
+        if k == 0:
+            continue  # one-off allocations and kernel choices
+        spent += time.perf_counter() - begin
+        timed_tokens += tokens[i]
+        timed += 1
+        if timed >= MIN_TIMED_STEPS and spent >= target:
+            break
+    if timed == 0:  # a one-step epoch: its only step was the untimed one; time it again
+        begin = time.perf_counter()
+        steps.accumulate(p, s, groups[0], device, precision)
+        optimizer.step()
+        spent, timed_tokens = time.perf_counter() - begin, tokens[0]
+    del optimizer
+    return spent / max(timed_tokens, 1.0) * float(tokens.mean())
+
+
+def _time_eval(p: Prepared, model, device, precision: str) -> float:
+    """Seconds of one evaluation of all validation rows, from a random sample of them priced by tokens."""
+    t = p.recipe.train
+    ids = p.eval_ids
+    if not ids:
+        return 0.0
+    rng = np.random.default_rng(t.seed)
+    take = min(len(ids), EVAL_SAMPLE_BATCHES * min(t.eval_batch_size, 32))
+    sample = [ids[i] for i in rng.choice(len(ids), size=take, replace=False)]
+    pad = p.tokenizer.pad_token_id
+    with torch.no_grad():
+        forward_probs(
+            model, sample[:4], pad, device, precision, t.eval_batch_size
+        )  # untimed: first-call costs
+        begin = time.perf_counter()
+        forward_probs(model, sample, pad, device, precision, t.eval_batch_size)
+        spent = time.perf_counter() - begin
+    measured = sum(len(x) for x in sample)
+    total = sum(len(x) for x in ids)
+    return spent / max(measured, 1) * total
+
+
+def _cache_row_seconds(p: Prepared, model, eval_seconds: float) -> float:
+    """Per training row, an upper bound of building the frozen-layer cache (a forward pass), when it applies."""
+    from loraclf.modeling.backbones import head_module_name
+    from loraclf.training.frozen import first_trainable_layer
+
+    t = p.recipe.train
+    if not t.cache_frozen or p.recipe.adapter.method != "lora" or t.compile or not p.eval_ids:
+        return 0.0
+    with contextlib.suppress(Exception):  # a model the cache cannot read trains without it
+        inner = model.base_model.model if hasattr(model, "peft_config") else model
+        if not (first_trainable_layer(model, head_module_name(inner)) or 0) > 0:
+            return 0.0
+    return eval_seconds / len(p.eval_ids)
+
+
+def _export_seconds(p: Prepared, model, device: torch.device) -> float:
+    """The int8 ONNX export that finishing runs on a CPU for methods that merge into a plain model."""
+    if device.type != "cpu" or not get_method(p.recipe.adapter.method).plain:
+        return 0.0
+    total = sum(q.numel() for q in model.parameters())
+    return EXPORT_SECONDS + EXPORT_SECONDS_PER_MPARAM * total / 1e6
+
+
+def plan_run(
+    p: Prepared, model, device, precision: str, started: float, world: int
+) -> tuple[Prepared, BudgetPlan]:
+    """Measure, lay out the plan (training/budget.py), and return the run as the plan trains it.
+
+    The returned run's recipe holds the plan's keys (``train.max_steps``, ``train.eval_every``, ``data.max_length``,
+    ``data.max_train_samples`` when it samples) with ``train.time_budget`` cleared, so its ``recipe.yaml``
+    reproduces the plan; a sampled plan's rows are the stratified sample ``data.max_train_samples`` draws.
+
+    Args:
+        started: ``time.monotonic()`` when the command started (the budget counts from there).
+        world: Processes in the job.
+
+    Raises:
+        UserError: several processes (the plan is one process's measurement), or a budget too short.
+    """
+    budget = parse_duration(p.recipe.train.time_budget)
+    if world > 1:
+        raise UserError(
+            "--time-budget plans one process; drop --nproc (or train.time_budget) and train again"
+        )
+    rates = measure(p, model, device, precision, budget)
+    t = p.recipe.train
+    counts = np.bincount(p.train.labels, minlength=len(p.label_map))
+    plan = lay_out(
+        budget, time.monotonic() - started, rates, len(p.train), int(counts[counts > 0].min()),
+        t.batch_size, t.grad_accum, t.epochs, t.max_steps,
+    )  # fmt: skip
+    recipe = copy.deepcopy(p.recipe)
+    recipe.train.time_budget = None
+    recipe.train.max_steps, recipe.train.eval_every = plan.steps, plan.eval_every
+    recipe.data.max_length = plan.max_length = p.max_length
+    if plan.sampled:
+        recipe.data.max_train_samples = plan.rows
+    p = _sampled(p, recipe) if plan.sampled else dataclasses.replace(p, recipe=recipe)
+    return p, plan
+
+
+def _sampled(p: Prepared, recipe) -> Prepared:
+    """The run on ``recipe.data.max_train_samples`` rows: the rows reading the files with that recipe gives."""
+    if p.recipe.data.max_train_samples is not None:
+        # The rows were sampled already; a smaller sample is drawn from the files' rows, as a resume draws it.
+        data = p.notes
+        return prepare(recipe, data["train_file"], data.get("eval_file"))
+    _, rows = stratified_indices(p.train.labels, recipe.data.max_train_samples, recipe.train.seed)
+    train = p.train.subset(rows)
+    notes = dict(p.notes)
+    notes["eval_texts_seen_in_train"] = overlap_count(train.texts, p.eval.texts)
+    notes["rows_digest"] = rows_digest(train, p.eval, p.label_map)
+    teachers = None if p.teacher_log_probs is None else p.teacher_log_probs[rows]
+    return dataclasses.replace(
+        p, recipe=recipe, train=train, train_ids=[p.train_ids[i] for i in rows], notes=notes,
+        teacher_log_probs=teachers,
+    )  # fmt: skip
