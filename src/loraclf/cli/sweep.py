@@ -45,6 +45,12 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--timeout", type=float, metavar="S", help="start no new trial after S seconds")
     p.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="the study ends within this (seconds, 90s, 8m, 2h): each trial gets a time budget, its share of "
+        "what is left, and no trial starts too late to finish (sweep/timing.py)",
+    )
+    p.add_argument(
         "--storage", metavar="URL", help="study database (default sqlite:///DIR/study.db); postgresql://…"
     )
     p.add_argument("--study", metavar="NAME", help="study name (default: the name of DIR)")

@@ -33,6 +33,7 @@ import argparse
 import csv
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from loraclf.config import Recipe, from_dict, to_dict
 from loraclf.modeling.methods import validate_recipe
 from loraclf.sweep.space import Dist, Planner, check_some_point_fits, metric_columns, parse_space, recipe_with
 from loraclf.sweep.study import fail_lost_trials, make_pruner, open_storage, open_study, shown_url, worker
+from loraclf.sweep.timing import StudyClock
+from loraclf.utils.durations import parse_duration
 from loraclf.utils.errors import PointError, UserError, say
 from loraclf.utils.files import atomic_open, atomic_write_text
 
@@ -57,9 +60,18 @@ class TrialFailed(Exception):
 class Objective:
     """One trial: suggest, plan, and train when the point fits the budget."""
 
-    def __init__(self, base: Recipe, space: list[Dist], planner: Planner, args, out: Path):
+    def __init__(
+        self,
+        base: Recipe,
+        space: list[Dist],
+        planner: Planner,
+        args,
+        out: Path,
+        clock: StudyClock | None = None,
+    ):
         self.base, self.space, self.planner, self.args, self.out = base, space, planner, args, out
         self.metric = base.train.metric
+        self.clock = clock
 
     def __call__(self, trial) -> float:
         trial.set_user_attr("worker", worker())
@@ -100,13 +112,20 @@ class Objective:
             raise optuna.TrialPruned("over budget")
         run = self.out / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_folder", str(run.resolve()))
+        started = time.monotonic()
+        if self.clock is not None:  # the study's deadline: this trial gets its share (sweep/timing.py)
+            recipe.train.time_budget = self.clock.trial_budget(recipe.train.time_budget)
+            trial.set_user_attr("time_budget", recipe.train.time_budget)
         try:
             p = prepare(recipe, self.args.train, self.args.eval)
-            total = _total_steps(p)
-            if p.recipe.train.eval_every is None:
-                p.recipe.train.eval_every = max(1, math.ceil(total / EVALS_PER_TRIAL))
-            reporter = Reporter(trial, self.metric, total, math.ceil(total / p.recipe.train.eval_every))
-            m = train(p, run, on_evaluate=reporter)
+            if p.recipe.train.time_budget is not None:  # the trial plans its own steps and evaluations
+                reporter = Reporter(trial, self.metric, None, None)
+            else:
+                total = _total_steps(p)
+                if p.recipe.train.eval_every is None:
+                    p.recipe.train.eval_every = max(1, math.ceil(total / EVALS_PER_TRIAL))
+                reporter = Reporter(trial, self.metric, total, math.ceil(total / p.recipe.train.eval_every))
+            m = train(p, run, on_evaluate=reporter, started=started)
         except Diverged as exc:  # a learning rate too high for this point: a failed trial, not a failed sweep
             trial.set_user_attr("note", str(exc))
             raise TrialFailed(str(exc)) from None
@@ -130,7 +149,8 @@ def _total_steps(p) -> int:
 class Reporter:
     """``train()``'s ``on_evaluate`` hook: report evaluation k as step k, ask the pruner, stop when told."""
 
-    def __init__(self, trial, metric: str, total_steps: int, n_evals: int):
+    def __init__(self, trial, metric: str, total_steps: int | None, n_evals: int | None):
+        """``total_steps`` and ``n_evals`` are None for a time-budgeted trial, which plans them itself."""
         self.trial, self.metric, self.total, self.n_evals = trial, metric, total_steps, n_evals
         self.evals, self.pruned_note = 0, ""
 
@@ -138,10 +158,11 @@ class Reporter:
         self.evals += 1
         self.trial.report(float(m[self.metric]), self.evals)
         # The last evaluation is the end of the run anyway: a finished trial stays finished.
-        if step < self.total and self.trial.should_prune():
-            self.pruned_note = (
-                f"pruned at evaluation {self.evals} of {self.n_evals} (step {step:,} of {self.total:,})"
+        if (self.total is None or step < self.total) and self.trial.should_prune():
+            of = (
+                f" of {self.n_evals} (step {step:,} of {self.total:,})" if self.total else f" (step {step:,})"
             )
+            self.pruned_note = f"pruned at evaluation {self.evals}{of}"
             return True
         return False
 
@@ -289,6 +310,8 @@ def run_sweep(args: argparse.Namespace, pruner=None) -> int:
     Raises:
         UserError: Any input mistake, before a study is created or a folder written.
     """
+    started = time.monotonic()  # a --time-budget counts the whole study from here
+    args.time_budget = parse_duration(getattr(args, "time_budget", None), "--time-budget")
     sweep = open_sweep(args, pruner)
     study = sweep.study
     lost = fail_lost_trials(study)
@@ -297,16 +320,22 @@ def run_sweep(args: argparse.Namespace, pruner=None) -> int:
     n = len(study.get_trials(deepcopy=False))
     say(f"sweep: study '{study.study_name}' ({sweep.where}) has {n} trials; adding {args.trials}")
 
+    clock = None if args.time_budget is None else StudyClock(args.time_budget, args.trials, started)
+
     def after_trial(study, trial) -> None:
         sweep.results()
         say(_trial_line(trial, sweep.metric))
+        if clock is not None and not clock.room_for_another(study):
+            study.stop()
 
-    objective = Objective(sweep.base, sweep.space, sweep.planner, args, sweep.out)
+    objective = Objective(sweep.base, sweep.space, sweep.planner, args, sweep.out, clock)
+    if clock is not None and not clock.room_for_another(study):
+        args.trials = 0
     try:
         study.optimize(
             objective,
             args.trials,
-            timeout=args.timeout,
+            timeout=args.timeout if clock is None else clock.timeout(args.timeout),
             catch=(TrialFailed,),
             callbacks=[after_trial],
             gc_after_trial=True,  # free each trial's model before the next builds its own

@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass, field
 
 from loraclf.utils.durations import format_duration
-from loraclf.utils.errors import UserError
+from loraclf.utils.errors import PointError
 
 MARGIN_SHARE = 0.04  # of the budget, kept free for timing noise and checkpoints
 MARGIN_SECONDS = 2.0
@@ -142,8 +142,8 @@ def lay_out(
         max_steps: ``train.max_steps`` when the recipe also sets it: a further ceiling.
 
     Raises:
-        UserError: the budget does not cover preparing, finishing and one step; names ``--time-budget`` and the
-            least budget that would.
+        PointError: the budget does not cover preparing, finishing and one step; names ``--time-budget`` and the
+            least budget that would (in a sweep, only that trial fails).
     """
     margin = MARGIN_SHARE * budget + MARGIN_SECONDS
     finish = rates.eval_seconds + rates.export_seconds + REPORT_SECONDS
@@ -164,7 +164,7 @@ def lay_out(
             break
     if steps < 1:
         need = elapsed + finish + margin + rates.eval_seconds + step_cost
-        raise UserError(
+        raise PointError(
             f"--time-budget {format_duration(budget)} is too short: preparing took {format_duration(elapsed)} and "
             f"finishing needs about {format_duration(finish)}; give at least {format_duration(need * 1.2)}"
         )

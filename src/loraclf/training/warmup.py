@@ -168,8 +168,12 @@ def _cache_row_seconds(p: Prepared, model, eval_seconds: float) -> float:
 
 def _export_seconds(p: Prepared, model, device: torch.device) -> float:
     """The int8 ONNX export that finishing runs on a CPU for methods that merge into a plain model."""
-    if device.type != "cpu" or not get_method(p.recipe.adapter.method).plain:
-        return 0.0
+    if (
+        device.type != "cpu"
+        or p.recipe.train.precision != "auto"
+        or not get_method(p.recipe.adapter.method).plain
+    ):
+        return 0.0  # finishing loads the run with train.precision: only "auto" means int8 on a CPU
     total = sum(q.numel() for q in model.parameters())
     return EXPORT_SECONDS + EXPORT_SECONDS_PER_MPARAM * total / 1e6
 
