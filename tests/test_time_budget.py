@@ -93,9 +93,8 @@ def test_budgeted_run_ends_within_budget_and_says_its_plan(budgeted):
 def test_plan_reproduces_without_timing(budgeted, tiny_bert_dir, tmp_path):
     run, csv, _, _ = budgeted
     plan = _plan_of(run)
-    assert (
-        not plan["replans"] and plan["stopped_at"] is None
-    )  # a tiny run on an idle enough machine keeps its plan
+    # On a busy machine the run may have re-planned: its overrides then hold the cuts (train.replans) as well.
+    assert plan["stopped_at"] is None or any(c["steps"] == plan["stopped_at"] for c in plan["replans"])
     ok(run_cli("train", "--model", tiny_bert_dir, "--train", csv, "--out", tmp_path / "again", "--epochs", "50",
                *TINY, *plan["overrides"]))  # fmt: skip
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()

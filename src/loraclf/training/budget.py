@@ -21,8 +21,8 @@ The plan is data: :meth:`BudgetPlan.overrides` are the recipe keys that reproduc
 ``recipe.yaml`` holds them (with ``train.time_budget`` cleared) and run.json's ``time_plan`` the plan, so
 ``--resume`` continues the same plan and ``loraclf train --config RUN/recipe.yaml`` trains the same weights.
 
-**Drift.** On a shared machine the steps may slow down after the warm-up. At each evaluation the loop compares the
-speed seen so far with the plan (:func:`replan`); when the remaining steps at that speed would eat more than
+**Drift.** On a shared machine the steps may slow down after the warm-up. After each step the loop compares the
+speed seen so far with the plan (:func:`replan`, at most once per :data:`REPLAN_SPACING` of the steps); when the remaining steps at that speed would eat more than
 :data:`DRIFT_TOLERANCE` of the safety margin, they are cut to what still fits and the learning-rate decay is laid
 over the new remainder (session.py's ``relay_schedule``); each re-plan is logged, and recorded in ``time_plan`` and
 in the recipe's ``train.replans``, so a re-planned run reproduces too. As a last guard, :func:`must_stop` ends
@@ -44,6 +44,7 @@ MARGIN_SECONDS = 2.0
 EVAL_SHARE = 0.15  # the most of the training time that evaluations during training may take
 MIN_EVALUATIONS = 3
 DRIFT_TOLERANCE = 0.5  # re-plan when the run, at the speed seen, would use more than this share of the margin
+REPLAN_SPACING = 0.05  # of the planned steps: the least distance between two re-plans
 REPORT_SECONDS = 4.0  # drawing report.html and its figures (measured 2-3 s on a 2-core EPYC)
 EXPORT_SECONDS_PER_MPARAM = 0.7  # int8 ONNX export, per million parameters (MiniLM, 22.7M: 14 s measured)
 EXPORT_SECONDS = 3.0
@@ -89,6 +90,9 @@ class BudgetPlan:
     max_length: int = 0
     replans: list = field(default_factory=list)
     stopped_at: int | None = None
+    actual: dict = field(
+        default_factory=dict
+    )  # seconds per phase as they went: setup, training, finishing, total
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "overrides": self.overrides()}
@@ -110,7 +114,10 @@ class BudgetPlan:
 
     def line(self) -> str:
         """``8m budget: 5,120 steps = 1.6 epochs at 57 samples/s, 3 evaluations, finishing about 7m40s``."""
-        span = f"{self.epochs:.2g} epochs" if self.epochs >= 1 else f"{self.rows:,} sampled rows (< 1 epoch)"
+        if self.sampled:
+            span = f"one pass over a stratified sample of {self.rows:,} rows"
+        else:
+            span = f"{self.epochs:.3g} epoch{'s' * (self.epochs != 1)}"
         return (
             f"{format_duration(self.budget_seconds)} budget: {self.steps:,} steps = {span} at "
             f"{self.samples_per_s:.0f} samples/s, {self.evaluations} evaluation{'s' * (self.evaluations != 1)}, "

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from loraclf.config import save_recipe
 from loraclf.runfolder.schema import read_run_info, write_run_info
-from loraclf.training.budget import BudgetPlan, must_stop, replan
+from loraclf.training.budget import REPLAN_SPACING, BudgetPlan, must_stop, replan
 from loraclf.training.session import relay_schedule
 from loraclf.utils.durations import format_duration
 
@@ -33,6 +33,21 @@ def record_plan(out: Path, plan: BudgetPlan) -> None:
     write_run_info(out, info)
 
 
+def record_phases(out: Path, clock: float, **phases: float) -> None:
+    """Add the seconds phases took (``setup``, ``training``; ``finishing`` and ``total`` from ``clock``, the
+    command's start) to run.json's plan, beside the estimates (the report sets them side by side)."""
+    info = read_run_info(out)
+    if PLAN_KEY not in info.extra:
+        return
+    actual = info.extra[PLAN_KEY].setdefault("actual", {})
+    actual.update({k: round(v, 2) for k, v in phases.items()})
+    if "finishing" in phases or not phases:
+        total = time.monotonic() - clock
+        actual["total"] = round(total, 2)
+        actual["finishing"] = round(total - actual.get("setup", 0) - actual.get("training", 0), 2)
+    write_run_info(out, info)
+
+
 def read_plan(out: Path) -> BudgetPlan | None:
     """The plan run.json records, or None for a run without a time budget."""
     data = read_run_info(out).extra.get(PLAN_KEY)
@@ -44,24 +59,34 @@ def _elapsed(ctx: LoopContext) -> float:
 
 
 def keep_to_plan(ctx: LoopContext) -> None:
-    """After an evaluation: cut the run when it no longer fits its plan (budget.replan) or must end now."""
-    plan, step = ctx.budget, ctx.state.step
-    if step >= ctx.s.total_steps:
+    """After every optimizer step: end the run here when only a last evaluation and finishing still fit
+    (budget.must_stop), or cut the remaining steps when at the speed seen they no longer fit (budget.replan; at
+    most once per :data:`~loraclf.training.budget.REPLAN_SPACING` of the steps, so that noise cannot cut again and
+    again). Called before the step's evaluation: a cut to this step makes it the last step, which is evaluated."""
+    plan, step, total = ctx.budget, ctx.state.step, ctx.s.total_steps
+    if step >= total:
         return  # the last step: nothing left to cut
     elapsed = _elapsed(ctx)
     if must_stop(plan, elapsed):
         _cut(ctx, step, elapsed, "stopping to finish in time")
         return
-    total = replan(plan, step, elapsed)
-    if total is not None:
-        _cut(ctx, total, elapsed, "behind the plan: the learning-rate decay is laid over the remaining steps")
+    last = plan.replans[-1]["step"] if plan.replans else 0
+    if step - last < max(1, round(REPLAN_SPACING * plan.steps)):
+        return
+    new_total = replan(plan, step, elapsed)
+    if new_total is not None:
+        _cut(
+            ctx,
+            new_total,
+            elapsed,
+            "behind the plan: the learning-rate decay is laid over the remaining steps",
+        )
 
 
-def keep_to_deadline(ctx: LoopContext) -> None:
-    """Between evaluations: when only a last evaluation and finishing still fit, make this step the last."""
-    elapsed = _elapsed(ctx)
-    if must_stop(ctx.budget, elapsed):
-        _cut(ctx, ctx.state.step, elapsed, "stopping to finish in time")
+def seen_evaluation(ctx: LoopContext, seconds: float) -> None:
+    """An evaluation took ``seconds``: later decisions price evaluations at the slowest seen (the warm-up timed a
+    sample of the rows; a loaded machine may be slower)."""
+    ctx.budget.eval_seconds = max(ctx.budget.eval_seconds, round(seconds, 3))
 
 
 def _cut(ctx: LoopContext, total: int, elapsed: float, why: str) -> None:

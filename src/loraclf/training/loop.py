@@ -28,7 +28,7 @@ from loraclf.modeling.adapters import count_parameters
 from loraclf.runfolder.metrics_log import MetricsLogger
 from loraclf.runfolder.schema import read_run_info
 from loraclf.training import checkpointing, distributed, evaluation, steps
-from loraclf.training.budget_run import keep_to_deadline, keep_to_plan, record_plan
+from loraclf.training.budget_run import keep_to_plan, record_phases, record_plan, seen_evaluation
 from loraclf.training.context import LoopContext
 from loraclf.training.finish import RunFolder, final_metrics_of, finish, finish_tail
 from loraclf.training.interrupts import Interrupts
@@ -78,12 +78,16 @@ def train(
                     say("resuming: the run is complete; writing its report and removing its checkpoints")
                     finish_tail(folder.out)
                 return final_metrics_of(folder.out) if dist.main else {}
+            timed = record is None and t.time_budget is not None
             if record is None:
                 record = _optimise(p, folder, device, precision, interrupts, on_evaluate, clock)
             elif dist.main:
                 say(f"resuming: training ended at step {record['state']['step']:,}; finishing the run")
             try:
-                return finish(p, folder, record, device)
+                m = finish(p, folder, record, device)
+                if timed and dist.main:
+                    record_phases(folder.out, clock)  # the finishing and total times, beside the plan
+                return m
             except KeyboardInterrupt:
                 say(f"interrupted while finishing; `loraclf train --resume {folder.out}` finishes the run")
                 raise
@@ -138,7 +142,11 @@ def _optimise(
             with ctx.interrupts.deferred():
                 s = ctx.s
                 method_state = s.method.final_state(s.model) if s.method.final_state is not None else {}
-                return folder.write_record(ctx.state, time.perf_counter() - ctx.started, method_state)
+                seconds = time.perf_counter() - ctx.started
+                if ctx.budget is not None and dist.main:
+                    setup = time.monotonic() - ctx.clock - seconds
+                    record_phases(ctx.out, ctx.clock, setup=setup, training=seconds)
+                return folder.write_record(ctx.state, seconds, method_state)
         except KeyboardInterrupt:
             checkpointing.save_on_interrupt(ctx)
             raise
@@ -171,12 +179,14 @@ def run_steps(ctx: LoopContext) -> None:
             ctx.rng = checkpointing.rng_snapshot(s.dist.world)
             _log_train(ctx, rows)
         paused = time.perf_counter()
-        if ctx.budget is not None and not evaluation.due(ctx):
-            keep_to_deadline(ctx)  # may make this step the last (and so an evaluation step)
+        if ctx.budget is not None:
+            keep_to_plan(
+                ctx
+            )  # may cut the remaining steps, or make this step the last (so an evaluation step)
         if evaluation.due(ctx):
             stop = evaluation.evaluate_and_keep(ctx)
-            if ctx.budget is not None and not stop:
-                keep_to_plan(ctx)  # may cut the remaining steps
+            if ctx.budget is not None:
+                seen_evaluation(ctx, time.perf_counter() - paused)
         state.train_seconds = time.perf_counter() - ctx.started
         if not stop and checkpointing.due(ctx):
             checkpointing.save(ctx)
