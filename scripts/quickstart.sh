@@ -7,18 +7,17 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 DATA=${LORACLF_DATA:-../shared/data}
 OUT=${OUT:-runs/minilm-agnews-$(date +%Y%m%d-%H%M%S)}
-# The recipe follows the CPU class (benchmarks/README.md): with AMX or AVX-512 BF16 the full recipe trains in bf16 in
-# about 5 minutes; without them (AVX2 only, fp32) it would take about half an hour, so the upper-block recipe on a
-# 14,000-row sample keeps the quick start near 10 minutes. RECIPE=... chooses one yourself.
-if [[ -z "${RECIPE:-}" ]]; then
-  if python -c "import sys; from loraclf.utils.devices import cpu_has_fast_bf16; sys.exit(not cpu_has_fast_bf16())"; then
-    RECIPE=recipes/minilm-cpu.yaml
-  else
-    RECIPE=recipes/minilm-avx2.yaml
-    echo "this CPU has no fast bf16 (AVX2 only): training $RECIPE (recipes/minilm-cpu.yaml scores higher in about 30 minutes)"
-  fi
+# One recipe for every machine, under a time budget: loraclf times a few steps on this CPU and plans the steps,
+# evaluations and rows that fit (training/budget.py), so training, the test-set evaluation and the prediction of the
+# shifted file stay within 10 minutes whatever the CPU class. A fast CPU finishes the recipe's 2 epochs early; a slow
+# one trains fewer steps. RECIPE=... and TIME_BUDGET=... (e.g. 20m, or "none") choose yourself.
+RECIPE=${RECIPE:-recipes/minilm-cpu.yaml}
+TIME_BUDGET=${TIME_BUDGET:-7m}
+BUDGET_FLAGS=()
+if [[ "$TIME_BUDGET" != "none" ]]; then
+  BUDGET_FLAGS=(--time-budget "$TIME_BUDGET")
 fi
-loraclf train --config "$RECIPE" --train "$DATA/ag_news/train.csv" --out "$OUT"
+loraclf train --config "$RECIPE" --train "$DATA/ag_news/train.csv" --out "$OUT" "${BUDGET_FLAGS[@]}"
 echo
 echo "== held-out test set: $DATA/ag_news/test.csv =="
 loraclf evaluate "$OUT" --data "$DATA/ag_news/test.csv"

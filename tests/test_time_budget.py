@@ -88,6 +88,10 @@ def test_budgeted_run_ends_within_budget_and_says_its_plan(budgeted):
     assert f"{plan['steps']:,} steps" in line and "finishing about" in line
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     assert recipe["train"]["time_budget"] is None and recipe["train"]["max_steps"] == plan["steps"]
+    assert set(plan["actual"]) == {"setup", "training", "finishing", "total"}
+    assert plan["actual"]["total"] <= seconds
+    page = (run / "report.html").read_text()
+    assert "Time budget" in page and "planned s" in page and "actual s" in page
 
 
 def test_plan_reproduces_without_timing(budgeted, tiny_bert_dir, tmp_path):

@@ -127,6 +127,36 @@ def _budget(plan: dict) -> str:
     return table(["part", "parameters", "share of budget"], rows) + f'<p class="{cls}">{esc(verdict)}</p>'
 
 
+def _time_budget(plan: dict) -> str:
+    """Planned against actual seconds per phase of a time-budgeted run (run.json ``time_plan``)."""
+    actual = plan.get("actual", {})
+    training = plan["estimated_seconds"] - plan["setup_seconds"] - plan["finish_seconds"]
+    phases = [
+        ("setup (reading, tokenising, model, warm-up)", plan["setup_seconds"], actual.get("setup")),
+        ("training (steps, evaluations, checkpoints)", training, actual.get("training")),
+        ("finishing (final evaluation, calibration, int8 export, report)", plan["finish_seconds"],
+         actual.get("finishing")),
+        ("whole command", plan["estimated_seconds"], actual.get("total")),
+    ]  # fmt: skip
+
+    def secs(v):
+        return "–" if v is None else f"{v:,.1f}"
+
+    rows = [[name, secs(planned), secs(done)] for name, planned, done in phases]
+    cuts = plan.get("replans") or []
+    lines = [
+        f"budget {plan['budget_seconds']:,.0f} s: {plan['steps']:,} steps planned at {plan['samples_per_s']:,.1f} "
+        f"samples/s, {plan['evaluations']} evaluation(s), {plan['rows']:,} training rows"
+        + (" (a stratified sample)" if plan.get("sampled") else "")
+        + f", safety margin {plan['margin_seconds']:,.1f} s.",
+        *(f"re-planned at step {c['step']:,} ({c['elapsed']:,.1f} s): {c['steps']:,} steps." for c in cuts),
+    ]
+    if actual.get("finishing") is None:
+        lines.append("The finishing and whole-command times are recorded after this page is drawn; "
+                     "`loraclf report RUN` redraws it with them.")  # fmt: skip
+    return table(["phase", "planned s", "actual s"], rows) + "".join(note(x) for x in lines)
+
+
 def build_figures(r: dict, predictions: list[str] | None = None) -> dict[str, bytes]:
     """PNG bytes of every figure of the report, keyed by file stem (the section order of the page)."""
     info, m, labels = r["info"], r["metrics"], r["labels"]
@@ -230,6 +260,8 @@ def render_html(
             _budget(info["plan"]),
         ),
     ]
+    if info.get("time_plan"):
+        sections.append(section("Time budget", _time_budget(info["time_plan"])))
     if predictions is not None:
         sections.append(_predictions_section(pngs, predictions, labels, pred_name))
     if r.get("recipe"):
