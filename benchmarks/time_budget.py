@@ -64,7 +64,8 @@ def one_budget(budget: str, train: str, args: argparse.Namespace, out: Path) -> 
     return {
         "budget": budget,
         "budget_s": plan["budget_seconds"],
-        "steps": plan["steps"] if not plan["replans"] else plan["replans"][-1]["steps"],
+        "steps_planned": plan["steps"],
+        "steps_run": plan["steps"] if not plan["replans"] else plan["replans"][-1]["steps"],
         "epochs": plan["epochs"],
         "rows": plan["rows"],
         "evaluations": plan["evaluations"],

@@ -293,3 +293,33 @@ def test_sweep_time_budget_ends_the_study_in_time(tiny_bert_dir, tmp_path):
     assert all(b >= 10 for b in budgets[:-1]) and sum(budgets) <= 40
     done = [t for t in trials if t.state.name == "COMPLETE"]
     assert done and all((Path(t.user_attrs["run_folder"]) / "run.json").is_file() for t in done)
+
+
+# --- the benchmark script ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_time_budget_benchmark_runs_on_a_tiny_model(tiny_bert_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, cli_env
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        f"model: {{name: {tiny_bert_dir}, head: linear}}\n"
+        "train: {epochs: 5, batch_size: 8, lr: 2.0e-2, threads: 1}\n"
+    )
+    train, test = (
+        write_text_csv(tmp_path / "train.csv", 300, seed=1),
+        write_text_csv(tmp_path / "test.csv", 60, 2),
+    )
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "time_budget.py"), "--budgets", "25s", "--recipe", str(recipe),
+         "--train", str(train), "--test", str(test), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, env=cli_env(), timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout.splitlines()[0])
+    assert row["command_s"] < 25 * 1.05 and row["steps_run"] > 0 and row["test_accuracy"] > 0.5
+    assert (tmp_path / "out" / "time_budget.csv").is_file()

@@ -181,8 +181,8 @@ class TrainConfig:
     time_budget: float | str | None = opt(
         None,
         "the whole command's time: seconds or a duration (90s, 8m, 1h30m); a timed warm-up plans the steps, "
-        "evaluations and rows that fit (train.epochs stays the ceiling) and run.json records the plan, which "
-        "train.max_steps and the other keys it lists reproduce without timing",
+        "evaluations and rows that fit (train.epochs and train.max_steps stay ceilings) and run.json's "
+        "time_plan records the plan, which train.max_steps and the other keys it lists reproduce without timing",
         "--time-budget",
         ("train",),
     )
