@@ -323,3 +323,19 @@ def test_time_budget_benchmark_runs_on_a_tiny_model(tiny_bert_dir, tmp_path):
     row = json.loads(res.stdout.splitlines()[0])
     assert row["command_s"] < 25 * 1.05 and row["steps_run"] > 0 and row["test_accuracy"] > 0.5
     assert (tmp_path / "out" / "time_budget.csv").is_file()
+
+
+@pytest.mark.slow
+def test_plan_with_the_frozen_layer_cache_reproduces(tiny_bert_dir, tmp_path):
+    """Adapters on the upper layer only: the cache is built after the warm-up, over the planned rows."""
+    csv = write_text_csv(tmp_path / "train.csv", 300, seed=4)
+    extra = ["--epochs", "50", *TINY, "adapter.layers=[1]"]
+    res = ok(run_cli("train", "--model", tiny_bert_dir, "--train", csv, "--out", tmp_path / "a", "--time-budget",
+                     "15s", *extra))  # fmt: skip
+    plan = _plan_of(tmp_path / "a")
+    assert f"layers 0-0 computed once for {plan['rows']:,} rows" in res.stderr
+    ok(run_cli("train", "--model", tiny_bert_dir, "--train", csv, "--out", tmp_path / "b", *extra,
+               *plan["overrides"]))  # fmt: skip
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "model.safetensors"
+    ).read_bytes()

@@ -55,6 +55,7 @@ def measure(
     """
     started = time.perf_counter()
     saved = {n: q.detach().clone() for n, q in model.named_parameters() if q.requires_grad}
+    modes = {m: m.training for m in model.modules()}  # dropout on or off, as the session will find it
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -65,7 +66,8 @@ def measure(
             for n, q in model.named_parameters():
                 if n in saved:
                     q.copy_(saved[n])
-        model.train()
+        for m, training in modes.items():
+            m.train(training)
     return Rates(
         step_seconds=step_seconds,
         eval_seconds=eval_seconds,
