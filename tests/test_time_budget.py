@@ -339,3 +339,14 @@ def test_plan_with_the_frozen_layer_cache_reproduces(tiny_bert_dir, tmp_path):
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
         tmp_path / "b" / "model.safetensors"
     ).read_bytes()
+
+
+def test_the_frozen_cache_is_priced_once_over_the_rows_seen():
+    rates = Rates(step_seconds=0.5, eval_seconds=5.0, cache_row_seconds=0.01)
+    plan = lay_out(
+        600, 30, rates, n_train=3_200, min_class_rows=800, batch_size=32, grad_accum=1, max_epochs=20
+    )
+    assert not plan.sampled and plan.epochs > 1
+    spent = plan.setup_seconds + plan.steps * 0.5 + plan.evaluations * 5 + 3_200 * 0.01 + plan.finish_seconds
+    assert spent <= 600 - plan.margin_seconds and spent == pytest.approx(plan.estimated_seconds, abs=0.01)
+    assert 600 - plan.margin_seconds - spent < 0.5 + 5

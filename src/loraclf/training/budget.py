@@ -162,11 +162,19 @@ def lay_out(
     left = budget - elapsed - finish - margin
     # Evaluations take at most EVAL_SHARE of the time left; the last step is always evaluated.
     eval_cap = max(1, int(EVAL_SHARE * left / max(rates.eval_seconds, 1e-9)))
-    step_cost = rates.step_seconds + rows_per_step * rates.cache_row_seconds
+    step_cost = rates.step_seconds + rows_per_step * rates.cache_row_seconds  # the cache covers the rows seen
+
+    def fitting(evaluations: int) -> int:
+        train_left = left - evaluations * rates.eval_seconds
+        steps = int(train_left / step_cost)
+        if steps * rows_per_step >= n_train:  # an epoch or more: the cache is built once over every row
+            steps = int((train_left - n_train * rates.cache_row_seconds) / rates.step_seconds)
+        return min(ceiling, steps)
+
     steps = evaluations = 0
     most = max(MIN_EVALUATIONS, math.ceil(ceiling / steps_per_epoch))  # one per epoch, at least three
     for evaluations in range(min(eval_cap, most), 0, -1):
-        steps = min(ceiling, int((left - evaluations * rates.eval_seconds) / step_cost))
+        steps = fitting(evaluations)
         if steps >= 1:
             break
     if steps < 1:
@@ -184,7 +192,11 @@ def lay_out(
     epochs = steps * rows_per_step / max(rows, 1)
     per_epoch = math.ceil(math.ceil(rows / batch_size) / grad_accum)
     wanted = max(min(MIN_EVALUATIONS, evaluations), math.ceil(steps / per_epoch))
-    eval_every = math.ceil(steps / min(wanted, evaluations, steps))
+    evaluations = min(wanted, evaluations, steps)
+    if not sampled:  # time reserved for evaluations that will not run goes to steps
+        steps = max(steps, fitting(evaluations))
+        epochs = steps * rows_per_step / max(rows, 1)
+    eval_every = math.ceil(steps / evaluations)
     evaluations = math.ceil(steps / eval_every)
     cache = rows * rates.cache_row_seconds
     train_seconds = steps * rates.step_seconds + evaluations * rates.eval_seconds + cache
