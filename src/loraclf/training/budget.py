@@ -88,6 +88,7 @@ class BudgetPlan:
     setup_seconds: float
     estimated_seconds: float
     max_length: int = 0
+    warmup_seconds: float = 0.0
     replans: list = field(default_factory=list)
     stopped_at: int | None = None
     actual: dict = field(
@@ -214,6 +215,7 @@ def lay_out(
         finish_seconds=round(finish, 2),
         margin_seconds=round(margin, 2),
         setup_seconds=round(elapsed, 2),
+        warmup_seconds=round(rates.warmup_seconds, 2),
         estimated_seconds=round(elapsed + train_seconds + finish, 2),
     )
 
