@@ -282,15 +282,15 @@ def test_sweep_time_budget_ends_the_study_in_time(tiny_bert_dir, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("adapter.r: {int: [1, 4]}\n")
     csv = write_text_csv(tmp_path / "train.csv", 200, seed=2)
-    started = time.monotonic()
+    started, wall = time.monotonic(), time.time()
     ok(run_cli("sweep", "--config", recipe, "--space", space, "--train", csv, "--out", tmp_path / "sw", "--quiet",
                "--trials", 20, "--time-budget", "40s"))  # fmt: skip
     seconds = time.monotonic() - started
     assert seconds < 40 * 1.05, seconds
     trials = optuna.load_study(study_name="sw", storage=f"sqlite:///{tmp_path / 'sw' / 'study.db'}").trials
     assert 1 <= len(trials) < 20  # the deadline, not the count, ended the study
-    budgets = [t.user_attrs["time_budget"] for t in trials]
-    assert all(b >= 10 for b in budgets[:-1]) and sum(budgets) <= 40
+    for t in trials:  # each trial's budget ends by the study's deadline
+        assert t.datetime_start.timestamp() + t.user_attrs["time_budget"] <= wall + 40 + 0.5
     done = [t for t in trials if t.state.name == "COMPLETE"]
     assert done and all((Path(t.user_attrs["run_folder"]) / "run.json").is_file() for t in done)
 

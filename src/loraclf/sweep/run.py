@@ -117,14 +117,11 @@ class Objective:
             recipe.train.time_budget = self.clock.trial_budget(recipe.train.time_budget)
             trial.set_user_attr("time_budget", recipe.train.time_budget)
         try:
-            p = prepare(recipe, self.args.train, self.args.eval)
-            if p.recipe.train.time_budget is not None:  # the trial plans its own steps and evaluations
-                reporter = Reporter(trial, self.metric, None, None)
-            else:
-                total = _total_steps(p)
-                if p.recipe.train.eval_every is None:
-                    p.recipe.train.eval_every = max(1, math.ceil(total / EVALS_PER_TRIAL))
-                reporter = Reporter(trial, self.metric, total, math.ceil(total / p.recipe.train.eval_every))
+            p, t = prepare(recipe, self.args.train, self.args.eval), recipe.train
+            total = None if t.time_budget is not None else _total_steps(p)  # a budget plans its own steps
+            if total is not None and t.eval_every is None:
+                t.eval_every = max(1, math.ceil(total / EVALS_PER_TRIAL))
+            reporter = Reporter(trial, self.metric, total, total and math.ceil(total / t.eval_every))
             m = train(p, run, on_evaluate=reporter, started=started)
         except Diverged as exc:  # a learning rate too high for this point: a failed trial, not a failed sweep
             trial.set_user_attr("note", str(exc))
