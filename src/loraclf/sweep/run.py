@@ -39,6 +39,7 @@ from pathlib import Path
 
 from loraclf.config import Recipe, from_dict, to_dict
 from loraclf.modeling.methods import validate_recipe
+from loraclf.sweep.pruning import Reporter, total_steps
 from loraclf.sweep.space import Dist, Planner, check_some_point_fits, metric_columns, parse_space, recipe_with
 from loraclf.sweep.study import fail_lost_trials, make_pruner, open_storage, open_study, shown_url, worker
 from loraclf.sweep.timing import StudyClock
@@ -118,10 +119,10 @@ class Objective:
             trial.set_user_attr("time_budget", recipe.train.time_budget)
         try:
             p, t = prepare(recipe, self.args.train, self.args.eval), recipe.train
-            total = None if t.time_budget is not None else _total_steps(p)  # a budget plans its own steps
+            total = None if t.time_budget is not None else total_steps(p)  # a budget plans its own steps
             if total is not None and t.eval_every is None:
                 t.eval_every = max(1, math.ceil(total / EVALS_PER_TRIAL))
-            reporter = Reporter(trial, self.metric, total, total and math.ceil(total / t.eval_every))
+            reporter = Reporter(trial, self.metric, total, total and math.ceil(total / t.eval_every), run)
             m = train(p, run, on_evaluate=reporter, started=started)
         except Diverged as exc:  # a learning rate too high for this point: a failed trial, not a failed sweep
             trial.set_user_attr("note", str(exc))
@@ -134,34 +135,6 @@ class Objective:
             trial.set_user_attr("note", reporter.pruned_note)
             raise optuna.TrialPruned(reporter.pruned_note)
         return float(m[self.metric])
-
-
-def _total_steps(p) -> int:
-    """Optimizer steps of a prepared run, counted as ``train()`` counts them."""
-    t = p.recipe.train
-    steps_per_epoch = math.ceil(math.ceil(len(p.train_ids) / t.batch_size) / t.grad_accum)
-    return t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-
-
-class Reporter:
-    """``train()``'s ``on_evaluate`` hook: report evaluation k as step k, ask the pruner, stop when told."""
-
-    def __init__(self, trial, metric: str, total_steps: int | None, n_evals: int | None):
-        """``total_steps`` and ``n_evals`` are None for a time-budgeted trial, which plans them itself."""
-        self.trial, self.metric, self.total, self.n_evals = trial, metric, total_steps, n_evals
-        self.evals, self.pruned_note = 0, ""
-
-    def __call__(self, step: int, m: dict) -> bool:
-        self.evals += 1
-        self.trial.report(float(m[self.metric]), self.evals)
-        # The last evaluation is the end of the run anyway: a finished trial stays finished.
-        if (self.total is None or step < self.total) and self.trial.should_prune():
-            of = (
-                f" of {self.n_evals} (step {step:,} of {self.total:,})" if self.total else f" (step {step:,})"
-            )
-            self.pruned_note = f"pruned at evaluation {self.evals}{of}"
-            return True
-        return False
 
 
 # --- leaderboard -----------------------------------------------------------------------------------------------------
