@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 .PHONY: quickstart test test-fast setup system-deps wordnet mpnet lint bench
 
-quickstart:            ## set up, train the MiniLM CPU recipe on AG News, evaluate on test.csv
+quickstart:            ## set up, train the MiniLM CPU recipe on AG News in a 7-minute budget, evaluate on test.csv
 	bash scripts/quickstart.sh
 
 test: setup system-deps  ## lint + the whole test suite (includes the slow real MiniLM run)
