@@ -36,7 +36,8 @@ from loraclf.utils.durations import parse_duration
 from loraclf.utils.errors import UserError
 
 MAX_TIMED_STEPS = 12
-MIN_TIMED_STEPS = 3
+MIN_TIMED_STEPS = 2
+MOST_SHARE = 0.04  # of the budget: the timed steps stop there even before MIN_TIMED_STEPS (slow machines)
 EVAL_SAMPLE_BATCHES = 2
 
 
@@ -48,7 +49,8 @@ def measure(
     Args:
         p: The prepared run (tokenised rows).
         model: The built classifier (session.build_model), before the session wraps it.
-        budget: The time budget, seconds: the warm-up spends about 1% of it (1.5 to 10 s) on timed steps.
+        budget: The time budget, seconds: the warm-up spends about 1% of it (1.5 to 10 s, at least two steps,
+            at most 4% of the budget) on timed steps.
 
     Returns:
         The measured :class:`~loraclf.training.budget.Rates`.
@@ -59,7 +61,8 @@ def measure(
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
-            step_seconds = _time_steps(p, model, device, precision, min(10.0, max(1.5, 0.01 * budget)))
+            target = min(10.0, max(1.5, 0.01 * budget))
+            step_seconds = _time_steps(p, model, device, precision, target, MOST_SHARE * budget)
             eval_seconds = _time_eval(p, model, device, precision)
     finally:
         with torch.no_grad():
@@ -82,8 +85,9 @@ def _padded_tokens(lengths: np.ndarray, rows: np.ndarray) -> int:
     return len(rows) * width
 
 
-def _time_steps(p: Prepared, model, device, precision: str, target: float) -> float:
-    """Seconds of one optimizer step, averaged over the first epoch's mix of batch widths."""
+def _time_steps(p: Prepared, model, device, precision: str, target: float, limit: float) -> float:
+    """Seconds of one optimizer step, averaged over the first epoch's mix of batch widths: timed steps until
+    ``target`` seconds and :data:`MIN_TIMED_STEPS` steps, or until ``limit`` seconds (at least one step)."""
     r, t = p.recipe, p.recipe.train
     lengths = np.array([len(x) for x in p.train_ids])
     batches = epoch_batches(lengths, t.batch_size, t.seed, 0, t.group_by_length)
@@ -120,7 +124,7 @@ def _time_steps(p: Prepared, model, device, precision: str, target: float) -> fl
         spent += time.perf_counter() - begin
         timed_tokens += tokens[i]
         timed += 1
-        if timed >= MIN_TIMED_STEPS and spent >= target:
+        if (timed >= MIN_TIMED_STEPS and spent >= target) or spent >= limit:
             break
     if timed == 0:  # a one-step epoch: its only step was the untimed one; time it again
         begin = time.perf_counter()
