@@ -145,9 +145,10 @@ def _plan(**kw) -> BudgetPlan:
 
 def test_replan_only_when_the_plan_no_longer_fits():
     plan = _plan()
-    assert replan(plan, 25, 20 + 25 * 0.5 + 2) is None  # on time
-    assert replan(plan, 25, 20 + 25 * 0.55 + 2) is None  # a little slow: the margin absorbs it
-    total = replan(plan, 25, 20 + 25 * 1.0)  # twice as slow
+    assert replan(plan, 25, 20 + 25 * 0.5 + 2, 25 * 0.5 + 2) is None  # on time
+    assert replan(plan, 25, 20 + 25 * 0.55 + 2, 25 * 0.55 + 2) is None  # a little slow: the margin absorbs it
+    assert replan(plan, 2, 40, 20) is None  # the first steps are not judged
+    total = replan(plan, 25, 20 + 25 * 1.0, 25 * 1.0)  # twice as slow
     assert 25 < total < 100
     per_step = 25 / 25
     assert (

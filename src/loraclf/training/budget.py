@@ -45,6 +45,7 @@ EVAL_SHARE = 0.15  # the most of the training time that evaluations during train
 MIN_EVALUATIONS = 3
 DRIFT_TOLERANCE = 0.5  # re-plan when the run, at the speed seen, would use more than this share of the margin
 REPLAN_SPACING = 0.05  # of the planned steps: the least distance between two re-plans
+FIRST_CHECK = 3  # steps before the speed is judged
 REPORT_SECONDS = 4.0  # drawing report.html and its figures (measured 2-3 s on a 2-core EPYC)
 EXPORT_SECONDS_PER_MPARAM = 0.5  # int8 ONNX export, per million parameters (MiniLM, 23.2M: 6-14 s measured)
 EXPORT_SECONDS = 3.0
@@ -220,25 +221,27 @@ def lay_out(
     )
 
 
-def replan(plan: BudgetPlan, step: int, elapsed: float) -> int | None:
-    """After the evaluation at ``step``, the new total of steps when the run no longer fits its plan, else None.
+def replan(plan: BudgetPlan, step: int, elapsed: float, trained: float) -> int | None:
+    """After ``step`` steps, the new total of steps when the run no longer fits its plan, else None.
 
-    The remaining steps are priced at the speed seen since the plan (evaluations and checkpoints included). While
-    the run so priced still ends :data:`DRIFT_TOLERANCE` of the safety margin before the budget, the plan stands:
-    the margin absorbs small drift, and a plan that holds is the plan ``train.max_steps`` reproduces.
+    The remaining steps are priced at the speed seen in the training loop so far (evaluations and checkpoints
+    included). While the run so priced still ends :data:`DRIFT_TOLERANCE` of the safety margin before the budget,
+    the plan stands: the margin absorbs small drift, and a plan that holds is the plan ``train.max_steps``
+    reproduces. The first :data:`FIRST_CHECK` steps are not judged (one-off costs of new batch shapes).
 
     Args:
         plan: The run's plan and its re-plans so far.
-        step: Optimizer steps done (at least 1).
+        step: Optimizer steps done.
         elapsed: Seconds since the command started.
+        trained: Seconds spent in the training loop (from its first step, the frozen-layer cache included).
 
     Returns:
         None while the plan fits; otherwise the total that fits (at least ``step + 1``), below the current one.
     """
     total = plan.steps if not plan.replans else plan.replans[-1]["steps"]
-    if step >= total or step < 1:
+    if step >= total or step < FIRST_CHECK:
         return None
-    per_step = max(elapsed - plan.setup_seconds, 1e-9) / step
+    per_step = max(trained, 1e-9) / step
     projected = elapsed + (total - step) * per_step + plan.finish_seconds
     if projected <= plan.budget_seconds - DRIFT_TOLERANCE * plan.margin_seconds:
         return None

@@ -73,7 +73,7 @@ def keep_to_plan(ctx: LoopContext) -> None:
     last = plan.replans[-1]["step"] if plan.replans else 0
     if step - last < max(1, round(REPLAN_SPACING * plan.steps)):
         return
-    new_total = replan(plan, step, elapsed)
+    new_total = replan(plan, step, elapsed, time.perf_counter() - ctx.started)
     if new_total is not None:
         _cut(
             ctx,
