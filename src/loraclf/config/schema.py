@@ -133,10 +133,6 @@ class ModelConfig:
     revision: str | None = opt(None, "hub revision for hub ids")
 
 
-# Methods that train virtual tokens (adapter.virtual_tokens) rather than weights; their tokens take position slots.
-VIRTUAL_TOKEN_METHODS = ("prompt", "prefix")
-
-
 @dataclass
 class AdapterConfig:
     """Which parameters train: LoRA adapters, the head only, or everything."""

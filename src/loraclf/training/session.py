@@ -183,7 +183,7 @@ def frozen_cache(p: Prepared, model, device, precision: str, dist: Dist):
     from loraclf.training import frozen
 
     t = p.recipe.train
-    if not t.cache_frozen or p.recipe.adapter.method != "lora" or t.compile:
+    if not t.cache_frozen or "frozen_cache" not in get_method(p.recipe.adapter.method).supports or t.compile:
         return None, 0.0
     start = time.perf_counter()
     head = head_module_name(model.base_model.model if hasattr(model, "peft_config") else model)
