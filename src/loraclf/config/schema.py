@@ -139,8 +139,8 @@ class AdapterConfig:
 
     method: str = opt(
         "lora",
-        "adaptation method: lora | dora | vera | adalora | ia3 | loha | lokr | bitfit | prompt | prefix | head "
-        "(feature extraction) | full (full fine-tuning); see modeling/methods.py and the README's table",
+        "adaptation method registered in loraclf.modeling.methods: lora, dora, …, head (feature extraction), full "
+        "(full fine-tuning); `loraclf train --help` lists them all",
         "--method",
     )
     targets: list[str] | None = opt(
