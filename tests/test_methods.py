@@ -54,7 +54,20 @@ def test_lora_default_targets_are_query_value(tiny_model_dirs):
 
 
 def test_every_method_is_registered():
-    shipped = {"head", "full", "lora", "dora", "vera", "adalora", "ia3", "loha", "lokr", "bitfit", "prompt", "prefix"}
+    shipped = {
+        "head",
+        "full",
+        "lora",
+        "dora",
+        "vera",
+        "adalora",
+        "ia3",
+        "loha",
+        "lokr",
+        "bitfit",
+        "prompt",
+        "prefix",
+    }
     assert shipped | {"hra"} <= set(METHODS)
 
 
@@ -204,7 +217,9 @@ TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "
 # AdaLoRA (the method with training hooks), prefix tuning and HRA (the newest) run by default; the rest are marked
 # slow to keep this file near 2 min.
 FAST = ("adalora", "prefix", "hra")
-TRAINED = [m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in [*PEFT_METHODS, *MODEL_SETTINGS]]
+TRAINED = [
+    m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in [*PEFT_METHODS, *MODEL_SETTINGS]
+]
 
 
 @pytest.fixture(scope="module")
@@ -339,3 +354,56 @@ def test_adalora_checkpoint_state_survives_torch_load_weights_only(tiny_model_di
     for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
         assert again[key].keys() == state[key].keys()
         assert all(torch.equal(again[key][k], state[key][k]) for k in state[key])
+
+
+@pytest.mark.parametrize(
+    ("arch", "targets"), [("bert", None), ("roberta", ["all-linear"]), ("bert", ["query"])]
+)
+def test_hra_plan_is_its_closed_form(tiny_model_dirs, arch, targets):
+    """HRA trains r vectors of d_in per adapted matrix: the plan equals ``sum r · d_in`` from the config alone."""
+    from loraclf.modeling.adapters import select_targets
+    from loraclf.modeling.backbones import load_config
+    from loraclf.modeling.methods import hra
+
+    cfg = load_config(str(tiny_model_dirs[arch]))
+    hidden, inner, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    per_layer = {
+        None: 2 * hidden,  # peft's default for BERT: query and value, d_in = hidden
+        ("query",): hidden,
+        ("all-linear",): 5 * hidden
+        + inner,  # q, k, v, attention output, intermediate (hidden in), output (inner in)
+    }[tuple(targets) if targets else None]
+    for r in (2, 6):
+        p = plan(recipe(tiny_model_dirs[arch], method="hra", r=r, targets=targets), 3)
+        assert p.adapters == p.kinds["hra vectors"] == r * layers * per_layer
+        built = build_model(
+            str(tiny_model_dirs[arch]), 3, ModelConfig(name=str(tiny_model_dirs[arch])), meta=True
+        )
+        chosen = select_targets(built, AdapterConfig(targets=targets or ["query", "value"]))
+        assert hra.count(chosen, r) == p.adapters
+
+
+def test_hra_refuses_an_odd_rank_in_one_line(tiny_model_dirs):
+    with pytest.raises(UserError, match="even rank") as exc:
+        plan(recipe(tiny_model_dirs["bert"], method="hra", r=3), 3)
+    assert "\n" not in str(exc.value)
+
+
+def test_search_offers_every_registered_method_that_fits(tiny_bert_dir):
+    """``plan --search --methods`` over the whole registry: each row fits and reproduces through ``plan``."""
+    found = search_methods_rows(tiny_bert_dir, ",".join(METHODS))
+    assert {c["method"] for c in found} == set(METHODS) - {"prefix"}  # prefix needs loraclf's own head
+    for c in found:
+        again = run_cli(
+            "plan", "--model", tiny_bert_dir, "--num-labels", "4", *shlex.split(c["flags"]), "--json"
+        )
+        assert json.loads(again.stdout)["trainable"] == c["trainable"] <= 30_000, c
+
+
+def search_methods_rows(model, methods: str) -> list[dict]:
+    res = run_cli(
+        "plan", "--model", model, "--num-labels", "4", "--search", "--budget", 30_000, "--methods", methods,
+        "--top", "40", "--json",
+    )  # fmt: skip
+    assert res.returncode == 0, res
+    return json.loads(res.stdout)

@@ -46,7 +46,7 @@ def build_model(p: Prepared, device: torch.device, precision: str) -> torch.nn.M
     if t.gradient_checkpointing:
         steps.checkpoint_activations(model, r.model.name)
     model.to(device)
-    if precision == "bf16" and r.adapter.method != "full":
+    if precision == "bf16":
         # Frozen weights never receive updates, so bf16 copies lose nothing and save autocast's per-step casts
         # and half the memory traffic; trainable weights and optimizer state stay fp32.
         for prm in model.parameters():

@@ -57,6 +57,8 @@ class Method:
         check: Optional ``(spec) -> None`` raising UserError for method-specific settings.
         describe: Optional ``(spec) -> str`` settings line of ``loraclf plan``.
         candidates: ``(ctx, name) -> candidates`` of ``plan --search --methods`` (see :mod:`.search`).
+        preset: Recipe overrides (``key=value``) of the method's preset entry in ``loraclf compare``, on top of
+            the model's default recipe (full fine-tuning: no budget and a small learning rate).
         smallest: Adapter settings of the method's smallest configuration (what ``plan --search`` reports when
             nothing fits).
         after_step: Optional ``(model, step) -> None`` run after every optimizer step.
@@ -87,6 +89,7 @@ class Method:
     check: Callable[[AdapterConfig], None] | None = None
     describe: Callable[[AdapterConfig], str] | None = None
     candidates: Callable[[SearchContext, str], list[MethodCandidate]] = by_rank
+    preset: tuple[str, ...] = ()
     smallest: Mapping[str, object] = field(default_factory=lambda: {"r": 1})
     after_step: Callable[[nn.Module, int], None] | None = None
     extra_loss: Callable[[nn.Module], object] | None = None

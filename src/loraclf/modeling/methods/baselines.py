@@ -59,6 +59,7 @@ FULL = Method(
     family="baseline",
     apply=_full,
     ignores=_IGNORED,
+    preset=("budget=null", "train.lr=5e-5"),  # every weight moves: the pretrained features need a small step
     candidates=lambda ctx, name: search.single(ctx, name, bias="none"),
 )
 BITFIT = Method(
