@@ -150,7 +150,9 @@ class AdapterConfig:
         "--targets",
     )
     r: int = opt(
-        8, "rank of rank-based methods (LoRA, DoRA, VeRA, LoHa, LoKr; AdaLoRA's initial rank)", "--rank"
+        8,
+        "rank of the methods that take one (LoRA's r, AdaLoRA's initial rank; the methods table says which)",
+        "--rank",
     )
     alpha: float | None = opt(None, "LoRA alpha; None = 2 * r", "--alpha")
     dropout: float = opt(0.1, "LoRA dropout on the adapter input")

@@ -87,36 +87,6 @@ def conv1d(targets: list[Target]) -> bool:
     return any(t.conv1d for t in targets)
 
 
-def peft_apply(build: Callable) -> Callable[[nn.Module, AdapterConfig], nn.Module]:
-    """``apply`` of a peft method: ``build(model, spec, meta)`` gives its peft config, peft wraps the model."""
-
-    def apply(model: nn.Module, spec: AdapterConfig) -> nn.Module:
-        from peft import get_peft_model
-
-        meta = any(p.is_meta for p in model.parameters())
-        return after_build(get_peft_model(model, build(model, spec, meta)), spec)
-
-    return apply
-
-
-def after_build(model: nn.Module, spec: AdapterConfig) -> nn.Module:
-    """Settle what trains after peft built the model, identically on the meta device and on real weights.
-
-    AdaLoRA's ``ranknum`` is a constant (the initial rank) that peft leaves trainable when built on the meta device
-    and frozen on real weights; it never receives a gradient, so it is frozen. Methods whose peft config has no bias
-    option (``Method.own_bias``) train every bias themselves under bias=all.
-    """
-    from loraclf.modeling.methods.base import get_method
-
-    own_bias = spec.bias == "all" and get_method(spec.method).own_bias
-    for name, p in model.named_parameters():
-        if ".ranknum." in name:
-            p.requires_grad_(False)
-        elif own_bias and name.endswith("bias"):
-            p.requires_grad_(True)
-    return model
-
-
 def merge(model: nn.Module) -> nn.Module:
     """Fold the trained method into the frozen weights and drop peft's wrappers (``merge_and_unload``).
 

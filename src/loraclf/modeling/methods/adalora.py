@@ -35,6 +35,14 @@ def _config(model: nn.Module, spec: AdapterConfig, meta: bool):
     )
 
 
+def freeze_ranknum(model: nn.Module) -> None:
+    """Freeze ``ranknum``, a constant (the initial rank) that peft leaves trainable when built on the meta device and
+    frozen on real weights; it never receives a gradient, so the plan must not count it."""
+    for name, p in model.named_parameters():
+        if ".ranknum." in name:
+            p.requires_grad_(False)
+
+
 def prepare(model: nn.Module, total_steps: int) -> None:
     """Give AdaLoRA the real schedule: 10% of the steps before pruning starts, the last 20% at the final ranks."""
     config = model.peft_config[model.active_adapter]
@@ -119,7 +127,8 @@ ADALORA = Method(
     summary="AdaLoRA: SVD-shaped updates whose ranks are pruned to adapter.target_rank during training",
     source="Zhang et al. 2023, Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning (peft AdaLoraConfig)",
     family="adalora",
-    apply=_peft.peft_apply(_config),
+    build=_config,
+    after_build=freeze_ranknum,
     kinds={"lora_A": "lora A", "lora_B": "lora B", "lora_E": "adalora E"},
     accepts=frozenset({"targets", "r", "alpha", "dropout", "target_rank", "bias_lora_only"}),
     merges=True,

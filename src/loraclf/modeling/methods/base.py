@@ -40,6 +40,10 @@ class Method:
         family: The module (family) that defines it: ``lora``, ``baseline``, ``prompt``, …
         apply: ``(model, spec) -> model`` making exactly the method's parameters trainable (may wrap the model).
             The same call builds the meta-device plan and the trained model, so the plan is exact by construction.
+            Left out for a peft method: peft wraps the model with ``build``'s config.
+        build: ``(model, spec, meta) -> peft config`` of a peft-built method (``meta``: planning, no weights).
+        after_build: Optional ``(model) -> None`` run on the peft model, identically on the meta device and on real
+            weights (AdaLoRA freezes a constant peft leaves trainable on the meta device).
         kinds: Parameter-name part → breakdown kind of the plan (``{"lora_A": "lora A"}``); parameters it does not
             claim are counted as head, biases or other.
         accepts: Which adapter keys of :data:`KEYS` the method reads; a recipe setting one of
@@ -74,7 +78,9 @@ class Method:
     summary: str
     source: str
     family: str
-    apply: Callable[[nn.Module, AdapterConfig], nn.Module]
+    apply: Callable[[nn.Module, AdapterConfig], nn.Module] | None = None
+    build: Callable[[nn.Module, AdapterConfig, bool], object] | None = None
+    after_build: Callable[[nn.Module], None] | None = None
     kinds: Mapping[str, str] = field(default_factory=dict)
     accepts: frozenset[str] = frozenset()
     ignores: frozenset[str] = frozenset()
@@ -99,6 +105,10 @@ class Method:
     restore_state: Callable[[nn.Module, dict], None] | None = None
 
     def __post_init__(self) -> None:
+        if (self.apply is None) == (self.build is None):
+            raise ValueError(f"method {self.name}: give exactly one of apply (a baseline) or build (peft)")
+        if self.apply is None:
+            object.__setattr__(self, "apply", lambda model, spec: _peft_apply(self, model, spec))
         unknown = (
             self.accepts - set(KEYS) or self.ignores - set(CHECKED_KEYS) or self.supports - set(FEATURES)
         )
@@ -111,6 +121,24 @@ class Method:
             if part in self.kinds:
                 return self.kinds[part]
         return None
+
+
+def _peft_apply(method: Method, model: nn.Module, spec: AdapterConfig) -> nn.Module:
+    """``apply`` of a peft method: peft wraps the model with ``build``'s config, then what trains is settled.
+
+    Methods whose peft config has no bias option (``own_bias``) train every bias themselves under bias=all.
+    """
+    from peft import get_peft_model
+
+    meta = any(p.is_meta for p in model.parameters())
+    model = get_peft_model(model, method.build(model, spec, meta))
+    if method.after_build is not None:
+        method.after_build(model)
+    if spec.bias == "all" and method.own_bias:
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.requires_grad_(True)
+    return model
 
 
 METHODS: dict[str, Method] = {}

@@ -53,7 +53,7 @@ HRA = Method(
     source="Yuan et al. 2024, Bridging The Gap between Low-rank and Orthogonal Adaptation via Householder "
     "Reflection Adaptation (peft HRAConfig)",
     family="hra",
-    apply=_peft.peft_apply(_config),
+    build=_config,
     kinds={"hra_u": "hra vectors"},
     accepts=frozenset({"targets", "r", "bias_lora_only"}),
     merges=True,

@@ -38,7 +38,7 @@ IA3 = Method(
     source="Liu et al. 2022, Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context "
     "Learning (peft IA3Config)",
     family="ia3",
-    apply=_peft.peft_apply(_config),
+    build=_config,
     kinds={"ia3_l": "ia3 vector"},
     accepts=frozenset({"targets"}),
     merges=True,

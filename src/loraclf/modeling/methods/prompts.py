@@ -61,7 +61,7 @@ def _method(name: str, summary: str, source: str, prefix: bool, **extra) -> Meth
         summary=summary,
         source=source,
         family="prompt",
-        apply=_peft.peft_apply(_builder(prefix)),
+        build=_builder(prefix),
         kinds={"prompt_encoder": "virtual tokens"},
         accepts=frozenset({"virtual_tokens"}),
         virtual_tokens=True,

@@ -36,7 +36,7 @@ VERA = Method(
     summary="VeRA: frozen random projections shared by all layers, two trained scaling vectors per matrix",
     source="Kopiczko et al. 2024, VeRA: Vector-based Random Matrix Adaptation (peft VeraConfig)",
     family="vera",
-    apply=_peft.peft_apply(_config),
+    build=_config,
     kinds={
         "vera_lambda_b": "vera lambda_b",
         "vera_lambda_d": "vera lambda_d",
