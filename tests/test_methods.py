@@ -407,3 +407,45 @@ def search_methods_rows(model, methods: str) -> list[dict]:
     )  # fmt: skip
     assert res.returncode == 0, res
     return json.loads(res.stdout)
+
+
+# One setting per checked adapter key, and one recipe override per refusable training feature.
+KEY_SETTINGS = {
+    "targets": {"targets": ["query"]},
+    "layer_ranks": {"layer_ranks": [2, 2]},
+    "rslora": {"rslora": True},
+    "init": {"init": "gaussian"},
+    "bias_lora_only": {"bias": "lora_only"},
+}
+FEATURE_SETTINGS = {
+    "loraplus": "train.loraplus_lr_ratio=4",
+    "gradient_checkpointing": "train.gradient_checkpointing=true",
+}
+
+
+@pytest.mark.parametrize("method", all_methods(), ids=lambda m: m.name)
+def test_a_method_takes_what_it_declares_and_refuses_the_rest_in_one_line(method):
+    """``accepts``/``ignores`` and ``supports`` are the whole truth: declared settings pass, the others are refused
+    naming the key and the method."""
+    from loraclf.config import apply_overrides
+    from loraclf.modeling.methods import CHECKED_KEYS, check_spec, validate_recipe
+
+    assert set(KEY_SETTINGS) == set(CHECKED_KEYS)
+    for key, settings in KEY_SETTINGS.items():
+        spec = AdapterConfig(method=method.name, **settings)
+        if key in method.accepts or key in method.ignores:
+            check_spec(spec)
+            continue
+        with pytest.raises(UserError) as exc:
+            check_spec(spec)
+        assert f"adapter.{next(iter(settings))}" in str(exc.value) and method.name in str(exc.value)
+        assert "\n" not in str(exc.value)
+    for feature, override in FEATURE_SETTINGS.items():
+        r = apply_overrides(Recipe(), [f"adapter.method={method.name}", override])
+        if feature in method.supports:
+            validate_recipe(r)
+            continue
+        with pytest.raises(UserError) as exc:
+            validate_recipe(r)
+        assert override.split("=")[0] in str(exc.value) and method.name in str(exc.value)
+        assert "\n" not in str(exc.value)

@@ -194,7 +194,8 @@ def check_spec(spec: AdapterConfig) -> Method:
     m = get_method(spec.method)
     if (spec.layer_ranks or spec.layers) and not _uses(m, "layer_ranks"):
         raise UserError(
-            f"adapter.layer_ranks/layers apply to layer-wise adapter methods, but adapter.method is '{m.name}'"
+            f"adapter.layer_ranks/layers apply to {names_with(lambda x: 'layer_ranks' in x.accepts)}, "
+            f"but adapter.method is '{m.name}'"
         )
     if (spec.rslora or spec.init is not True) and not (_uses(m, "rslora") and _uses(m, "init")):
         raise UserError(
