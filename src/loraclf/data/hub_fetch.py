@@ -39,11 +39,11 @@ def _probe_hub(timeout: float = 5.0) -> None:
     import socket
     from urllib.parse import urlsplit
 
-    from huggingface_hub import constants
+    from datasets import config  # the hub settings `datasets` itself will use (HF_ENDPOINT, offline mode)
 
-    if constants.HF_HUB_OFFLINE:
+    if config.HF_HUB_OFFLINE:
         raise ConnectionError("HF_HUB_OFFLINE is set")
-    url = urlsplit(constants.ENDPOINT)
+    url = urlsplit(config.HF_ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((url.hostname, port), timeout=timeout).close()
