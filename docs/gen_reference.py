@@ -153,7 +153,41 @@ def recipe_page() -> str:
     return "\n".join(out) + "\n"
 
 
-PAGES = {"reference/cli.md": cli_page, "reference/recipe.md": recipe_page}
+def methods_page() -> str:
+    """Markdown table of every registered adaptation method, from the registry itself.
+
+    The registry's own ``table_markdown()`` is used when it has one (the ``modeling/methods/`` package); otherwise
+    the table is built here from each ``Method`` record's name, summary, source and merge flag.
+    """
+    from loraclf.modeling import methods
+
+    out = [
+        "# Adaptation methods (registry)",
+        "",
+        "Generated from the method registry (`loraclf.modeling.methods`) on every docs build, so every method "
+        "`--method` accepts is listed. The [methods guide](../guides/methods.md) says when to pick which, with "
+        "measurements.",
+        "",
+    ]
+    table = getattr(methods, "table_markdown", None)
+    if table is not None:
+        return "\n".join(out) + "\n" + table().rstrip("\n") + "\n"
+    yes = {True: "yes", False: "no"}
+    out += [
+        "| `--method` | what trains | source | folds into the weights | int8 graph and `export` |",
+        "|---|---|---|---|---|",
+    ]
+    for m in methods.METHODS.values():
+        cells = (f"`{m.name}`", _cell(m.summary), _cell(m.source), yes[m.merges], yes[m.plain])
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+PAGES = {
+    "reference/cli.md": cli_page,
+    "reference/recipe.md": recipe_page,
+    "reference/methods.md": methods_page,
+}
 
 
 def _write_with_gen_files() -> None:

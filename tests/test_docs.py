@@ -37,7 +37,10 @@ def reference_pages(tmp_path: Path) -> dict[str, str]:
         env=cli_env(),
         timeout=120,
     )
-    return {p: (tmp_path / "reference" / f"{p}.md").read_text(encoding="utf-8") for p in ("cli", "recipe")}
+    return {
+        p: (tmp_path / "reference" / f"{p}.md").read_text(encoding="utf-8")
+        for p in ("cli", "recipe", "methods")
+    }
 
 
 def test_site_builds_with_warnings_as_errors(tmp_path):
@@ -77,6 +80,10 @@ def test_references_cover_every_command_flag_and_recipe_key(tmp_path):
         assert " ".join(help_text.split()).replace("|", "\\|") in row, key
     assert "| `train.scheduler` | `linear` \\| `cosine`" in pages["recipe"]  # choices shown as choices
     assert "| `adapter.r` | `int` | `8` | `--rank` |" in pages["recipe"]
+    from loraclf.modeling.methods import METHODS
+
+    for name in METHODS:  # every method --method accepts, from the registry
+        assert f"`{name}`" in pages["methods"], name
 
 
 def runnable_blocks(page: Path) -> list[str]:
@@ -154,5 +161,5 @@ def test_every_docs_page_is_in_the_navigation():
 
     listed = set(pages(nav))
     written = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
-    generated = {"reference/cli.md", "reference/recipe.md"}
+    generated = {"reference/cli.md", "reference/recipe.md", "reference/methods.md"}
     assert written | generated == listed, (written | generated) ^ listed
