@@ -163,3 +163,50 @@ def test_every_docs_page_is_in_the_navigation():
     written = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     generated = {"reference/cli.md", "reference/recipe.md", "reference/methods.md"}
     assert written | generated == listed, (written | generated) ^ listed
+
+
+COMMAND_LINE = re.compile(
+    r"^(?:\$ )?(?:[A-Z_]+=\S+\s+)*(?:\S*python -m |torchrun .*-m |accelerate launch .*-m )?loraclf\s+(.*)$"
+)
+OVERRIDE = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+)=")
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, command line) for every ``loraclf …`` line in the shell blocks of the README, CONTRIBUTING and docs/."""
+    found = []
+    for page in [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted(DOCS.rglob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                match = COMMAND_LINE.match(line.strip())
+                if match and not match.group(1).startswith("-"):
+                    found.append((page.relative_to(REPO).as_posix(), match.group(1)))
+    return found
+
+
+def test_documented_commands_use_real_commands_flags_and_recipe_keys():
+    """Hand-written examples cannot drift from the parser: every command, flag and key.sub=value key exists."""
+    from loraclf.cli.main import build_parser
+    from loraclf.config import describe
+
+    parser = build_parser()
+    keys = {k for k, _, _ in describe()}
+    lines = documented_commands()
+    assert len(lines) >= 40, len(lines)
+    wrong = []
+    for page, line in lines:
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError:  # an ellipsis or a quote left open inside prose-like examples
+            tokens = line.split()
+        command, args = tokens[0], tokens[1:]
+        if command not in parser.commands:
+            wrong.append((page, command))
+            continue
+        flags = {o for a in parser.commands[command]._actions for o in a.option_strings}
+        for token in args:
+            if token.startswith("--") and token.split("=")[0] not in flags:
+                wrong.append((page, command, token))
+            match = OVERRIDE.match(token)
+            if match and not any(k == match.group(1) or k.startswith(match.group(1) + ".") for k in keys):
+                wrong.append((page, command, token))
+    assert not wrong, wrong
