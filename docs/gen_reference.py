@@ -199,10 +199,12 @@ def _write_with_gen_files() -> None:
         mkdocs_gen_files.set_edit_path(path, "gen_reference.py")
 
 
-if __name__ == "__main__" and len(sys.argv) > 1:
+if __name__ == "__main__":  # python docs/gen_reference.py OUT_DIR
+    if len(sys.argv) != 2:
+        sys.exit("usage: python docs/gen_reference.py OUT_DIR")
     for rel, page in PAGES.items():
         target = Path(sys.argv[1]) / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(page(), encoding="utf-8")
-else:  # executed by mkdocs-gen-files (its scripts run with __name__ == "__main__" and no arguments)
+else:  # executed by mkdocs-gen-files (runpy.run_path: __name__ is "<run_path>")
     _write_with_gen_files()
