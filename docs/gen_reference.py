@@ -17,14 +17,19 @@ import typing
 from pathlib import Path
 
 
-def _cell(text: object) -> str:
-    """A table cell: one line, pipes escaped."""
+def _one_line(text: object) -> str:
+    """One line, pipes escaped (they would end a table cell)."""
     return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _cell(text: object) -> str:
+    """A prose table cell: one line; ``<`` and ``>`` escaped so that ``prob_<label>`` is not read as HTML."""
+    return _one_line(text).replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _code(text: object) -> str:
     """Inline code for a table cell; backticks inside become a longer fence."""
-    text = _cell(text)
+    text = _one_line(text)
     return f"`` {text} ``" if "`" in text else f"`{text}`"
 
 

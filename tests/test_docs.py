@@ -58,6 +58,8 @@ def test_site_builds_with_warnings_as_errors(tmp_path):
     assert "WARNING" not in re.sub(r"(?s)-{20,}.*?-{20,}", "", res.stderr)  # mkdocs' own banner aside
     for page in ("reference/cli", "reference/recipe", "reference/api", "getting-started", "guides/methods"):
         assert (site / page / "index.html").is_file(), page
+    cli = (site / "reference/cli/index.html").read_text(encoding="utf-8")
+    assert "prob_&lt;label&gt;" in cli  # help text with angle brackets shows them, not an HTML tag
     api = (site / "reference/api/index.html").read_text(encoding="utf-8")
     assert "predict_proba" in api and "UserError" in api  # docstrings rendered, not only headings
 
@@ -77,7 +79,8 @@ def test_references_cover_every_command_flag_and_recipe_key(tmp_path):
                     assert f"`{flag}`" in section, (name, flag)
     for key, _, help_text in describe():
         row = next(line for line in pages["recipe"].splitlines() if line.startswith(f"| `{key}` |"))
-        assert " ".join(help_text.split()).replace("|", "\\|") in row, key
+        expected = " ".join(help_text.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        assert expected in row, key
     assert "| `train.scheduler` | `linear` \\| `cosine`" in pages["recipe"]  # choices shown as choices
     assert "| `adapter.r` | `int` | `8` | `--rank` |" in pages["recipe"]
     from loraclf.modeling.methods import METHODS
