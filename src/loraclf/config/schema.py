@@ -144,7 +144,7 @@ class AdapterConfig:
     method: str = opt(
         "lora",
         "adaptation method: lora | dora | vera | adalora | ia3 | loha | lokr | bitfit | prompt | prefix | head "
-        "(feature extraction) | full (full fine-tuning); see modeling/methods.py and the README's table",
+        "(feature extraction) | full (full fine-tuning); see docs/guides/methods.md",
         "--method",
     )
     targets: list[str] | None = opt(
