@@ -255,19 +255,23 @@ def test_short_run_learns_merges_and_reloads(tiny_bert_dir, data, tmp_path, meth
     run = _train(tiny_bert_dir, method, data, tmp_path / method, "train.precision=fp32")
     losses = _train_losses(run)
     assert losses[-1] < losses[0], losses
-    loaded = loraclf.load(run, device="cpu", precision="fp32", calibration=False)  # the raw softmax, as below
+    loaded = loraclf.load(run, device="cpu", precision="fp32", calibration=False)
     texts = ["stocks shares profit bank", "football tennis goal", "the chip software nasa", "treaty troops"]
     probs = loaded.predict_proba(texts)
+    calibrated = loraclf.load(run, device="cpu", precision="fp32")
     ids = loaded.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         kept = build_trained_model(run, loaded.recipe, 4, loaded.tokenizer.pad_token_id, merge=False).eval()
-        unmerged = torch.softmax(kept(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits, -1)
+        logits = kept(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits
+        unmerged = torch.softmax(logits, -1)
+        scaled = torch.softmax(logits / calibrated.temperature, -1)
         merged_model = build_trained_model(run, loaded.recipe, 4, loaded.tokenizer.pad_token_id).eval()
         merged = torch.softmax(
             merged_model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits, -1
         )
     np.testing.assert_allclose(merged.numpy(), unmerged.numpy(), atol=1e-4)
     np.testing.assert_allclose(probs, unmerged.numpy(), atol=1e-5)
+    np.testing.assert_allclose(calibrated.predict_proba(texts), scaled.numpy(), atol=1e-5)  # the run's T
     if method == "adalora":
         state = json.loads((run / "run.json").read_text())["method_state"]
         assert state["init_rank"] == 4 and state["final_ranks"]

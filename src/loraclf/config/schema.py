@@ -140,7 +140,7 @@ class AdapterConfig:
     method: str = opt(
         "lora",
         "adaptation method registered in loraclf.modeling.methods: lora, dora, …, head (feature extraction), full "
-        "(full fine-tuning); `loraclf train --help` lists them all",
+        "(full fine-tuning); `loraclf train --help` lists them all, docs/guides/methods.md describes them",
         "--method",
     )
     targets: list[str] | None = opt(
