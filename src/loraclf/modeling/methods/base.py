@@ -248,11 +248,15 @@ def table_markdown() -> str:
         "| method | description | virtual tokens | merges | keys it accepts | source |",
         "|---|---|---|---|---|---|",
     ]
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
     for m in METHODS.values():
         keys = ", ".join(f"`{k}`" for k in sorted(m.accepts)) or "–"
         rows.append(
-            f"| `{m.name}` | {m.summary} | {'yes' if m.virtual_tokens else 'no'} | "
-            f"{'yes' if m.merges else 'no'} | {keys} | {m.source} |"
+            f"| `{m.name}` | {cell(m.summary)} | {'yes' if m.virtual_tokens else 'no'} | "
+            f"{'yes' if m.merges else 'no'} | {keys} | {cell(m.source)} |"
         )
     return "\n".join(rows) + "\n"
 
