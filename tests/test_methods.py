@@ -453,3 +453,13 @@ def test_a_method_takes_what_it_declares_and_refuses_the_rest_in_one_line(method
             validate_recipe(r)
         assert override.split("=")[0] in str(exc.value) and method.name in str(exc.value)
         assert "\n" not in str(exc.value)
+
+
+def test_the_registry_imports_without_torch_or_peft():
+    """The package docstring's promise: the command line reads the registry before loading torch or peft."""
+    import subprocess
+    import sys
+
+    code = "import sys, loraclf.modeling.methods; print(sorted({'torch', 'peft', 'transformers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out
