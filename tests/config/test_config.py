@@ -11,7 +11,7 @@ from loraclf.config import Recipe, apply_overrides, load_recipe, save_recipe, va
 from loraclf.modeling.methods import validate_recipe
 from loraclf.utils.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("**/*.yaml"))
 
 
