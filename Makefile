@@ -1,7 +1,7 @@
 # loraclf developer entry points. `make quickstart` and `make test` are the README's two commands.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
-.PHONY: quickstart test test-fast setup system-deps wordnet mpnet lint bench
+.PHONY: quickstart test test-fast docs setup system-deps wordnet mpnet lint bench
 
 quickstart:            ## set up, train the MiniLM CPU recipe on AG News in a 7-minute budget, evaluate on test.csv
 	bash scripts/quickstart.sh
@@ -14,6 +14,9 @@ test: setup system-deps  ## lint + the whole test suite (includes the slow real 
 
 test-fast: setup       ## unit tests only (no real-model runs)
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -m "not slow"
+
+docs: setup            ## the documentation site into site/ (mkdocs build --strict: any warning is an error)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true .venv/bin/mkdocs build --strict
 
 setup:                 ## create .venv and install loraclf, torch (CPU) and the offline MiniLM
 	bash scripts/setup.sh

@@ -46,6 +46,7 @@ flags() {
     ia3) echo "--method ia3 train.lr=5e-3" ;;
     loha) echo "--method loha --targets all-linear --rank 4" ;;
     lokr) echo "--method lokr --targets all-linear --rank 8" ;;
+    hra) echo "--method hra --targets all-linear --rank 8" ;;  # not in the default METHODS yet: METHODS=hra to measure
     bitfit) echo "--method bitfit train.lr=2e-3" ;;
     prompt) echo "--method prompt --virtual-tokens 20 train.lr=1e-2" ;;
     prefix) echo "--method prefix --virtual-tokens 20 train.lr=1e-2" ;;

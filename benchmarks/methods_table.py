@@ -26,6 +26,7 @@ METHODS = [
     "ia3",
     "loha",
     "lokr",
+    "hra",
     "bitfit",
     "prompt",
     "prefix",

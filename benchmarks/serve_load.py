@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/serve_load.py --run runs/agnews --data ../shared/data/ag_news/test.csv
 
-RUN is a finished MiniLM run (the README's quick start trains one; a cheaper one for this benchmark alone:
+RUN is a finished MiniLM run (the quick start trains one; a cheaper one for this benchmark alone:
 ``loraclf train --model minilm --train ag_news/train.csv --eval SMALL.csv --max-train-samples 256 --out RUN
 train.max_steps=1`` with a few-hundred-row ``--eval`` file, since without one a 2,500-row validation split is carved
 and evaluated). Run it alone on the machine; it prints the CPU it ran on and three tables, one part after the other:
@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("--run", type=Path, required=True, help="a finished run (MiniLM for the README's tables)")
+    p.add_argument(
+        "--run", type=Path, required=True, help="a finished run (MiniLM for benchmarks/README's tables)"
+    )
     p.add_argument("--data", type=Path, required=True, help="CSV whose texts are sent (ag_news/test.csv)")
     p.add_argument(
         "--requests", type=int, default=2000, help="measured requests per concurrency (one text each)"

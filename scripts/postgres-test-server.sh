@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throw-away PostgreSQL server for the sweep's multi-worker test (tests/test_sweep.py), listening on 127.0.0.1
+# A throw-away PostgreSQL server for the sweep's multi-worker test (tests/sweep/test_sweep.py), listening on 127.0.0.1
 # only, with its data in a temporary folder and a random password.
 #
 #   eval "$(bash scripts/postgres-test-server.sh start)"   # exports LORACLF_TEST_POSTGRES and LORACLF_PGTEST_DIR

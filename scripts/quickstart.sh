@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1
-DATA=${LORACLF_DATA:-../shared/data}
+# $LORACLF_DATA, else ../shared/data, else AG News from the Hugging Face hub into data/ (one line and exit 2 offline)
+DATA=$(env -u HF_HUB_OFFLINE -u HF_DATASETS_OFFLINE python -m loraclf.data.hub_fetch data)
 OUT=${OUT:-runs/minilm-agnews-$(date +%Y%m%d-%H%M%S)}
 # One recipe for every machine, under a time budget: loraclf times a few steps on this CPU and plans the steps,
 # evaluations and rows that fit (training/budget.py), so training, the test-set evaluation and the prediction of the
@@ -21,5 +22,7 @@ loraclf train --config "$RECIPE" --train "$DATA/ag_news/train.csv" --out "$OUT" 
 echo
 echo "== held-out test set: $DATA/ag_news/test.csv =="
 loraclf evaluate "$OUT" --data "$DATA/ag_news/test.csv"
-loraclf predict "$OUT" --input "$DATA/ag_news/ood_unlabeled.csv" --output "$OUT/ood_predictions.csv"
+if [[ -f "$DATA/ag_news/ood_unlabeled.csv" ]]; then  # the hub's AG News has no unlabelled file
+  loraclf predict "$OUT" --input "$DATA/ag_news/ood_unlabeled.csv" --output "$OUT/ood_predictions.csv"
+fi
 echo "run folder: $OUT"

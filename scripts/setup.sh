@@ -12,5 +12,5 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 # Some machines' pip configuration names index folders that do not exist; pip then warns once per package.
 quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }; }
 python -c "import torch" 2>/dev/null || quiet pip install --quiet "torch==2.13.0"
-quiet pip install --quiet -e ".[dev,offline-models,serve]"
+quiet pip install --quiet -e ".[dev,offline-models,serve,docs]"
 echo "$want" > "$stamp"

@@ -45,9 +45,14 @@ def _flag_type(tp: typing.Any):
 def add_recipe_flags(p: argparse.ArgumentParser, command: str) -> None:
     """``--config`` and every recipe flag declared for ``command``, help ending in its key (``(adapter.r)``)."""
     p.add_argument("--config", help="recipe YAML (see recipes/)")
+    from loraclf.modeling.methods import METHODS  # torch-free: the registry only
+
     for key, f, tp in FLAG_FIELDS:
         if command in f.metadata["commands"]:
-            p.add_argument(f.metadata["flag"], type=_flag_type(tp), help=f"{f.metadata['help']} ({key})")
+            text = f.metadata["help"]
+            if key == "adapter.method":  # the config layer cannot read the registry; the command line can
+                text = f"adaptation method: {' | '.join(METHODS)}"
+            p.add_argument(f.metadata["flag"], type=_flag_type(tp), help=f"{text} ({key})")
 
 
 def recipe_keys_help() -> str:

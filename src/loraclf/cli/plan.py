@@ -10,7 +10,6 @@ import dataclasses
 import json
 
 from loraclf.cli.args import add_recipe_flags, check_recipe, resolve_recipe
-from loraclf.config import VIRTUAL_TOKEN_METHODS
 from loraclf.data.paths import check_data_path
 from loraclf.utils.errors import UserError, say
 
@@ -131,19 +130,11 @@ def _search_methods(recipe, num_labels: int, args) -> int:
 
 
 def _method_line(a) -> str | None:
-    """The method's settings line of the plan table."""
-    targets = ",".join(a.targets) if a.targets is not None else "default"
-    if a.method in ("lora", "dora"):
-        ranks = a.layer_ranks if a.layer_ranks is not None else a.r
-        return (
-            f"{a.method:<9}targets {targets}   r {ranks}   alpha {a.alpha if a.alpha else '2r'}   "
-            f"bias {a.bias}{'   rslora' if a.rslora else ''}{'' if a.init is True else f'   init {a.init}'}"
-        )
-    if a.method in ("vera", "adalora", "ia3", "loha", "lokr"):
-        return f"{a.method:<9}targets {targets}   r {a.r}   bias {a.bias}"
-    if a.method in VIRTUAL_TOKEN_METHODS:
-        return f"{a.method:<9}virtual tokens {a.virtual_tokens}"
-    return None
+    """The method's settings line of the plan table (None for methods with no settings: head, full, BitFit)."""
+    from loraclf.modeling.methods import get_method
+
+    describe = get_method(a.method).describe
+    return describe(a) if describe is not None else None
 
 
 def format_plan(p, recipe) -> str:

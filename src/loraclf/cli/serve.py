@@ -67,6 +67,12 @@ def add_command(sub) -> None:
         "--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long requests in flight may take"
     )
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    p.add_argument(
+        "--no-calibration",
+        dest="calibration",
+        action="store_false",
+        help="serve raw logits and their softmax (default: each run's fitted temperature, as predict applies it)",
+    )
 
 
 def _api_key(args) -> str | None:
@@ -188,7 +194,7 @@ def _serve(args, limits: dict, runs: list[Path], folder: Path | None, sock: sock
     if args.threads:
         torch.set_num_threads(args.threads)
     alone = args.precision == "int8" or (args.precision == "auto" and len(runs) == 1 and folder is None)
-    registry = Registry(args.device, args.precision, share=not alone)
+    registry = Registry(args.device, args.precision, share=not alone, calibration=args.calibration)
     for path in runs:
         registry.add(path)
     if folder is not None:

@@ -11,7 +11,6 @@ from loraclf.config.io import apply_overrides, load_recipe, save_recipe
 from loraclf.config.schema import (
     CHOICES,
     FORMAT_VERSION,
-    VIRTUAL_TOKEN_METHODS,
     AdapterConfig,
     CleanConfig,
     DataConfig,
@@ -28,7 +27,6 @@ __all__ = [
     "FLAG_FIELDS",
     "FLAG_KEYS",
     "FORMAT_VERSION",
-    "VIRTUAL_TOKEN_METHODS",
     "AdapterConfig",
     "CleanConfig",
     "DataConfig",

@@ -16,7 +16,7 @@ from loraclf.config.schema import Recipe
 
 
 def describe(cls: type | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every recipe key, for `--help` and the README."""
+    """(key, default, help) for every recipe key, for `--help` and the generated recipe-key reference (docs/gen_reference.py)."""
     cls = cls or Recipe
     rows = []
     hints = typing.get_type_hints(cls)

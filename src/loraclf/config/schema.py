@@ -133,18 +133,14 @@ class ModelConfig:
     revision: str | None = opt(None, "hub revision for hub ids")
 
 
-# Methods that train virtual tokens (adapter.virtual_tokens) rather than weights; their tokens take position slots.
-VIRTUAL_TOKEN_METHODS = ("prompt", "prefix")
-
-
 @dataclass
 class AdapterConfig:
     """Which parameters train: LoRA adapters, the head only, or everything."""
 
     method: str = opt(
         "lora",
-        "adaptation method: lora | dora | vera | adalora | ia3 | loha | lokr | bitfit | prompt | prefix | head "
-        "(feature extraction) | full (full fine-tuning); see modeling/methods.py and the README's table",
+        "adaptation method registered in loraclf.modeling.methods: lora, dora, …, head (feature extraction), full "
+        "(full fine-tuning); `loraclf train --help` lists them all, docs/guides/methods.md describes them",
         "--method",
     )
     targets: list[str] | None = opt(
@@ -154,7 +150,9 @@ class AdapterConfig:
         "--targets",
     )
     r: int = opt(
-        8, "rank of rank-based methods (LoRA, DoRA, VeRA, LoHa, LoKr; AdaLoRA's initial rank)", "--rank"
+        8,
+        "rank of the methods that take one (LoRA's r, AdaLoRA's initial rank; the methods table says which)",
+        "--rank",
     )
     alpha: float | None = opt(None, "LoRA alpha; None = 2 * r", "--alpha")
     dropout: float = opt(0.1, "LoRA dropout on the adapter input")

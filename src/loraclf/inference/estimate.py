@@ -19,7 +19,7 @@ target's sampling error, not validation's, whose standard error is reported besi
 
 They fail differently. When a shift leaves the model calibrated (p(x) changes, p(y | x) does not), the average
 confidence is the accuracy and DoC with it, while ATC can miss: a synthetic task whose rows crowd the class
-boundaries (tests/test_shift.py) loses 11.7 points of accuracy, AC and DoC find it within 0.2 points, ATC reads
+boundaries (tests/toolbox/test_shift.py) loses 11.7 points of accuracy, AC and DoC find it within 0.2 points, ATC reads
 12.6 points too low (with the top-class probability as its score too). ATC did better than AC and DoC on most of the
 natural shifts Garg et al. measured, where calibration itself degrades. So loraclf reports all three.
 

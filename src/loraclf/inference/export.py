@@ -22,6 +22,11 @@ cleans texts before tokenising (``data.clean`` of the run's recipe); a pipeline 
 ``--format onnx`` writes the int8 ONNX graph that ``predict`` runs on CPUs (``model.onnx``: inputs ``input_ids``
 and ``attention_mask``, output ``logits``), with the tokenizer and ``labels.json``, for ONNX Runtime alone.
 
+A run's fitted temperature (``run.json`` ``calibration``, see :mod:`loraclf.inference.calibration`) is folded into
+the head's last linear layer: its weight and bias are divided by T, so the exported logits are ``logits / T`` and
+their softmax equals the calibrated probabilities ``loraclf predict`` writes (the argmax, hence every label, is the
+same as without it). Pass ``--no-calibration`` to export the raw logits.
+
 The folder is assembled under a temporary name and renamed into place: it is complete or absent.
 """
 
@@ -77,8 +82,16 @@ def _readme(run: Path, kind: str, labels: list) -> str:
     return f"# Exported from loraclf run `{run}`\n\nLabels (class index: label): {names}.\n\n{body}"
 
 
-def export_run(run_path: str, out_path: str, fmt: str) -> Path:
-    """Write ``run_path`` as a model folder at ``out_path`` in format ``fmt``; return the folder."""
+def export_run(run_path: str, out_path: str, fmt: str, calibration: bool = True) -> Path:
+    """Write ``run_path`` as a model folder at ``out_path`` in format ``fmt``; return the folder.
+
+    ``calibration`` folds the run's fitted temperature into the head (see the module docstring).
+
+    Raises:
+        UserError: an unknown format, a folder that is not a finished run, a non-empty ``out_path``, a run with
+            virtual tokens (no plain transformers model), or a model that does not export to ONNX.
+    """
+    from loraclf.inference.calibration import temperature_of
     from loraclf.inference.run import build_trained_model
     from loraclf.modeling.backbones import PooledClassifier
     from loraclf.runfolder.schema import check_run, read_labels, read_recipe, read_run_info
@@ -100,6 +113,8 @@ def export_run(run_path: str, out_path: str, fmt: str) -> Path:
 
     tokenizer = load_tokenizer(str(run / "tokenizer"), truncation_side=recipe.data.truncation_side)
     model = build_trained_model(run, recipe, len(labels), tokenizer.pad_token_id).eval()
+    if calibration:
+        fold_temperature(model, len(labels), temperature_of(read_run_info(run).calibration))
     tmp = temp_sibling(out, ".partial")  # a name of this export's own: two exports never share a folder
     tmp.mkdir()
     try:
@@ -132,6 +147,33 @@ def export_run(run_path: str, out_path: str, fmt: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def fold_temperature(model, num_labels: int, temperature: float) -> None:
+    """Divide the weight and bias of ``model``'s last linear layer with ``num_labels`` outputs by ``temperature``.
+
+    That layer is the head's output layer in every classifier loraclf builds (``head.*`` of a pooled classifier,
+    ``classifier``/``classifier.out_proj``/``score`` of the transformers classes), so afterwards the model's logits
+    are the old logits divided by T. A temperature of 1.0 leaves the model untouched.
+
+    Raises:
+        ValueError: no linear layer with ``num_labels`` outputs.
+    """
+    import torch
+    from torch import nn
+
+    if temperature == 1.0:
+        return
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_labels:
+            last = module
+    if last is None:
+        raise ValueError(f"no linear layer with {num_labels} outputs to fold the temperature into")
+    with torch.no_grad():
+        last.weight.div_(temperature)
+        if last.bias is not None:
+            last.bias.div_(temperature)
 
 
 def _save_tokenizer(run: Path, recipe, max_length: int, folder: Path) -> None:

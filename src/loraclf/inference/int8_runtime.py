@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loraclf.config import VIRTUAL_TOKEN_METHODS, Recipe
+from loraclf.config import Recipe
 from loraclf.data.batching import pad_batch, sorted_batches
 from loraclf.inference.calibration import temperature_of
 from loraclf.runfolder.schema import RunInfo, hash_run_content, read_labels, read_recipe, read_run_info
@@ -266,7 +266,9 @@ def open_cached(
         return None
     recipe, info = read_recipe(run), read_run_info(run)
     causal = info.model.get("causal")
-    if recipe.adapter.method in VIRTUAL_TOKEN_METHODS or causal is None or (causal and precision == "auto"):
+    from loraclf.modeling.methods import get_method  # torch-free; only the registry
+
+    if not get_method(recipe.adapter.method).plain or causal is None or (causal and precision == "auto"):
         return None
     folder = run / "tokenizer"
     if not (folder / "tokenizer.json").is_file():

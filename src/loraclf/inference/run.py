@@ -141,6 +141,7 @@ def build_trained_model(
     """Rebuild the backbone with its pretrained weights, add the adapters, load the trained weights, merge."""
     from loraclf.modeling.backbones import build_model
     from loraclf.modeling.methods import apply_adapters, get_method
+    from loraclf.modeling.methods import merge as merge_method
     from loraclf.runfolder.checkpoint import load_weights
 
     torch.manual_seed(recipe.train.seed)
@@ -157,8 +158,6 @@ def build_trained_model(
         for k, v in weights.items():
             params[k].copy_(v)
     if merge and get_method(recipe.adapter.method).merges:
-        from loraclf.modeling.peft_methods import merge as merge_method
-
         model = merge_method(model)
     return model
 

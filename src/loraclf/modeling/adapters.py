@@ -218,7 +218,7 @@ def num_layers_of(model: nn.Module) -> int:
 def lora_config(model: nn.Module, spec: AdapterConfig, task_type: str | None, **extra):
     """Build the exact peft LoraConfig for this model: full module names and a per-module rank pattern.
 
-    ``extra`` goes to LoraConfig as is (DoRA, rsLoRA and the initialisation; see peft_methods.py).
+    ``extra`` goes to LoraConfig as is (DoRA, rsLoRA and the initialisation; see methods/lora.py).
     """
     from peft import LoraConfig
 

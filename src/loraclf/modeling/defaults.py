@@ -10,35 +10,15 @@ cost about a quarter of the training speed on a 2-core AVX2 CPU: 17.6 against 24
 from __future__ import annotations
 
 from loraclf.config import Recipe
-from loraclf.modeling.backbones import load_config
-
-QV_TARGETS = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "electra": ["query", "value"],
-    "camembert": ["query", "value"],
-    "mpnet": ["q", "v"],
-    "deberta-v2": ["query_proj", "value_proj"],
-    "deberta": ["in_proj"],
-    "distilbert": ["q_lin", "v_lin"],
-    "gpt2": ["c_attn"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-}
-
-
-def default_targets(model_name: str) -> list[str]:
-    config = load_config(model_name, prefer_shipped=True)
-    return list(QV_TARGETS.get(config.model_type, ["attention"]))
+from loraclf.modeling.methods import get_method
 
 
 def default_recipe(model_name: str, method: str | None = None) -> Recipe:
     """The recipe used when only ``--model`` (and perhaps ``--method``) is given.
 
-    Targets stay null, so each adaptation method takes its own default modules (LoRA: :data:`QV_TARGETS`); the
-    offline CPU models adapt every linear layer with the LoRA family.
+    Targets stay null, so each adaptation method takes its own default modules (LoRA: query/value, see
+    :data:`loraclf.modeling.methods.lora.QV_TARGETS`); the offline CPU models adapt every linear layer with the
+    LoRA family.
     """
     r = Recipe()
     r.model.name = model_name
@@ -47,7 +27,7 @@ def default_recipe(model_name: str, method: str | None = None) -> Recipe:
         r.model.pooling = "mean"
         r.model.dropout = 0.0
         r.model.attention = "eager"
-        r.adapter.targets = ["all-linear"] if method in (None, "lora", "dora") else None
+        r.adapter.targets = ["all-linear"] if get_method(method or "lora").family == "lora" else None
         r.adapter.r = 8
         r.adapter.alpha = 16
         r.adapter.dropout = 0.0

@@ -8,7 +8,10 @@ A run is named by its folder's name. It is loaded one of two ways:
   pretrained tensors shared with every other run of the same backbone (see :mod:`loraclf.serving.sharing`).
 
 Texts are cleaned and tokenised exactly as ``predict`` does (the run's cleaning, its tokenizer, its max length and
-truncation side). A damaged run folder is refused in one log line and the others are served. A ``--runs`` folder is
+truncation side). Scores come from the run's calibrated logits, ``logits / T`` with ``T`` its fitted temperature
+(``run.json`` ``calibration``), so softmax scores are the probabilities ``predict`` writes and ``raw_scores`` are
+the logits an exported folder returns; ``--no-calibration`` serves the raw logits, as ``predict --no-calibration``.
+A damaged run folder is refused in one log line and the others are served. A ``--runs`` folder is
 scanned again when a request names a run that is not loaded and every ``--rescan`` seconds,
 so a finished run copied or moved into it becomes servable without a restart; a folder that was refused is tried
 again once its files change.
@@ -92,8 +95,12 @@ class Member:
             return tokenize(self.run.tokenizer, cleaned, self.max_length)
 
     def logits(self, ids: list[np.ndarray]) -> np.ndarray:
-        """Logits of token-id rows, shape (rows, classes), rows in input order; length-sorted batches padded to
-        their longest row, as ``predict`` runs them."""
+        """Calibrated logits (the model's logits divided by the run's temperature) of token-id rows, shape (rows,
+        classes), rows in input order; length-sorted batches padded to their longest row, as ``predict`` runs
+        them."""
+        return self._logits(ids) / self.run.temperature
+
+    def _logits(self, ids: list[np.ndarray]) -> np.ndarray:
         from loraclf.data.batching import pad_batch, sorted_batches
         from loraclf.inference.int8_runtime import BATCH_SIZE
 
@@ -160,10 +167,14 @@ class Registry:
         device: ``auto``, ``cpu``, ``cuda``… (as ``predict --device``).
         precision: ``auto``, ``int8``, ``bf16``, ``fp16`` or ``fp32`` (as ``predict --precision``).
         share: Load runs over a shared backbone (else each as ``predict`` loads it).
+        calibration: Apply each run's fitted temperature (see the module docstring).
     """
 
-    def __init__(self, device: str = "auto", precision: str = "auto", share: bool = True):
+    def __init__(
+        self, device: str = "auto", precision: str = "auto", share: bool = True, calibration: bool = True
+    ):
         self.device_name, self.precision, self.share = device, precision, share
+        self.calibration = calibration
         self.members: dict[str, Member] = {}
         self.refused: dict[str, tuple[tuple, str]] = {}
         self.folders: list[Path] = []
@@ -202,7 +213,7 @@ class Registry:
     def _load_alone(self, path: Path, name: str) -> Member:
         from loraclf.inference.run import load
 
-        run = load(path, device=self.device_name, precision=self.precision)
+        run = load(path, device=self.device_name, precision=self.precision, calibration=self.calibration)
         if run.engine is not None:
             return Member(name, run, "int8, ONNX Runtime", own_bytes=_file_size(run.engine))
         size = sum(p.numel() * p.element_size() for p in run.model.parameters())  # builds the model now
@@ -211,6 +222,7 @@ class Registry:
     def _load_shared(self, path: Path, name: str) -> Member:
         from safetensors import safe_open
 
+        from loraclf.inference.calibration import temperature_of
         from loraclf.inference.run import Run, build_trained_model
         from loraclf.runfolder.schema import check_run, read_labels, read_recipe, read_run_info
         from loraclf.serving.sharing import SharedWeights
@@ -228,6 +240,7 @@ class Registry:
         self._weights = self._weights or SharedWeights()
         shared, own = self._weights.adopt(model, recipe, trained)
         loaded = Run(run, recipe, labels, info, tokenizer, device, precision, _model=model)
+        loaded.temperature = temperature_of(info.calibration) if self.calibration else 1.0
         return Member(name, loaded, f"{precision}, PyTorch on {device}, backbone shared", shared, own, lock)
 
     def _tokenizer(self, folder: Path, side: str):

@@ -46,18 +46,17 @@ def parse_entries(specs: list[str], model: str, shared: list[str]) -> list[Entry
     """Resolve ``NAME=FILE``, ``FILE`` or a preset into named, validated recipes with the shared overrides."""
     from loraclf.config import apply_overrides, load_recipe
     from loraclf.modeling.defaults import default_recipe
-    from loraclf.modeling.methods import validate_recipe
+    from loraclf.modeling.methods import get_method, validate_recipe
 
     entries, seen = [], set()
     for spec in specs:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         if path in presets():
+            method = get_method(path)
             recipe = default_recipe(model, path)
             recipe.adapter.method = path
-            if path == "full":
-                recipe.budget = None
-                recipe.train.lr = 5e-5
-            recipe.description = f"{model}: {'feature extraction' if path == 'head' else path} baseline"
+            recipe = apply_overrides(recipe, list(method.preset))
+            recipe.description = f"{model}: {method.summary.split(':')[0]} baseline"
             name = name or path
         else:
             if not Path(path).is_file():

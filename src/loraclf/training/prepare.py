@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from loraclf.config import VIRTUAL_TOKEN_METHODS, Recipe, validate
+from loraclf.config import Recipe, validate
 from loraclf.data.batching import PAD_MULTIPLE, hash_texts, token_lengths, tokenize
 from loraclf.data.splits import Rows, absolute, read_rows
 from loraclf.data.tables import TextSet, choose_max_length, length_stats
 from loraclf.modeling.backbones import load_config, load_tokenizer, position_limit
+from loraclf.modeling.methods import get_method
 from loraclf.modeling.plan import Plan, check_budget, plan
 from loraclf.runfolder.schema import read_recipe, read_run_info
 from loraclf.training.losses import teacher_log_probs
@@ -103,7 +104,7 @@ def _tokens(recipe: Recipe, tokenizer, train_set: TextSet, eval_set: TextSet):
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
     limit = min(limit, position_limit(load_config(recipe.model.name, model_cfg=recipe.model)) or limit)
     # Prompt and prefix tuning's virtual tokens take position slots before the text.
-    virtual = recipe.adapter.virtual_tokens if recipe.adapter.method in VIRTUAL_TOKEN_METHODS else 0
+    virtual = recipe.adapter.virtual_tokens if get_method(recipe.adapter.method).virtual_tokens else 0
     # Batches are padded up to a multiple of PAD_MULTIPLE (data/batching.py): a limit that is not one would let a
     # padded batch overrun the position table (512 positions - 20 virtual tokens = 492, padded to 496).
     # Both limits depend on the configuration (a sweep may search them): a PointError fails only that trial.

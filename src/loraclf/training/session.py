@@ -46,7 +46,7 @@ def build_model(p: Prepared, device: torch.device, precision: str) -> torch.nn.M
     if t.gradient_checkpointing:
         steps.checkpoint_activations(model, r.model.name)
     model.to(device)
-    if precision == "bf16" and r.adapter.method != "full":
+    if precision == "bf16":
         # Frozen weights never receive updates, so bf16 copies lose nothing and save autocast's per-step casts
         # and half the memory traffic; trainable weights and optimizer state stay fp32.
         for prm in model.parameters():
@@ -203,7 +203,7 @@ def frozen_cache(p: Prepared, model, device, precision: str, dist: Dist):
     from loraclf.training import frozen
 
     t = p.recipe.train
-    if not t.cache_frozen or p.recipe.adapter.method != "lora" or t.compile:
+    if not t.cache_frozen or "frozen_cache" not in get_method(p.recipe.adapter.method).supports or t.compile:
         return None, 0.0
     start = time.perf_counter()
     head = head_module_name(model.base_model.model if hasattr(model, "peft_config") else model)

@@ -5,7 +5,7 @@ whole, signals deferred), so a checkpoint taken at any moment holds one consiste
 optimizer after step ``step``, the data position of the next step, the best evaluation so far and the statistics of
 the log window. Together with the random-number state snapshotted at the same boundary (a checkpoint's
 ``trainer.pt``), a resumed run continues with the bytes an uninterrupted run would have
-(tests/test_interrupt.py compares the weights).
+(tests/training/test_interrupts.py compares the weights).
 """
 
 from __future__ import annotations

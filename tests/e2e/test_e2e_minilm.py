@@ -78,7 +78,8 @@ def test_minilm_ag_news_end_to_end(data_dir, tmp_path):
     # The report written by train has every run figure; with the submission it gains the predicted distribution.
     figures = {p.stem for p in (run / "figures").iterdir()}
     assert figures == {
-        "training_curves", "confusion_matrix", "token_lengths", "label_distribution", "parameter_budget"
+        "training_curves", "confusion_matrix", "token_lengths", "label_distribution", "parameter_budget",
+        "reliability",
     }  # fmt: skip
     res = run_cli("report", run, "--predictions", out)
     assert res.returncode == 0, res

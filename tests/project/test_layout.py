@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "loraclf"
 # Import name → distribution name, where they differ.
 DISTRIBUTION = {"sklearn": "scikit-learn", "yaml": "pyyaml"}
@@ -64,3 +64,17 @@ def test_layer_contracts_hold():
     res = subprocess.run([exe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:]
     assert "0 broken" in res.stdout
+
+
+def test_tests_mirror_the_subpackages():
+    """Each subpackage's tests are in ``tests/<subpackage>/``; no test file is left at the top of ``tests/``; test
+    file names are unique (pytest imports them by name); a coverage database is never committed."""
+    tests = REPO / "tests"
+    subpackages = {p.parent.name for p in SRC.glob("*/__init__.py")}
+    missing = sorted(s for s in subpackages if not list((tests / s).glob("test_*.py")))
+    assert not missing, f"subpackages without a tests/<name>/ folder of tests: {missing}"
+    assert not list(tests.glob("test_*.py")), "test files belong in a subfolder of tests/"
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    tracked = subprocess.run(["git", "ls-files", ".coverage"], cwd=REPO, capture_output=True, text=True)
+    assert tracked.returncode != 0 or not tracked.stdout.strip()

@@ -113,7 +113,7 @@ def test_the_benchmark_space_fits_the_minilm_recipe():
     from loraclf.config import apply_overrides, load_recipe
     from loraclf.sweep.space import Planner, check_some_point_fits, parse_space
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     base = apply_overrides(load_recipe(repo / "recipes" / "minilm-cpu.yaml"), ["adapter.alpha=null"])
     space = parse_space(repo / "benchmarks" / "sweep-space.yaml", base)
     assert {d.key for d in space} >= {"adapter.targets", "adapter.r", "train.lr"}

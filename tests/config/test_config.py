@@ -11,7 +11,7 @@ from loraclf.config import Recipe, apply_overrides, load_recipe, save_recipe, va
 from loraclf.modeling.methods import validate_recipe
 from loraclf.utils.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("**/*.yaml"))
 
 
@@ -200,7 +200,7 @@ def test_override_of_wrong_type_names_the_key():
 def test_validate_rejects_bad_values_naming_the_key(override, key):
     r = apply_overrides(Recipe(), [override])
     with pytest.raises(UserError) as exc:
-        validate_recipe(r)  # the recipe checks plus the adaptation method's (modeling/methods.py)
+        validate_recipe(r)  # the recipe checks plus the adaptation method's (modeling/methods/)
     assert key in str(exc.value)
 
 
