@@ -29,6 +29,14 @@ def test_bad_budget_flag_is_one_line_exit_2(tiny_csv, tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_budget_with_several_processes_is_refused_at_once(tiny_csv, tmp_path):
+    res = run_cli(
+        "train", "--train", tiny_csv, "--out", tmp_path / "run", "--time-budget", "8m", "--nproc", "2"
+    )
+    assert res.returncode == 2 and "--time-budget plans one process" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 # --- a budgeted run on a tiny model ------------------------------------------------------------------------------
 
 

@@ -95,6 +95,8 @@ def _read_rows(args):
 def cmd_train(args) -> int:
     started = time.monotonic()  # a --time-budget counts the whole command from here
     if args.nproc is not None and args.nproc != 1:
+        if args.time_budget is not None:  # a plan is one process's measurement (training/budget.py)
+            raise UserError("--time-budget plans one process; drop --nproc or --time-budget")
         from loraclf.cli.launch import relaunch  # torch's launcher: only when several processes are asked for
 
         return relaunch(args.nproc, args.argv)
