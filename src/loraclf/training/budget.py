@@ -141,14 +141,13 @@ def lay_out(
     """The steps, rows and evaluations that fit in what is left of ``budget`` after ``elapsed`` seconds.
 
     Args:
-        budget: The whole command's time, seconds.
-        elapsed: Seconds already spent (preparing and the warm-up).
+        budget, elapsed: The whole command's time and the part already spent (preparing, warm-up), seconds.
         rates: The warm-up's measurements.
         n_train: Training rows available.
         min_class_rows: Rows of the rarest training class (a sample must keep at least one of each).
         batch_size, grad_accum: The recipe's batch shape (rows per optimizer step = their product).
-        max_epochs: ``train.epochs``: the ceiling when the budget allows more.
-        max_steps: ``train.max_steps`` when the recipe also sets it: a further ceiling.
+        max_epochs, max_steps: ``train.epochs`` and ``train.max_steps`` (None: unset): ceilings when the budget
+            allows more.
 
     Raises:
         PointError: the budget does not cover preparing, finishing and one step; names ``--time-budget`` and the
@@ -159,38 +158,26 @@ def lay_out(
     rows_per_step = batch_size * grad_accum
     steps_per_epoch = math.ceil(math.ceil(n_train / batch_size) / grad_accum)
     ceiling = max(1, math.ceil(max_epochs * steps_per_epoch))
-    if max_steps is not None:
-        ceiling = min(ceiling, max_steps)
+    ceiling = ceiling if max_steps is None else min(ceiling, max_steps)
     left = budget - elapsed - finish - margin
     # Evaluations take at most EVAL_SHARE of the time left; the last step is always evaluated.
     eval_cap = max(1, int(EVAL_SHARE * left / max(rates.eval_seconds, 1e-9)))
-    step_cost = rates.step_seconds + rows_per_step * rates.cache_row_seconds  # the cache covers the rows seen
 
     def fitting(evaluations: int) -> int:
-        train_left = left - evaluations * rates.eval_seconds
-        steps = int(train_left / step_cost)
-        if steps * rows_per_step >= n_train:  # an epoch or more: the cache is built once over every row
-            steps = int((train_left - n_train * rates.cache_row_seconds) / rates.step_seconds)
-        return min(ceiling, steps)
+        return min(ceiling, _steps_in(left - evaluations * rates.eval_seconds, rates, rows_per_step, n_train))
 
-    steps = evaluations = 0
+    steps = 0
     most = max(MIN_EVALUATIONS, math.ceil(ceiling / steps_per_epoch))  # one per epoch, at least three
     for evaluations in range(min(eval_cap, most), 0, -1):
         steps = fitting(evaluations)
         if steps >= 1:
             break
     if steps < 1:
-        need = elapsed + finish + margin + rates.eval_seconds + step_cost
-        raise PointError(
-            f"--time-budget {format_duration(budget)} is too short: preparing took {format_duration(elapsed)} and "
-            f"finishing needs about {format_duration(finish)}; give at least {format_duration(need * 1.2)}"
-        )
-    rows = min(n_train, steps * rows_per_step)
+        one_step = rates.step_seconds + rows_per_step * rates.cache_row_seconds
+        need = elapsed + finish + margin + rates.eval_seconds + one_step
+        raise _too_short(budget, elapsed, finish, need)
+    rows = _rows_seen(n_train, min_class_rows, steps * rows_per_step)
     sampled = rows < n_train
-    if sampled:
-        # A stratified sample keeps each class's share; the rarest class needs this many rows to keep one.
-        rows = min(n_train, max(rows, math.ceil(n_train / max(min_class_rows, 1)), 2))
-        sampled = rows < n_train
     epochs = steps * rows_per_step / max(rows, 1)
     per_epoch = math.ceil(math.ceil(rows / batch_size) / grad_accum)
     wanted = max(min(MIN_EVALUATIONS, evaluations), math.ceil(steps / per_epoch))
@@ -200,8 +187,9 @@ def lay_out(
         epochs = steps * rows_per_step / max(rows, 1)
     eval_every = math.ceil(steps / evaluations)
     evaluations = math.ceil(steps / eval_every)
-    cache = rows * rates.cache_row_seconds
-    train_seconds = steps * rates.step_seconds + evaluations * rates.eval_seconds + cache
+    train_seconds = (
+        steps * rates.step_seconds + evaluations * rates.eval_seconds + rows * rates.cache_row_seconds
+    )
     return BudgetPlan(
         budget_seconds=budget,
         steps=steps,
@@ -219,6 +207,30 @@ def lay_out(
         warmup_seconds=round(rates.warmup_seconds, 2),
         estimated_seconds=round(elapsed + train_seconds + finish, 2),
     )
+
+
+def _steps_in(seconds: float, rates: Rates, rows_per_step: int, n_train: int) -> int:
+    """Optimizer steps that fit in ``seconds`` of training, the frozen-layer cache priced per row it covers."""
+    steps = int(seconds / (rates.step_seconds + rows_per_step * rates.cache_row_seconds))
+    if steps * rows_per_step >= n_train:  # an epoch or more: the cache is built once over every row
+        steps = int((seconds - n_train * rates.cache_row_seconds) / rates.step_seconds)
+    return steps
+
+
+def _too_short(budget: float, elapsed: float, finish: float, need: float) -> PointError:
+    """The one-line error of a budget that does not cover preparing, finishing and one step."""
+    return PointError(
+        f"--time-budget {format_duration(budget)} is too short: preparing took {format_duration(elapsed)} and "
+        f"finishing needs about {format_duration(finish)}; give at least {format_duration(need * 1.2)}"
+    )
+
+
+def _rows_seen(n_train: int, min_class_rows: int, wanted: int) -> int:
+    """Training rows of a plan that sees ``wanted`` rows: all of them, or a stratified sample that keeps each
+    class's share, enlarged so that the rarest class (``min_class_rows`` rows) keeps at least one."""
+    if wanted >= n_train:
+        return n_train
+    return min(n_train, max(wanted, math.ceil(n_train / max(min_class_rows, 1)), 2))
 
 
 def replan(plan: BudgetPlan, step: int, elapsed: float, trained: float) -> int | None:
