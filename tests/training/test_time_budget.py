@@ -113,6 +113,20 @@ def test_too_short_a_budget_says_what_would_do():
         lay_out(20, 15, RATES, n_train=1000, min_class_rows=100, batch_size=8, grad_accum=1, max_epochs=1)
 
 
+def test_the_one_off_cost_of_new_batch_shapes_is_planned_once_not_per_step():
+    plain = lay_out(600, 30, RATES, n_train=100_000, min_class_rows=20_000, batch_size=32, grad_accum=1,
+                    max_epochs=2)  # fmt: skip
+    shapes = Rates(step_seconds=0.5, eval_seconds=5.0, export_seconds=10.0, new_shapes_seconds=20.0)
+    planned = lay_out(600, 30, shapes, n_train=100_000, min_class_rows=20_000, batch_size=32, grad_accum=1,
+                      max_epochs=2)  # fmt: skip
+    assert planned.steps == plain.steps - 40  # 20 s at 0.5 s a step, once
+    assert planned.estimated_seconds == pytest.approx(plain.estimated_seconds, abs=0.6)
+    # A run on time whose first steps paid those 20 s is not cut; priced into every step, it would have been.
+    on_time = _plan(new_shapes_seconds=20.0, steps=60)
+    assert replan(on_time, 25, 20 + 25 * 0.5 + 20, 25 * 0.5 + 20) is None
+    assert replan(_plan(steps=60), 25, 20 + 25 * 0.5 + 20, 25 * 0.5 + 20) is not None
+
+
 def _plan(**kw) -> BudgetPlan:
     base = dict(budget_seconds=100.0, steps=100, rows=800, sampled=False, eval_every=25, evaluations=4, epochs=1.0,
                 samples_per_s=16.0, step_seconds=0.5, eval_seconds=2.0, finish_seconds=10.0, margin_seconds=6.0,

@@ -61,6 +61,8 @@ class Rates:
         cache_row_seconds: Building the frozen-layer cache, per training row (0 when the cache does not apply).
         export_seconds: The int8 export after training (0 when the run does not export).
         warmup_seconds: How long measuring took (already spent).
+        new_shapes_seconds: The one-off cost of the batch shapes training will meet for the first time (kernel
+            selection and allocation), in all.
     """
 
     step_seconds: float
@@ -68,6 +70,7 @@ class Rates:
     cache_row_seconds: float = 0.0
     export_seconds: float = 0.0
     warmup_seconds: float = 0.0
+    new_shapes_seconds: float = 0.0
 
 
 @dataclass
@@ -90,6 +93,7 @@ class BudgetPlan:
     estimated_seconds: float
     max_length: int = 0
     warmup_seconds: float = 0.0
+    new_shapes_seconds: float = 0.0  # the one-off cost of batch shapes not met in the warm-up (Rates)
     replans: list = field(default_factory=list)
     stopped_at: int | None = None
     actual: dict = field(
@@ -143,8 +147,7 @@ def lay_out(
     Args:
         budget, elapsed: The whole command's time and the part already spent (preparing, warm-up), seconds.
         rates: The warm-up's measurements.
-        n_train: Training rows available.
-        min_class_rows: Rows of the rarest training class (a sample must keep at least one of each).
+        n_train, min_class_rows: Training rows available, and those of the rarest class (a sample keeps one).
         batch_size, grad_accum: The recipe's batch shape (rows per optimizer step = their product).
         max_epochs, max_steps: ``train.epochs`` and ``train.max_steps`` (None: unset): ceilings when the budget
             allows more.
@@ -159,7 +162,7 @@ def lay_out(
     steps_per_epoch = math.ceil(math.ceil(n_train / batch_size) / grad_accum)
     ceiling = max(1, math.ceil(max_epochs * steps_per_epoch))
     ceiling = ceiling if max_steps is None else min(ceiling, max_steps)
-    left = budget - elapsed - finish - margin
+    left = budget - elapsed - finish - margin - rates.new_shapes_seconds
     # Evaluations take at most EVAL_SHARE of the time left; the last step is always evaluated.
     eval_cap = max(1, int(EVAL_SHARE * left / max(rates.eval_seconds, 1e-9)))
 
@@ -205,7 +208,8 @@ def lay_out(
         margin_seconds=round(margin, 2),
         setup_seconds=round(elapsed, 2),
         warmup_seconds=round(rates.warmup_seconds, 2),
-        estimated_seconds=round(elapsed + train_seconds + finish, 2),
+        new_shapes_seconds=round(rates.new_shapes_seconds, 2),
+        estimated_seconds=round(elapsed + train_seconds + rates.new_shapes_seconds + finish, 2),
     )
 
 
@@ -253,7 +257,9 @@ def replan(plan: BudgetPlan, step: int, elapsed: float, trained: float) -> int |
     total = plan.steps if not plan.replans else plan.replans[-1]["steps"]
     if step >= total or step < FIRST_CHECK:
         return None
-    per_step = max(trained, 1e-9) / step
+    # The loop's first steps pay the one-off cost of new batch shapes, which the plan counted apart: priced into
+    # every remaining step, it would cut a run that is on time.
+    per_step = max(trained - plan.new_shapes_seconds, 0.25 * trained, 1e-9) / step
     projected = elapsed + (total - step) * per_step + plan.finish_seconds
     if projected <= plan.budget_seconds - DRIFT_TOLERANCE * plan.margin_seconds:
         return None

@@ -2,8 +2,11 @@
 
 Speed depends on the batch's width (rows × padded tokens), and length-grouped batches vary a lot in width, so the
 warm-up times steps spread over the first epoch's real batches and prices the whole epoch by its padded tokens
-(seconds per token × the epoch's tokens per step); the validation rows likewise. The first step of each kind runs
-untimed: it pays for one-off allocations and kernel selection.
+(seconds per token × the epoch's tokens per step); the validation rows likewise. A batch shape's first step pays
+for one-off allocations and kernel selection (oneDNN builds its bf16 kernels per shape: on a 2-core AVX-512 CPU a
+MiniLM step at a new width took about seven times a repeated one), so each timed group of batches runs twice: the
+second run gives the steady rate, the difference the one-off cost, which the plan adds once for every batch shape of
+the epoch that the warm-up did not run.
 
 The warm-up must not change the run it plans: it trains with its own optimizer, inside ``torch.random.fork_rng``
 (the dropout masks the run draws are untouched), and writes the trainable weights back as they were, so a planned
@@ -62,7 +65,9 @@ def measure(
     try:
         with torch.random.fork_rng(devices=devices):
             target = min(10.0, max(1.5, 0.01 * budget))
-            step_seconds = _time_steps(p, model, device, precision, target, MOST_SHARE * budget)
+            step_seconds, shapes_seconds = _time_steps(
+                p, model, device, precision, target, MOST_SHARE * budget
+            )
             eval_seconds = _time_eval(p, model, device, precision)
     finally:
         with torch.no_grad():
@@ -74,6 +79,7 @@ def measure(
     return Rates(
         step_seconds=step_seconds,
         eval_seconds=eval_seconds,
+        new_shapes_seconds=shapes_seconds,
         cache_row_seconds=_cache_row_seconds(p, model, eval_seconds),
         export_seconds=_export_seconds(p, model, device),
         warmup_seconds=time.perf_counter() - started,
@@ -85,31 +91,26 @@ def _padded_tokens(lengths: np.ndarray, rows: np.ndarray) -> int:
     return len(rows) * width
 
 
-def _time_steps(p: Prepared, model, device, precision: str, target: float, limit: float) -> float:
-    """Seconds of one optimizer step, averaged over the first epoch's mix of batch widths: timed steps until
-    ``target`` seconds and :data:`MIN_TIMED_STEPS` steps, or until ``limit`` seconds (at least one step)."""
+def _time_steps(
+    p: Prepared, model, device, precision: str, target: float, limit: float
+) -> tuple[float, float]:
+    """Seconds of one optimizer step at the steady rate, averaged over the first epoch's mix of batch widths, and
+    the one-off seconds the run will pay for the epoch's batch shapes the warm-up did not run.
+
+    Each timed group of batches runs twice (see the module docstring); groups are timed until ``target`` seconds of
+    steady steps and :data:`MIN_TIMED_STEPS` groups, or until ``limit`` seconds in all (at least one group).
+    """
     r, t = p.recipe, p.recipe.train
     lengths = np.array([len(x) for x in p.train_ids])
     batches = epoch_batches(lengths, t.batch_size, t.seed, 0, t.group_by_length)
     groups = [batches[i : i + t.grad_accum] for i in range(0, len(batches), t.grad_accum)]
     tokens = np.array([sum(_padded_tokens(lengths, b) for b in g) for g in groups], dtype=np.float64)
-    weights = balanced_weights(p.train.labels, len(p.label_map)) if t.class_weights == "balanced" else None
-    s = SimpleNamespace(
-        model=model,
-        fwd=model,
-        loss_step=LossStep(r, weights, p.teacher_log_probs),
-        dist=Dist(),
-        cache=None,
-        method=get_method(r.adapter.method),
-        scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None,
-        step_stats=torch.zeros(2, device=device),
-    )
+    shapes = [tuple((len(b), _padded_tokens(lengths, b)) for b in g) for g in groups]
+    s = _step_state(p, model, device, precision)
     optimizer = make_optimizer(model, r, device)
     model.train()
-    # Steps spread over the epoch (length-grouped batches come in random order, so any spread is representative).
-    order = np.linspace(0, len(groups) - 1, num=min(len(groups), MAX_TIMED_STEPS + 1)).round().astype(int)
-    spent, timed_tokens, timed = 0.0, 0.0, 0
-    for k, i in enumerate(order):
+
+    def one_step(i: int) -> float:
         begin = time.perf_counter()
         steps.accumulate(p, s, groups[i], device, precision)
         if s.scaler:
@@ -119,20 +120,37 @@ def _time_steps(p: Prepared, model, device, precision: str, target: float, limit
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         float(s.step_stats[0])  # wait for the device
-        if k == 0:
-            continue  # one-off allocations and kernel choices
-        spent += time.perf_counter() - begin
-        timed_tokens += tokens[i]
-        timed += 1
-        if (timed >= MIN_TIMED_STEPS and spent >= target) or spent >= limit:
+        return time.perf_counter() - begin
+
+    # Steps spread over the epoch (length-grouped batches come in random order, so any spread is representative).
+    order = np.linspace(0, len(groups) - 1, num=min(len(groups), MAX_TIMED_STEPS)).round().astype(int)
+    steady, spent, timed_tokens, first_costs, seen = 0.0, 0.0, 0.0, [], set()
+    for i in order:
+        cold, warm = one_step(i), one_step(i)
+        if shapes[i] not in seen:
+            first_costs.append(max(cold - warm, 0.0))
+            seen.add(shapes[i])
+        steady, spent, timed_tokens = steady + warm, spent + cold + warm, timed_tokens + tokens[i]
+        if (len(seen) >= MIN_TIMED_STEPS and steady >= target) or spent >= limit:
             break
-    if timed == 0:  # a one-step epoch: its only step was the untimed one; time it again
-        begin = time.perf_counter()
-        steps.accumulate(p, s, groups[0], device, precision)
-        optimizer.step()
-        spent, timed_tokens = time.perf_counter() - begin, tokens[0]
-    del optimizer
-    return spent / max(timed_tokens, 1.0) * float(tokens.mean())
+    unseen = len(set(shapes) - seen)
+    return steady / max(timed_tokens, 1.0) * float(tokens.mean()), unseen * float(np.mean(first_costs))
+
+
+def _step_state(p: Prepared, model, device, precision: str) -> SimpleNamespace:
+    """What :func:`loraclf.training.steps.accumulate` reads of a session, for the warm-up's own steps."""
+    r, t = p.recipe, p.recipe.train
+    weights = balanced_weights(p.train.labels, len(p.label_map)) if t.class_weights == "balanced" else None
+    return SimpleNamespace(
+        model=model,
+        fwd=model,
+        loss_step=LossStep(r, weights, p.teacher_log_probs),
+        dist=Dist(),
+        cache=None,
+        method=get_method(r.adapter.method),
+        scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None,
+        step_stats=torch.zeros(2, device=device),
+    )
 
 
 def _time_eval(p: Prepared, model, device, precision: str) -> float:
