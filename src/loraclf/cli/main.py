@@ -20,10 +20,10 @@ import signal
 import sys
 import time
 
-from loraclf.cli import augment, export, plan, predict, report, serve, shift, sweep, toolbox, train
+from loraclf.cli import augment, export, plan, predict, report, serve, shift, sweep, tapt, toolbox, train
 from loraclf.utils.errors import UserError
 
-GROUPS = (plan, train, predict, report, augment, toolbox, shift, export, sweep, serve)
+GROUPS = (plan, train, predict, report, augment, toolbox, tapt, shift, export, sweep, serve)
 
 
 class Parser(argparse.ArgumentParser):

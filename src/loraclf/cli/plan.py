@@ -28,6 +28,11 @@ def add_command(sub) -> None:
         "--methods",
         help="with --search: adaptation methods to compare, comma separated (lora,dora,vera,ia3,…)",
     )
+    p.add_argument(
+        "--tapt",
+        action="store_true",
+        help="also count what trains in the TAPT stage (`loraclf tapt`: LoRA + the masked-LM head)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
 
@@ -62,9 +67,30 @@ def cmd_plan(args) -> int:
     if args.search:
         return _search(args, recipe, num_labels)
     p = plan(recipe, num_labels)
-    print(json.dumps(p.to_json(), indent=1) if args.json else format_plan(p, recipe))
+    stage = _tapt_stage(recipe) if args.tapt else None
+    if args.json:
+        print(json.dumps({**p.to_json(), "tapt": stage} if stage else p.to_json(), indent=1))
+    else:
+        print(format_plan(p, recipe) + (format_tapt(stage) if stage else ""))
     check_budget(p)
     return 0
+
+
+def _tapt_stage(recipe) -> dict:
+    from loraclf.toolbox.tapt import tapt_plan
+
+    return tapt_plan(recipe)
+
+
+def format_tapt(stage: dict) -> str:
+    """The TAPT stage's lines under the plan table (its count is separate: LoRA is merged before the classifier)."""
+    return (
+        f"\n\nTAPT stage (loraclf tapt; merged into the backbone, not part of the classifier's count)\n"
+        f"{'  lora (' + str(stage['targets']) + ' layers)':<24}{stage['lora']:>14,}\n"
+        f"{'  masked-LM head':<24}{stage['head']:>14,}   transform + bias; decoder tied to the embeddings\n"
+        f"{'trainable':<24}{stage['trainable']:>14,}\n"
+        f"{'total':<24}{stage['total']:>14,}"
+    )
 
 
 def _search(args, recipe, num_labels: int) -> int:
