@@ -26,10 +26,18 @@ def add_command(sub) -> None:
     )
     add_recipe_flags(p, "tapt")
     p.add_argument(
-        "--train", action="append", required=True, metavar="FILE", help="training file (labels ignored; repeatable)"
+        "--train",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="training file (labels ignored; repeatable)",
     )
     p.add_argument(
-        "--unlabelled", action="append", default=[], metavar="FILE", help="unlabelled texts to adapt to (repeatable)"
+        "--unlabelled",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="unlabelled texts to adapt to (repeatable)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="new folder for the adapted backbone")
     p.add_argument("--epochs", type=float, default=1.0, metavar="E", help="passes over the texts (1)")
@@ -39,7 +47,9 @@ def add_command(sub) -> None:
     p.add_argument("--mask-prob", type=float, default=0.15, metavar="P", help="share of tokens masked (0.15)")
     p.add_argument("--max-length", type=int, default=128, metavar="N", help="tokens per text (128)")
     p.add_argument("--max-texts", type=int, metavar="N", help="a seeded sample of N texts (default: all)")
-    p.add_argument("--seed", type=int, default=42, metavar="N", help="seed of initialisation, order and masks (42)")
+    p.add_argument(
+        "--seed", type=int, default=42, metavar="N", help="seed of initialisation, order and masks (42)"
+    )
     p.add_argument("--json", action="store_true", help="print the tapt.json record")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides (model.name=…, adapter.r=…)")

@@ -216,7 +216,13 @@ def tapt_plan(recipe: Recipe) -> dict:
     wrapped = add_lora(model, recipe)
     trainable = count_trainable(wrapped)
     total = sum(p.numel() for p in wrapped.parameters())
-    return {"lora": trainable - head, "head": head, "trainable": trainable, "total": total, "targets": targets}
+    return {
+        "lora": trainable - head,
+        "head": head,
+        "trainable": trainable,
+        "total": total,
+        "targets": targets,
+    }
 
 
 # --- texts, masking and the loop -----------------------------------------------------------------------------------
@@ -246,7 +252,9 @@ def gather_texts(train: list[str], unlabelled: list[str], recipe: Recipe, max_te
             texts += kept
             counts[path] = len(kept)
     if not texts:
-        raise UserError("--train/--unlabelled: no non-empty text in the files given; pass files with a text column")
+        raise UserError(
+            "--train/--unlabelled: no non-empty text in the files given; pass files with a text column"
+        )
     if max_texts and max_texts < len(texts):
         pick = np.sort(np.random.default_rng(seed).choice(len(texts), max_texts, replace=False))
         texts = [texts[i] for i in pick]
@@ -256,7 +264,11 @@ def gather_texts(train: list[str], unlabelled: list[str], recipe: Recipe, max_te
 def _single_head(model: nn.Module) -> nn.Module | None:
     """The masked-LM head as one module mapping hidden states to vocabulary logits (BERT's ``cls``, RoBERTa's
     ``lm_head``), or None where the head is spread over several modules (DistilBERT)."""
-    heads = [m for n, m in model.named_children() if n != model.base_model_prefix and next(m.parameters(), None) is not None]
+    heads = [
+        m
+        for n, m in model.named_children()
+        if n != model.base_model_prefix and next(m.parameters(), None) is not None
+    ]
     return heads[0] if len(heads) == 1 else None
 
 
@@ -367,7 +379,9 @@ def save_backbone(merged: nn.Module, tok, source: str, recipe: Recipe, out: Path
     tok.save_pretrained(out)
 
 
-def run_tapt(recipe: Recipe, train: list[str], unlabelled: list[str], out: str, opts: TaptOptions, progress: bool):
+def run_tapt(
+    recipe: Recipe, train: list[str], unlabelled: list[str], out: str, opts: TaptOptions, progress: bool
+):
     """Adapt the recipe's backbone by TAPT and write it to ``out``; returns the ``tapt.json`` record.
 
     Raises:
