@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+
 from conftest import REPO, make_rows, run_cli, write_text_csv
 
 RECIPE = REPO / "recipes" / "minilm-cpu.yaml"

@@ -178,12 +178,11 @@ def load_mlm(recipe: Recipe):
     except OSError as exc:
         raise UserError(f"model.name: cannot load weights of '{name}' ({type(exc).__name__})") from None
     fresh = any(not k.startswith(model.base_model_prefix + ".") for k in info["missing_keys"])
-    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
-        if fresh:
-            raise UserError(
-                f"model.name: '{name}' has no masked-LM head and its config unties the output embeddings; "
-                "set tie_word_embeddings: true in its config.json"
-            )
+    if fresh and model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        raise UserError(
+            f"model.name: '{name}' has no masked-LM head and its config unties the output embeddings; "
+            "set tie_word_embeddings: true in its config.json"
+        )
     return model, load_tokenizer(name, recipe.model), fresh, source
 
 
