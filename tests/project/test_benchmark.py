@@ -362,3 +362,13 @@ def test_kaggle_dev_on_the_real_file(data_dir, tmp_path):
     assert len(frames["real"]) + len(frames["machine"]) == 400
     assert frames["all"]["text"].tolist() == kaggle.loc[labels["id"], "text"].tolist()
     assert frames["all"]["label"].tolist() == labels["label"].tolist()
+
+
+def test_tapt_benchmark_table_gives_mean_and_spread_per_arm():
+    tapt = load_script("tapt")
+    run = {"test": 0.9, "real": 0.92, "machine": 0.84, "seconds": 100.0}
+    results = {"plain": [run, {**run, "machine": 0.86}], "tapt": [run]}
+    lines = tapt.table(results).splitlines()
+    assert lines[0] == "| arm | test | real | machine | train s |"
+    assert lines[2].startswith("| plain | 90.00 ± 0.00 | 92.00 ± 0.00 | 85.00 ± 1.41 |")
+    assert lines[3].startswith("| tapt | 90.00 ± 0.00 |")

@@ -74,6 +74,12 @@ def cmd_tapt(args) -> int:
     )
     opts.check()
     check_recipe(args)
+    # Path mistakes are reported before the model libraries load (seconds saved on every typo).
+    from loraclf.data.paths import check_data_path
+
+    for flag, paths in (("--train", args.train), ("--unlabelled", args.unlabelled)):
+        for path in paths:
+            check_data_path(path, flag)
     recipe = resolve_recipe(args)
     record = run_tapt(recipe, args.train, args.unlabelled, args.out, opts, progress=not args.quiet)
     if args.json:
