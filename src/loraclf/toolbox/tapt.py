@@ -231,7 +231,7 @@ def gather_texts(train: list[str], unlabelled: list[str], recipe: Recipe, max_te
     """The training and unlabelled texts, cleaned, empty rows and duplicates dropped, optionally sampled.
 
     Returns:
-        (texts, counts): the texts and ``{file: texts kept from it}``.
+        (texts, counts): the texts and ``{file: texts kept from it}`` (before the ``max_texts`` sample).
 
     Raises:
         UserError: a file is missing or unreadable, or no text is left (naming the flag).
