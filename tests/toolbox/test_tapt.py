@@ -138,6 +138,7 @@ def test_plan_tapt_counts_the_stage(tiny_model_dirs):
         (["--unlabelled", "missing.csv"], "--unlabelled: file"),
         (["--mask-prob", "1.5"], "--mask-prob"),
         (["--max-steps", "0"], "--max-steps"),
+        (["--head-lr", "0"], "--head-lr"),
         (["model.name=gpt2"], "causal LM"),
         (["adapter.targets=[nonesuch]"], "adapter.targets"),
     ],

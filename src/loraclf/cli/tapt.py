@@ -44,6 +44,9 @@ def add_command(sub) -> None:
     p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps; overrides --epochs")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="texts per step (32)")
     p.add_argument("--lr", type=float, default=5e-4, metavar="LR", help="peak AdamW learning rate (5e-4)")
+    p.add_argument(
+        "--head-lr", type=float, metavar="LR", help="learning rate of the masked-LM head (default: --lr)"
+    )
     p.add_argument("--mask-prob", type=float, default=0.15, metavar="P", help="share of tokens masked (0.15)")
     p.add_argument("--max-length", type=int, default=128, metavar="N", help="tokens per text (128)")
     p.add_argument("--max-texts", type=int, metavar="N", help="a seeded sample of N texts (default: all)")
@@ -67,6 +70,7 @@ def cmd_tapt(args) -> int:
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        head_lr=args.head_lr,
         mask_prob=args.mask_prob,
         max_length=args.max_length,
         max_texts=args.max_texts,

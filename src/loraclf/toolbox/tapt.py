@@ -53,6 +53,7 @@ class TaptOptions:
     max_steps: int | None = None
     batch_size: int = 32
     lr: float = 5e-4
+    head_lr: float | None = None  # the masked-LM head's learning rate; None = lr
     mask_prob: float = 0.15
     max_length: int = 128
     max_texts: int | None = None
@@ -74,8 +75,9 @@ class TaptOptions:
             raise UserError(f"--max-length must be at least 8 tokens, got {self.max_length}")
         if not 0 < self.mask_prob < 1:
             raise UserError(f"--mask-prob must be between 0 and 1 (exclusive), got {self.mask_prob}")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be above 0, got {self.lr}")
+        for flag, value in (("--lr", self.lr), ("--head-lr", self.head_lr)):
+            if value is not None and not value > 0:
+                raise UserError(f"{flag} must be above 0, got {value}")
 
 
 # --- the model -----------------------------------------------------------------------------------------------------
@@ -329,7 +331,13 @@ def train_mlm(model, tok, texts: list[str], opts: TaptOptions, device, precision
     per_epoch = math.ceil(len(texts) / opts.batch_size)
     steps = opts.max_steps or max(1, round(per_epoch * opts.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.01)
+    # A fresh head starts at chance: it may learn at its own rate (--head-lr) while LoRA keeps the recipe's.
+    head = {id(p) for _, p in head_parameters(getattr(model, "get_base_model", lambda: model)())}
+    groups = [
+        {"params": [p for p in params if id(p) not in head], "lr": opts.lr},
+        {"params": [p for p in params if id(p) in head], "lr": opts.head_lr or opts.lr},
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, round(steps * opts.warmup_ratio), steps)
     order_rng = torch.Generator().manual_seed(opts.seed)
     bar = TrainProgress(steps, 0, progress)
