@@ -77,6 +77,8 @@ def adapt(args, work: Path) -> Path:
         return out
     extra = ["--max-texts", args.tapt_texts] if args.tapt_texts else []
     extra += ["--max-steps", args.tapt_steps] if args.tapt_steps else ["--epochs", args.tapt_epochs]
+    extra += ["--lr", args.tapt_lr] if args.tapt_lr else []
+    extra += ["--head-lr", args.tapt_head_lr] if args.tapt_head_lr else []
     data = args.data / "ag_news"
     loraclf(
         "tapt", "--config", RECIPE, "--train", data / "train.csv", "--unlabelled", data / "kaggle_test.csv",
@@ -129,6 +131,10 @@ def main() -> None:
     ap.add_argument("--tapt-texts", type=int, help="TAPT on a seeded sample of N texts (default: all)")
     ap.add_argument("--tapt-steps", type=int, help="TAPT optimizer steps (default: --tapt-epochs)")
     ap.add_argument("--tapt-epochs", type=float, default=1.0, help="TAPT passes over the texts (1)")
+    ap.add_argument("--tapt-lr", type=float, help="TAPT learning rate (default: loraclf tapt's, 5e-4)")
+    ap.add_argument(
+        "--tapt-head-lr", type=float, help="TAPT masked-LM head learning rate (default: --tapt-lr)"
+    )
     ap.add_argument("--train-samples", type=int, help="classifier rows (default: the recipe's, all)")
     ap.add_argument("--epochs", type=float, help="classifier epochs (default: the recipe's, 2)")
     ap.add_argument("--test-rows", type=int, help="score only the first N rows of test.csv")
