@@ -3,10 +3,10 @@
 Speed depends on the batch's width (rows × padded tokens), and length-grouped batches vary a lot in width, so the
 warm-up times steps spread over the first epoch's real batches and prices the whole epoch by its padded tokens
 (seconds per token × the epoch's tokens per step); the validation rows likewise. A batch shape's first step pays
-for one-off allocations and kernel selection (oneDNN builds its bf16 kernels per shape: on a 2-core AVX-512 CPU a
-MiniLM step at a new width took about seven times a repeated one), so each timed group of batches runs twice: the
-second run gives the steady rate, the difference the one-off cost, which the plan adds once for every batch shape of
-the epoch that the warm-up did not run.
+for one-off allocations and kernel selection (oneDNN builds its kernels per shape), so each timed group of batches
+runs twice: the second run gives the steady rate, the difference the one-off cost, which the plan adds once for every
+batch shape of the epoch that the warm-up did not run (0.5 s in all for the quick start on an idle 2-core AVX-512 BF16
+CPU; a single cold step would have priced every step at its cost).
 
 The warm-up must not change the run it plans: it trains with its own optimizer, inside ``torch.random.fork_rng``
 (the dropout masks the run draws are untouched), and writes the trainable weights back as they were, so a planned
