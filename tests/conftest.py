@@ -37,6 +37,19 @@ atexit.register(shutil.rmtree, os.environ["LORACLF_CACHE"], ignore_errors=True)
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+# The exact file set of a finished run folder (STYLE.md: a test asserts it).
+RUN_FILES = {
+    "run.json",
+    "recipe.yaml",
+    "labels.json",
+    "model.safetensors",
+    "tokenizer",
+    "metrics.jsonl",
+    "metrics.json",
+    "confusion_matrix.csv",
+    "report.html",
+    "figures",
+}
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

@@ -12,20 +12,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import run_cli
-
-RUN_FILES = {
-    "run.json",
-    "recipe.yaml",
-    "labels.json",
-    "model.safetensors",
-    "tokenizer",
-    "metrics.jsonl",
-    "metrics.json",
-    "confusion_matrix.csv",
-    "report.html",
-    "figures",
-}
+from conftest import RUN_FILES, run_cli
 
 
 @pytest.mark.slow

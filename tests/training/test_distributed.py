@@ -28,7 +28,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from conftest import cli_env, make_rows, run_cli, run_cli_subprocess, write_text_csv
+from conftest import RUN_FILES, cli_env, make_rows, run_cli, run_cli_subprocess, write_text_csv
 from loraclf.cli.launch import strip_nproc
 from loraclf.training.distributed import Dist
 
@@ -37,10 +37,6 @@ SAME = [
     "--quiet", "train.batch_size=8", "train.grad_accum=3", "train.lr=2e-2", "model.head=linear",
     "model.head_dropout=0", "model.dropout=0", "adapter.dropout=0", "train.threads=1", "train.precision=fp32",
 ]  # fmt: skip
-RUN_FILES = {
-    "run.json", "recipe.yaml", "labels.json", "model.safetensors", "tokenizer", "metrics.jsonl", "metrics.json",
-    "confusion_matrix.csv", "report.html", "figures",
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

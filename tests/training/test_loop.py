@@ -20,21 +20,9 @@ import pytest
 from safetensors.numpy import load_file
 
 import loraclf
-from conftest import LABELS, cli_env, make_rows, run_cli, write_text_csv, write_title_desc_csv
+from conftest import LABELS, RUN_FILES, cli_env, make_rows, run_cli, write_text_csv, write_title_desc_csv
 from loraclf.runfolder.metrics_log import read_metrics
 
-RUN_FILES = {
-    "run.json",
-    "recipe.yaml",
-    "labels.json",
-    "model.safetensors",
-    "tokenizer",
-    "metrics.jsonl",
-    "metrics.json",
-    "confusion_matrix.csv",
-    "report.html",
-    "figures",
-}
 # A linear head over mean-pooled states learns the fixture's keyword classes in a few epochs; the BERT pooler head
 # of a randomly initialised 32-wide model needs far more steps.
 TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "train.threads=1"]
