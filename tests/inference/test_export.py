@@ -204,3 +204,22 @@ def test_export_refuses_an_occupied_folder_and_a_bad_format(trained, tmp_path):
     res = run_cli("export", trained["runs"]["mlp-mean"], "--out", tmp_path / "new", "--format", "gguf")
     assert res.returncode == 2 and "--format" in res.stderr and not (tmp_path / "new").exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial folder left behind
+
+
+def test_the_temperature_is_folded_into_the_heads_last_layer_only():
+    import torch
+
+    from loraclf.inference.export import fold_temperature
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    x = torch.randn(5, 6)
+    before = model(x).detach()
+    first = model[0].weight.detach().clone()
+    fold_temperature(model, 3, 2.5)
+    torch.testing.assert_close(model(x).detach(), before / 2.5)
+    assert torch.equal(model[0].weight, first)
+    fold_temperature(model, 3, 1.0)  # 1.0: untouched
+    torch.testing.assert_close(model(x).detach(), before / 2.5)
+    with pytest.raises(ValueError, match="no linear layer with 7 outputs"):
+        fold_temperature(model, 7, 2.0)

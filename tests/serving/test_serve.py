@@ -625,3 +625,15 @@ def test_load_benchmark_runs_on_a_tiny_run(runs, tmp_path):
     for row in ("| one int8 run | 1 |", "| one int8 run | 3 |", "| 2 adapters, one backbone | 3 |", "| 2 | "):
         assert row in out, out
     assert len(list((tmp_path / "work" / "memory-2").iterdir())) == 2
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_scores_are_calibrated_unless_no_calibration_is_asked(runs, share):
+    from loraclf.serving.registry import Registry
+
+    run = runs["served"] / "lora"
+    temperature = json.loads((run / "run.json").read_text())["calibration"]["temperature"]
+    assert temperature != 1.0  # the tiny run's fitted T: a test that could not fail otherwise
+    raw, scaled = (Registry("cpu", "fp32", share=share, calibration=c).add(run) for c in (False, True))
+    ids = raw.encode(TEXTS)
+    np.testing.assert_allclose(scaled.logits(ids), raw.logits(ids) / temperature, rtol=1e-5, atol=1e-6)
