@@ -159,6 +159,7 @@ def slow_check(pid):  # a slow liveness check widens the window between reading 
     time.sleep(0.3)
     return False
 mod.process_alive = slow_check
+mod.DYING_WRITER_WAIT_S = 0  # every pid reads as dead here: do not wait for a "dying" holder
 run, go = Path(sys.argv[1]), Path(sys.argv[2])
 print("ready", flush=True)
 while not go.exists():
@@ -257,6 +258,7 @@ def test_a_stale_lock_is_taken_over_by_exactly_one_of_many_threads(tmp_path, mon
         return False
 
     monkeypatch.setattr(sys.modules[RunLock.__module__], "process_alive", slow_check)
+    monkeypatch.setattr(sys.modules[RunLock.__module__], "DYING_WRITER_WAIT_S", 0, raising=False)
     (tmp_path / ".lock").write_text("999999999")  # a writer that no longer exists
     locks = [RunLock(tmp_path) for _ in range(6)]
     results, barrier = [], threading.Barrier(len(locks))
@@ -314,6 +316,37 @@ def test_a_lock_is_free_again_once_its_holder_is_killed(tmp_path):
         holder.stdout.close()
     with RunLock(tmp_path) as lock:
         assert lock.held and (tmp_path / ".lock").read_text() == str(os.getpid())
+
+
+DYING_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, b"999999999", 0)  # the pid of the writer that was killed; this process plays its slow exit
+print("held", flush=True)
+time.sleep(1.0)
+"""
+
+
+def test_a_lock_still_held_by_a_killed_writer_that_is_exiting_is_waited_for(tmp_path):
+    """kill -9 of a job, then --resume at once: the flock outlives the named pid by a moment (CI, stop 32)."""
+    import subprocess
+    import sys
+
+    from loraclf.runfolder.checkpoint import RunLock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", DYING_HOLDER, tmp_path / ".lock"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with RunLock(tmp_path) as lock:
+            assert lock.held
+            assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
 
 
 def test_evaluations_of_files_sharing_a_stem_are_kept_apart_and_old_records_read(tmp_path):

@@ -187,6 +187,7 @@ def test_kill_9_of_a_two_process_job_then_resume(files, tmp_path):
         if proc.poll() is None:
             _kill_job(proc.pid)
             proc.wait()
+        log.close()
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
     assert not (run / "metrics.json").exists()
 

@@ -12,6 +12,10 @@ Details that keep the flock sound:
 * A process that opened the file just before the holder deleted it (on release) may win a flock on the deleted
   file. After locking, the file's inode is compared with what the path names now; on a mismatch the attempt starts
   over with the new file.
+* A writer killed with ``kill -9`` keeps its flock until the kernel has finished tearing it down (freeing gigabytes
+  of tensors takes a moment), and a child it forked shares the flock until it exits too. So a flock that is busy
+  while the pid in the file is gone is waited for, up to ``DYING_WRITER_WAIT_S`` seconds, before the attempt is
+  refused; a busy flock with a live pid in the file is refused at once.
 * A lock file whose pid is alive but holds no flock was written by a loraclf that predates this scheme; it is
   respected as held, as before.
 * On a system without ``fcntl`` (Windows), the lock is created with ``O_EXCL`` and a stale one is taken over by
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 from loraclf.utils.errors import UserError, say
@@ -32,6 +37,8 @@ try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
+
+DYING_WRITER_WAIT_S = 15.0  # how long a busy flock whose named pid is gone is waited for (see above)
 
 
 def _pid_in(path: Path) -> int:
@@ -50,7 +57,7 @@ class RunLock:
         self._fd: int | None = None
 
     def _refuse(self, pid: int) -> UserError:
-        who = f"pid {pid}" if pid and process_alive(pid) else "it is taking the folder over right now"
+        who = f"pid {pid}" if pid and process_alive(pid) else "it is still exiting or taking the folder over"
         return UserError(
             f"--out: run folder '{self.path.parent}' is being written by another loraclf process ({who}); "
             "wait for it or choose another --out"
@@ -72,9 +79,7 @@ class RunLock:
                 raise UserError(
                     f"--out: cannot lock run folder '{self.path.parent}' ({exc.strerror}); make it writable"
                 ) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not self._flock_or_wait(fd):
                 os.close(fd)
                 raise self._refuse(_pid_in(self.path)) from None
             try:
@@ -89,6 +94,19 @@ class RunLock:
         raise UserError(
             f"--out: cannot lock run folder '{self.path.parent}'; remove {self.path} if no run is active"
         )
+
+    def _flock_or_wait(self, fd: int) -> bool:
+        """Take the flock on ``fd``; while it is busy and the pid in the file is gone, wait for the dying holder."""
+        deadline = time.monotonic() + DYING_WRITER_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pid = _pid_in(self.path)
+                if (pid and process_alive(pid)) or time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
 
     def _claim(self, fd: int) -> None:
         """With the flock held: respect a live writer of the pre-flock scheme, else write our pid."""
