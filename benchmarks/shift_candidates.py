@@ -1,0 +1,184 @@
+"""Candidates against the competition file's machine-written half, in the quick start's time, over three seeds.
+
+Each arm trains ``recipes/minilm-cpu.yaml`` on AG News's train.csv under a time budget, as ``make quickstart`` does,
+then scores every labelled set side by side (never one alone): test.csv, the hand-labelled development rows of
+kaggle_test.csv split into real and machine-written ones (``kaggle_dev.py``), and the constructed shifts of test.csv
+(``shift_sets.py``). For each run and set it also records the label-free estimates of ``loraclf shift`` (average
+confidence, ATC, DoC; before and after the run's temperature) and their error against the measured accuracy.
+
+Arms (``--arms``, comma separated):
+
+* ``quickstart``: the quick start as it ships (``--time-budget 7m``).
+* ``noise``: the same, trained on train.csv plus one noised copy of every row (``loraclf augment --method noise``,
+  strength 0.4, which mimics what can be counted in the machine-written rows); the budget is the same, so the plan
+  samples the rows it has time for from the doubled file.
+* ``short``: ``--time-budget 3m``: fewer steps, the "fit the clean data less" candidate.
+
+    python benchmarks/shift_candidates.py --out runs/shift-candidates               # 3 arms x 3 seeds, ~75 min
+    python benchmarks/shift_candidates.py --out runs/shift-candidates --score runs/time-budget/3m  # score a run
+
+Every step is skipped when its result exists, so the script can be stopped and started again. Run it alone on the
+machine (time-budgeted runs train fewer steps on a busy one) and name the CPU class with its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tapt import loraclf  # noqa: E402  (benchmarks/tapt.py: run the CLI offline, fail with its stderr)
+
+from loraclf.inference.estimate import estimate  # noqa: E402
+
+RECIPE = ROOT / "recipes" / "minilm-cpu.yaml"
+ARMS = {"quickstart": ("7m", False), "noise": ("7m", True), "short": ("3m", False)}
+SHIFTS = ("title_only", "description_only_tokenised", "noised", "prior_shift")
+SETS = ("test", "real", "machine", *SHIFTS)
+ESTIMATES = ("average_confidence", "atc", "doc")
+
+
+def prepare(data: Path, work: Path) -> dict[str, Path]:
+    """The labelled sets (written once): test.csv, dev real/machine rows, the constructed shifts."""
+    here = Path(__file__).resolve().parent
+    dev, shifts = work / "dev", work / "shift-sets"
+    if not (dev / "machine.csv").is_file():
+        subprocess.run([sys.executable, here / "kaggle_dev.py", "--data", data, "--out", dev], check=True)
+    if not (shifts / "prior_shift.csv").is_file():
+        cmd = [sys.executable, here / "shift_sets.py", "--data", data, "--out", shifts, "--seed", "0"]
+        subprocess.run(cmd, check=True)
+    sets = {"test": data / "ag_news" / "test.csv", "real": dev / "real.csv", "machine": dev / "machine.csv"}
+    return sets | {name: shifts / f"{name}.csv" for name in SHIFTS}
+
+
+def noised_train(data: Path, work: Path) -> Path:
+    """train.csv plus one noised copy of each row (written once)."""
+    out = work / "train-noised.csv"
+    if not out.is_file():
+        loraclf(
+            "augment", "--method", "noise", "--input", data / "ag_news" / "train.csv", "--output", out,
+            "--strength", "0.4", "--seed", "0", "--quiet",
+        )  # fmt: skip
+    return out
+
+
+def score_set(run: Path, path: Path, scratch: Path) -> dict:
+    """Accuracy of ``run`` on one labelled file and the estimates' errors, from its raw probabilities."""
+    loraclf(
+        "predict", run, "--input", path, "--output", scratch, "--probabilities", "--no-calibration", "--quiet"
+    )
+    frame, truth = pd.read_csv(scratch), pd.read_csv(path)["label"].astype(str).to_numpy()
+    columns = [c for c in frame.columns if c.startswith("prob_")]
+    names = np.array([c[len("prob_") :] for c in columns])
+    probs = frame[columns].to_numpy(dtype=np.float64)
+    accuracy = float((names[probs.argmax(1)] == truth).mean())
+    calibration = json.loads((run / "run.json").read_text())["calibration"]
+    est = estimate(probs, calibration["validation"], calibration["temperature"])
+    result = {"accuracy": accuracy, "rows": len(truth)}
+    for stage in ("before", "after"):
+        for key in ESTIMATES:
+            result[f"{key}_{stage}_error"] = est[stage][key] - accuracy
+    return result
+
+
+def score_run(run: Path, sets: dict[str, Path]) -> dict:
+    """Every set's scores for one finished run (kept in RUN/candidate-scores.json)."""
+    out = run / "candidate-scores.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    scores = {name: score_set(run, path, run / "candidate-scratch.csv") for name, path in sets.items()}
+    (run / "candidate-scratch.csv").unlink(missing_ok=True)
+    plan = json.loads((run / "run.json").read_text()).get("time_plan") or {}
+    scores["plan"] = {k: plan.get(k) for k in ("steps", "rows", "estimated_seconds")}
+    out.write_text(json.dumps(scores, indent=1))
+    return scores
+
+
+def train(args, arm: str, seed: int) -> Path:
+    budget, noised = ARMS[arm]
+    run = args.out / "runs" / f"{arm}-{seed}"
+    if (run / "metrics.json").is_file():
+        return run
+    data = noised_train(args.data, args.out) if noised else args.data / "ag_news" / "train.csv"
+    run.parent.mkdir(parents=True, exist_ok=True)
+    loraclf(
+        "train", "--config", RECIPE, "--train", data, "--out", run, "--seed", seed, "--time-budget", budget,
+        log=run.with_suffix(".log"),
+    )  # fmt: skip
+    return run
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+
+
+def tables(results: dict[str, list[dict]]) -> str:
+    """Accuracy (percent, mean ± std over seeds) per arm and set; then the estimates' errors (points)."""
+    head = "| arm | seeds | " + " | ".join(SETS) + " |"
+    lines = [head, "|---" * (len(SETS) + 2) + "|"]
+    for arm, runs in results.items():
+        cells = [mean_sd([100 * r[s]["accuracy"] for r in runs if s in r]) for s in SETS]
+        lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += ["", "| arm | estimate | " + " | ".join(SETS) + " |", "|---" * (len(SETS) + 2) + "|"]
+    for arm, runs in results.items():
+        for stage in ("before", "after"):
+            for key in ESTIMATES:
+                name = f"{key}_{stage}_error"
+                cells = [mean_sd([100 * r[s][name] for r in runs if s in r]) for s in SETS]
+                lines.append(f"| {arm} | {key}, {stage} T | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_data = Path(os.environ.get("LORACLF_DATA", ROOT.parent / "shared" / "data"))
+    ap.add_argument("--data", type=Path, default=default_data, help="shared data folder (has ag_news/)")
+    ap.add_argument("--out", type=Path, required=True, help="work folder (runs/, sets, results.json)")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma separated, of {', '.join(ARMS)}")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds, comma separated (0,1,2)")
+    ap.add_argument("--score", type=Path, nargs="*", default=[], help="also score these finished runs")
+    ap.add_argument(
+        "--score-sets",
+        default="test,real,machine",
+        help="the sets --score runs are scored on (test,real,machine)",
+    )
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    sets = prepare(args.data, args.out)
+    results: dict[str, list[dict]] = {}
+    chosen = {name: sets[name] for name in args.score_sets.split(",")}
+    for run in args.score:
+        results.setdefault(run.name, []).append(score_run(run, chosen))
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for arm in args.arms.split(","):
+            results.setdefault(arm, []).append(score_run(train(args, arm, seed), sets))
+            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+            print(f"{arm} seed {seed} done", file=sys.stderr, flush=True)
+    text = f"CPU: {cpu_name()}\n\n" + tables(results)
+    (args.out / "tables.md").write_text(text + "\n")
+    print(text)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
