@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from serve_load import cpu_name  # noqa: E402  (benchmarks/serve_load.py)
 from tapt import loraclf  # noqa: E402  (benchmarks/tapt.py: run the CLI offline, fail with its stderr)
 
 from loraclf.inference.estimate import estimate  # noqa: E402
@@ -92,13 +93,16 @@ def score_set(run: Path, path: Path, scratch: Path) -> dict:
     return result
 
 
-def score_run(run: Path, sets: dict[str, Path]) -> dict:
-    """Every set's scores for one finished run (kept in RUN/candidate-scores.json)."""
-    out = run / "candidate-scores.json"
+def score_run(run: Path, sets: dict[str, Path], work: Path) -> dict:
+    """Every set's scores for one finished run, kept in WORK/scores/RUNNAME.json (never in the run folder, whose
+    file set is loraclf's)."""
+    out = work / "scores" / f"{run.name}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    scores = {name: score_set(run, path, run / "candidate-scratch.csv") for name, path in sets.items()}
-    (run / "candidate-scratch.csv").unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = work / "scores" / "scratch.csv"
+    scores = {name: score_set(run, path, scratch) for name, path in sets.items()}
+    scratch.unlink(missing_ok=True)
     plan = json.loads((run / "run.json").read_text()).get("time_plan") or {}
     scores["plan"] = {k: plan.get(k) for k in ("steps", "rows", "estimated_seconds")}
     out.write_text(json.dumps(scores, indent=1))
@@ -162,22 +166,15 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     chosen = {name: sets[name] for name in args.score_sets.split(",")}
     for run in args.score:
-        results.setdefault(run.name, []).append(score_run(run, chosen))
+        results.setdefault(run.name, []).append(score_run(run, chosen, args.out))
     for seed in [int(s) for s in args.seeds.split(",")]:
         for arm in args.arms.split(","):
-            results.setdefault(arm, []).append(score_run(train(args, arm, seed), sets))
+            results.setdefault(arm, []).append(score_run(train(args, arm, seed), sets, args.out))
             (args.out / "results.json").write_text(json.dumps(results, indent=1))
             print(f"{arm} seed {seed} done", file=sys.stderr, flush=True)
     text = f"CPU: {cpu_name()}\n\n" + tables(results)
     (args.out / "tables.md").write_text(text + "\n")
     print(text)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":
