@@ -1,12 +1,12 @@
 """Scoreable files from the hand-labelled rows of the competition's test file: all, real and machine-written rows.
 
-benchmarks/data/kaggle_dev.csv holds the ids and read-off labels of 400 rows of ag_news/kaggle_test.csv (how they
+benchmarks/data/kaggle_dev.csv holds the ids and read-off labels of 800 rows of ag_news/kaggle_test.csv (how they
 were drawn and labelled: benchmarks/data/README.md); the texts stay in the shared data folder. This joins the two
 and writes ``label,text`` files that ``loraclf evaluate RUN --data FILE`` scores:
 
     python benchmarks/kaggle_dev.py --out runs/kaggle-dev [--data ../shared/data] [--exclude-unsure]
 
-writes ``all.csv`` (400 rows), ``real.csv`` (the ordinary AG News items) and ``machine.csv`` (the machine-written
+writes ``all.csv`` (800 rows), ``real.csv`` (the ordinary AG News items) and ``machine.csv`` (the machine-written
 ones). ``--exclude-unsure`` leaves out the rows whose topic was a best guess. Texts are copied as they are in
 kaggle_test.csv; loraclf's cleaning applies when a run reads them, exactly as it does at prediction time.
 """

@@ -13,6 +13,10 @@ Arms (``--arms``, comma separated):
   strength 0.4, which mimics what can be counted in the machine-written rows); the budget is the same, so the plan
   samples the rows it has time for from the doubled file.
 * ``short``: ``--time-budget 3m``: fewer steps, the "fit the clean data less" candidate.
+* ``match``: the ``quickstart`` runs (not trained again), predicting with ``--match-priors``: each class re-weighted
+  so that the file's mean probability equals the training mix. The file is what a user would predict: the whole of
+  kaggle_test.csv for the development rows (their ids pick the rows out of it), each set itself otherwise. It
+  predicts with the run's temperature, as ``loraclf predict`` does by default; no estimates are recorded for it.
 
     python benchmarks/shift_candidates.py --out runs/shift-candidates               # 3 arms x 3 seeds, ~75 min
     python benchmarks/shift_candidates.py --out runs/shift-candidates --score runs/time-budget/3m  # score a run
@@ -44,7 +48,14 @@ from tapt import loraclf  # noqa: E402  (benchmarks/tapt.py: run the CLI offline
 from loraclf.inference.estimate import estimate  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "minilm-cpu.yaml"
-ARMS = {"quickstart": ("7m", False), "noise": ("7m", True), "short": ("3m", False)}
+# arm: (time budget, trained on the noised copy, the arm whose runs it reuses or None, predict flags)
+ARMS = {
+    "quickstart": ("7m", False, None, ()),
+    "noise": ("7m", True, None, ()),
+    "short": ("3m", False, None, ()),
+    "match": ("7m", False, "quickstart", ("--match-priors",)),
+}
+DEV = {"real": 0, "machine": 1}  # the development sets and their kaggle_dev.csv machine flag
 SHIFTS = ("title_only", "description_only_tokenised", "noised", "prior_shift")
 SETS = ("test", "real", "machine", *SHIFTS)
 ESTIMATES = ("average_confidence", "atc", "doc")
@@ -93,15 +104,41 @@ def score_set(run: Path, path: Path, scratch: Path) -> dict:
     return result
 
 
-def score_run(run: Path, sets: dict[str, Path], work: Path) -> dict:
-    """Every set's scores for one finished run, kept in WORK/scores/RUNNAME.json (never in the run folder, whose
-    file set is loraclf's)."""
-    out = work / "scores" / f"{run.name}.json"
+def matched_accuracy(run: Path, name: str, path: Path, flags: tuple, data: Path, scratch: Path) -> dict:
+    """Accuracy of ``run`` predicting with ``flags`` (which act on a whole file, as --match-priors does): on a
+    development set, the rows of that set picked out of a prediction of all of kaggle_test.csv."""
+    if name in DEV:
+        whole = scratch.with_name(f"{run.name}-kaggle.csv")
+        if not whole.is_file():
+            loraclf("predict", run, "--input", data / "ag_news" / "kaggle_test.csv", "--output", whole, *flags,
+                    "--quiet")  # fmt: skip
+        labels = pd.read_csv(ROOT / "benchmarks" / "data" / "kaggle_dev.csv")
+        rows = labels[labels["machine"] == DEV[name]]
+        predicted = pd.read_csv(whole).set_index("ID").loc[rows["id"], "Label"].astype(str).to_numpy()
+        truth = rows["label"].astype(str).to_numpy()
+    else:
+        loraclf("predict", run, "--input", path, "--output", scratch, *flags, "--quiet")
+        predicted = pd.read_csv(scratch)["Label"].astype(str).to_numpy()
+        truth = pd.read_csv(path)["label"].astype(str).to_numpy()
+    return {"accuracy": float((predicted == truth).mean()), "rows": len(truth)}
+
+
+def score_run(
+    run: Path, sets: dict[str, Path], work: Path, arm: str | None = None, data: Path | None = None
+) -> dict:
+    """Every set's scores for one finished run (predicting as ``arm`` says), kept in WORK/scores/NAME.json (never
+    in the run folder, whose file set is loraclf's)."""
+    flags = ARMS[arm][3] if arm is not None else ()
+    name = run.name if not flags else f"{arm}-{run.name.rsplit('-', 1)[1]}"
+    out = work / "scores" / f"{name}.json"
     if out.is_file():
         return json.loads(out.read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = work / "scores" / "scratch.csv"
-    scores = {name: score_set(run, path, scratch) for name, path in sets.items()}
+    if flags:
+        scores = {s: matched_accuracy(run, s, path, flags, data, scratch) for s, path in sets.items()}
+    else:
+        scores = {s: score_set(run, path, scratch) for s, path in sets.items()}
     scratch.unlink(missing_ok=True)
     plan = json.loads((run / "run.json").read_text()).get("time_plan") or {}
     scores["plan"] = {k: plan.get(k) for k in ("steps", "rows", "estimated_seconds")}
@@ -110,8 +147,8 @@ def score_run(run: Path, sets: dict[str, Path], work: Path) -> dict:
 
 
 def train(args, arm: str, seed: int) -> Path:
-    budget, noised = ARMS[arm]
-    run = args.out / "runs" / f"{arm}-{seed}"
+    budget, noised, reuses, _ = ARMS[arm]
+    run = args.out / "runs" / f"{reuses or arm}-{seed}"
     if (run / "metrics.json").is_file():
         return run
     data = noised_train(args.data, args.out) if noised else args.data / "ag_news" / "train.csv"
@@ -169,7 +206,8 @@ def main() -> None:
         results.setdefault(run.name, []).append(score_run(run, chosen, args.out))
     for seed in [int(s) for s in args.seeds.split(",")]:
         for arm in args.arms.split(","):
-            results.setdefault(arm, []).append(score_run(train(args, arm, seed), sets, args.out))
+            scores = score_run(train(args, arm, seed), sets, args.out, arm, args.data)
+            results.setdefault(arm, []).append(scores)
             (args.out / "results.json").write_text(json.dumps(results, indent=1))
             print(f"{arm} seed {seed} done", file=sys.stderr, flush=True)
     text = f"CPU: {cpu_name()}\n\n" + tables(results)

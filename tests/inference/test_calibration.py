@@ -3,8 +3,8 @@
 Synthetic logits check the fit and the measures against known answers; a tiny BERT run (trained for a few steps)
 checks what a user sees: run.json's ``calibration``, ``predict --probabilities`` equal to the softmax of the model's
 logits over the stored temperature on both engines (PyTorch and the PyTorch-free cached int8 graph), unchanged
-labels, ``--no-calibration``, old runs without a temperature, evaluate's loss, the report's section, and
-``--prior-correction``.
+labels, ``--no-calibration``, old runs without a temperature, evaluate's loss, the report's section,
+``--prior-correction`` and ``--match-priors``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import torch
 import loraclf
 from conftest import LABELS, make_rows, run_cli, write_text_csv
 from loraclf.inference import calibration as cal
-from loraclf.inference.label_shift import em_priors
+from loraclf.inference.label_shift import em_priors, match_priors, parse_mix
+from loraclf.utils.errors import UserError
 
 TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "train.threads=1"]
 
@@ -132,6 +133,42 @@ def test_prior_correction_recovers_known_priors():
     # No shift: EM stays at the training priors.
     _, same = _label_shift_sample(np.full(3, 1 / 3), 30_000, rng)
     np.testing.assert_allclose(em_priors(same, np.full(3, 1 / 3))[0], 1 / 3, atol=0.015)
+
+
+def test_prior_matching_meets_the_mix_and_undoes_a_lean_that_em_would_keep():
+    rng = np.random.default_rng(4)
+    y, probs = _label_shift_sample(np.full(3, 1 / 3), 30_000, rng)
+    # A model that leans to class 2 on shifted text: its logits gain 1.2 there; the file's mix is still equal.
+    leaning = cal.softmax(np.log(probs) + np.array([0.0, 0.0, 1.2]))
+    offsets, matched = match_priors(leaning, np.full(3, 1 / 3))
+    np.testing.assert_allclose(matched.mean(0), 1 / 3, atol=1e-7)  # the promise: the mean equals the mix
+    np.testing.assert_allclose(matched.sum(1), 1.0)
+    assert offsets.sum() == pytest.approx(0.0, abs=1e-12)
+    assert offsets[2] - offsets[:2].mean() == pytest.approx(-1.2, abs=0.05)  # the lean found and taken off
+    assert (matched.argmax(1) == y).mean() > (leaning.argmax(1) == y).mean() + 0.02
+    assert (matched.argmax(1) == y).mean() == pytest.approx((probs.argmax(1) == y).mean(), abs=0.003)
+    assert em_priors(leaning, np.full(3, 1 / 3))[0][2] > 0.45  # EM reads the lean as a new mix instead
+    # A given mix other than equal shares, met as well; no rows: nothing to move.
+    np.testing.assert_allclose(match_priors(leaning, np.array([2.0, 1.0, 1.0]))[1].mean(0), [0.5, 0.25, 0.25])
+    assert match_priors(np.zeros((0, 3)), np.full(3, 1 / 3))[1].shape == (0, 3)
+    with pytest.raises(ValueError, match="3 positive shares"):
+        match_priors(leaning, np.array([0.5, 0.5, 0.0]))
+
+
+def test_a_class_mix_is_read_as_label_share_pairs():
+    np.testing.assert_allclose(parse_mix("b=1, a=3", ["a", "b"], "--match-priors"), [0.75, 0.25])
+    np.testing.assert_allclose(parse_mix("1=0.2,2=0.8", [1, 2], "--match-priors"), [0.2, 0.8])
+    for bad, why in [
+        ("a=1", "no share for b"),
+        ("a=1,c=1", "'c=1' is not LABEL=SHARE"),
+        ("a=1,a=2,b=1", "label 'a' is given twice"),
+        ("a=0,b=1", "'a=0': the share must be a positive number"),
+        ("a=x,b=1", "'a=x': the share must be a positive number"),
+        ("a=nan,b=1", "must be a positive number"),
+        ("a", "'a' is not LABEL=SHARE"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_mix(bad, ["a", "b"], "--match-priors")
 
 
 def test_prior_correction_rejects_priors_that_do_not_fit():
@@ -308,3 +345,74 @@ def test_python_api_prior_correction_matches_em_on_its_own_probabilities(tiny):
     got = run.predict_proba(tiny["texts"], prior_correction=True)
     np.testing.assert_allclose(got, want, atol=1e-9)
     assert np.abs(got - base).max() > 1e-3  # the correction moved something
+
+
+def test_predict_match_priors_meets_the_training_mix(tiny, tmp_path):
+    run = tiny["run"]
+    # A file of sports rows and a few others: matching forces the training mix on it all the same (the user says
+    # the mix is known), which is what tells it from --prior-correction.
+    rows = [r for r in make_rows(160, seed=21) if r[0] == "sports"][:30] + make_rows(12, seed=22)
+    inp = tmp_path / "skewed.csv"
+    pd.DataFrame({"text": [f"{r[1]} {r[2]}" for r in rows]}).to_csv(inp, index=False)
+    res = ok(run_cli("predict", run, "--input", inp, "--output", tmp_path / "m.csv", "--probabilities",
+                     "--quiet", "--match-priors", "--precision", "fp32"))  # fmt: skip
+    _, base = _predicted(run, inp, tmp_path / "base.csv", "--precision", "fp32")
+    got = pd.read_csv(tmp_path / "m.csv")[[f"prob_{lab}" for lab in LABELS]].to_numpy()
+    counts = np.asarray(json.loads((run / "run.json").read_text())["data"]["train_label_counts"], dtype=float)
+    offsets, want = match_priors(base, counts / counts.sum())
+    np.testing.assert_allclose(got, want, atol=2e-5)  # the file holds 6 decimals
+    np.testing.assert_allclose(got.mean(0), counts / counts.sum(), atol=1e-4)
+    line = [x for x in res.stderr.splitlines() if x.startswith("prior matching:")]
+    assert len(line) == 1 and "only 42 rows" in line[0]
+    sports = LABELS.index("sports")
+    assert f"sports {counts[sports] / counts.sum():.1%} ({offsets[sports]:+.2f})" in line[0]
+    # A mix given on the command line, in label spelling.
+    mix = ",".join(f"{lab}={4 if lab == 'sports' else 1}" for lab in LABELS)
+    ok(run_cli("predict", run, "--input", inp, "--output", tmp_path / "g.csv", "--probabilities", "--quiet",
+               "--match-priors", mix, "--precision", "fp32"))  # fmt: skip
+    given = pd.read_csv(tmp_path / "g.csv")[[f"prob_{lab}" for lab in LABELS]].to_numpy()
+    assert given.mean(0)[sports] == pytest.approx(4 / (len(LABELS) + 3), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "flags, why",
+    [
+        (["--match-priors", "--prior-correction"], "contradict each other"),
+        (["--match-priors", "sports=1"], "--match-priors: no share for"),
+        (["--match-priors", "football=1"], "--match-priors: 'football=1' is not LABEL=SHARE"),
+    ],
+)
+def test_bad_match_priors_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path, flags, why):
+    out = tmp_path / "p.csv"
+    res = run_cli("predict", tiny["run"], "--input", tiny["input"], "--output", out, *flags)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and why in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_match_priors_without_training_counts_asks_for_the_mix(tiny, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    info = json.loads((run / "run.json").read_text())
+    del info["data"]["train_label_counts"]
+    (run / "run.json").write_text(json.dumps(info))
+    res = run_cli("predict", run, "--input", tiny["input"], "--output", tmp_path / "p.csv", "--match-priors")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "train_label_counts" in res.stderr and "--match-priors LABEL=SHARE" in res.stderr
+    # Given the mix, it needs no counts.
+    mix = ",".join(f"{lab}=1" for lab in LABELS)
+    ok(run_cli("predict", run, "--input", tiny["input"], "--output", tmp_path / "p.csv", "--match-priors", mix,
+               "--quiet"))  # fmt: skip
+
+
+def test_python_api_match_priors_matches_on_its_own_probabilities(tiny):
+    run = loraclf.load(tiny["run"], precision="fp32")
+    base = run.predict_proba(tiny["texts"])
+    counts = np.asarray(run.info.data["train_label_counts"], dtype=float)
+    want = match_priors(base, counts / counts.sum())[1]
+    np.testing.assert_allclose(run.predict_proba(tiny["texts"], match_priors=True), want, atol=1e-9)
+    given = run.predict_proba(tiny["texts"], match_priors={lab: 1 for lab in LABELS})
+    np.testing.assert_allclose(given.mean(0), 1 / len(LABELS), atol=1e-6)
+    with pytest.raises(UserError, match="contradict"):
+        run.predict_proba(tiny["texts"], match_priors=True, prior_correction=True)
+    with pytest.raises(UserError, match="no share for"):
+        run.predict_proba(tiny["texts"], match_priors={LABELS[0]: 1})

@@ -73,6 +73,15 @@ def add_commands(sub) -> None:
         help="label shift: re-weight probabilities (and labels) to the file's class priors estimated by EM "
         "(Saerens et al. 2002); prints the estimated priors",
     )
+    p.add_argument(
+        "--match-priors",
+        nargs="?",
+        const="train",
+        metavar="MIX",
+        help="shifted text, known class mix: re-weight each class so the file's mean probability equals the mix "
+        "(default: the training file's; or LABEL=SHARE,...); for a model that leans to some classes on "
+        "unfamiliar text (docs/guides/kaggle-flow.md); prints the mix and the logit offsets",
+    )
     _inference_flags(p)
 
 
@@ -211,18 +220,37 @@ def _check_output(args) -> Path:
     return out
 
 
-def _check_priors(args, runs: list[Path]) -> None:
-    """``--prior-correction`` needs every run's training class counts; checked before anything loads."""
-    from loraclf.inference.label_shift import train_priors_of
+def _check_priors(args, runs: list[Path]):
+    """``--prior-correction`` and ``--match-priors train`` need every run's training class counts, and a
+    ``--match-priors LABEL=SHARE,...`` mix must name the run's classes; checked before anything loads.
+
+    Returns:
+        The class mix ``--match-priors`` asks for (None: the training mix, or no matching).
+    """
+    from loraclf.inference.label_shift import parse_mix, train_priors_of
     from loraclf.runfolder.schema import read_run_info
 
-    for run in runs if args.prior_correction else []:
+    if args.prior_correction and args.match_priors is not None:
+        raise UserError(
+            "--prior-correction and --match-priors contradict each other (the first estimates a new class mix, "
+            "the second keeps a known one); choose one"
+        )
+    flag = "--prior-correction" if args.prior_correction else "--match-priors"
+    mix = None
+    if args.match_priors not in (None, "train"):
+        try:
+            mix = parse_mix(args.match_priors, read_labels(runs[0]), "--match-priors")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    for run in runs if args.prior_correction or args.match_priors == "train" else []:
         info = read_run_info(run)
         if train_priors_of(info.data, info.num_labels) is None:
             raise UserError(
-                f"--prior-correction: '{run / 'run.json'}' records no training count for every class "
-                "(data.train_label_counts); retrain the run, or predict without --prior-correction"
+                f"{flag}: '{run / 'run.json'}' records no training count for every class "
+                f"(data.train_label_counts); retrain the run, or predict without {flag}"
+                + (" (or give the mix: --match-priors LABEL=SHARE,...)" if flag == "--match-priors" else "")
             )
+    return mix
 
 
 def _prior_correction(models, probs, labels):
@@ -235,10 +263,25 @@ def _prior_correction(models, probs, labels):
     return probs
 
 
+def _prior_matching(models, probs, labels, mix):
+    """``--match-priors``: the probabilities re-weighted so their mean is the mix, said in one line."""
+    from loraclf.inference.run import match_run_priors
+
+    mix, offsets, probs = match_run_priors(models, probs, mix)
+    shares = ", ".join(f"{lab} {p:.1%} ({o:+.2f})" for lab, p, o in zip(labels, mix, offsets))
+    few = f"; only {len(probs):,} rows, whose mean says little" if len(probs) < MATCH_MIN_ROWS else ""
+    print(f"prior matching: class mix (logit offset): {shares}{few}", file=sys.stderr)
+    return probs
+
+
+# Below this many rows --match-priors warns: their mean posterior is a poor reading of the file's class mix.
+MATCH_MIN_ROWS = 200
+
+
 def cmd_predict(args) -> int:
     out = _check_output(args)
     runs = _check_runs(args, "--input", args.input)
-    _check_priors(args, runs)
+    mix = _check_priors(args, runs)
     launched = _relaunch(args)
     if launched is not None:
         return launched
@@ -266,6 +309,8 @@ def cmd_predict(args) -> int:
     labels = models[0].labels
     if args.prior_correction:
         probs = _prior_correction(models, probs, labels)
+    if args.match_priors is not None:
+        probs = _prior_matching(models, probs, labels, mix)
     ranks = f" × {world} processes" if world > 1 else ""
     print(
         f"predict: {len(ts):,} rows in {seconds:.2f} s ({len(ts) / max(seconds, 1e-9):.1f} rows/s, "

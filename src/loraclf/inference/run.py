@@ -79,19 +79,33 @@ class Run:
         progress: bool = False,
         desc: str = "predict",
         prior_correction: bool = False,
+        match_priors: bool | dict | None = None,
     ) -> np.ndarray:
         """Class probabilities, one row per text, columns in the order of ``self.labels``.
 
         ``texts`` is a list of strings; a single string is taken as one text. ``prior_correction`` re-weights the
         probabilities to the class priors EM estimates from these texts (label shift; see
-        :mod:`loraclf.inference.label_shift`), so it needs a whole file of texts, not one.
+        :mod:`loraclf.inference.label_shift`), so it needs a whole file of texts, not one. ``match_priors``
+        re-weights each class so that the mean probability over these texts equals a known class mix: True for
+        the training file's, or ``{label: share}`` (prior matching, same module); also for a whole file.
+
+        Raises:
+            UserError: both corrections asked for, a mix that does not name every class with a positive share,
+                or (training mix) a run that records no training class counts.
         """
         if isinstance(texts, str):
             texts = [texts]
         probs = self.probs_of_ids(
             self.encode(texts, progress=progress), batch_size, mc_dropout, progress, desc
         )
-        return correct_priors([self], probs)[1] if prior_correction else probs
+        if prior_correction and match_priors not in (None, False):
+            raise UserError("prior_correction and match_priors contradict each other; choose one")
+        if prior_correction:
+            return correct_priors([self], probs)[1]
+        if match_priors not in (None, False):
+            mix = None if match_priors is True else _mix_of(match_priors, self.labels)
+            return match_run_priors([self], probs, mix)[2]
+        return probs
 
     def probs_of_ids(
         self,
@@ -301,3 +315,46 @@ def correct_priors(runs: list, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
             "(data.train_label_counts); retrain the run, or predict without --prior-correction"
         )
     return em_priors(probs, np.mean(shares, axis=0))
+
+
+def _mix_of(shares: dict, labels: list) -> np.ndarray:
+    """``{label: share}`` as shares in the order of ``labels`` (labels compared as text, so 1 and "1" agree)."""
+    from loraclf.inference.label_shift import parse_mix
+
+    try:
+        return parse_mix(",".join(f"{k}={v}" for k, v in shares.items()), labels, "match_priors")
+    except (AttributeError, ValueError) as exc:
+        raise UserError(
+            str(exc) if isinstance(exc, ValueError) else "match_priors: give True or {label: share}"
+        ) from None
+
+
+def match_run_priors(
+    runs: list, probs: np.ndarray, mix: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-weight probabilities of a file so their mean is a known class mix (``--match-priors``).
+
+    Args:
+        runs: The ensemble's members (their training class shares are the default mix).
+        probs: The file's probabilities, shape (rows, classes).
+        mix: Class shares in the runs' label order, shape (classes,); None = the members' mean training shares.
+
+    Returns:
+        ``(mix, offsets, matched)``: the mix used, the per-class logit offsets, and the re-weighted probabilities.
+
+    Raises:
+        UserError: ``mix`` is None and a run does not record its training class counts.
+    """
+    from loraclf.inference.label_shift import match_priors, train_priors_of
+
+    if mix is None:
+        shares = [train_priors_of(r.info.data, len(r.labels)) for r in runs]
+        missing = next((r for r, s in zip(runs, shares) if s is None), None)
+        if missing is not None:
+            raise UserError(
+                f"--match-priors: '{missing.path}/run.json' records no training count for every class "
+                "(data.train_label_counts); give the mix as LABEL=SHARE,... or retrain the run"
+            )
+        mix = np.mean(shares, axis=0)
+    offsets, matched = match_priors(probs, mix)
+    return mix / mix.sum(), offsets, matched
