@@ -13,12 +13,15 @@ Arms (``--arms``, comma separated):
   strength 0.4, which mimics what can be counted in the machine-written rows); the budget is the same, so the plan
   samples the rows it has time for from the doubled file.
 * ``short``: ``--time-budget 3m``: fewer steps, the "fit the clean data less" candidate.
+* ``swa``: the quick start with ``train.swa_start=0.06``: the kept weights are the mean of every step's after the
+  warmup (stochastic weight averaging, training/averaging.py).
+* ``swa+match``: the ``swa`` runs predicting with ``--match-priors``, as ``match`` below does.
 * ``match``: the ``quickstart`` runs (not trained again), predicting with ``--match-priors``: each class re-weighted
   so that the file's mean probability equals the training mix. The file is what a user would predict: the whole of
   kaggle_test.csv for the development rows (their ids pick the rows out of it), each set itself otherwise. It
   predicts with the run's temperature, as ``loraclf predict`` does by default; no estimates are recorded for it.
 
-    python benchmarks/shift_candidates.py --out runs/shift-candidates               # 3 arms x 3 seeds, ~75 min
+    python benchmarks/shift_candidates.py --out runs/shift-candidates               # 6 arms x 3 seeds, ~2 h
     python benchmarks/shift_candidates.py --out runs/shift-candidates --score runs/time-budget/3m  # score a run
 
 Every step is skipped when its result exists, so the script can be stopped and started again. Run it alone on the
@@ -48,12 +51,14 @@ from tapt import loraclf  # noqa: E402  (benchmarks/tapt.py: run the CLI offline
 from loraclf.inference.estimate import estimate  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "minilm-cpu.yaml"
-# arm: (time budget, trained on the noised copy, the arm whose runs it reuses or None, predict flags)
+# arm: (time budget, trained on the noised copy, the arm whose runs it reuses or None, predict flags, recipe overrides)
 ARMS = {
-    "quickstart": ("7m", False, None, ()),
-    "noise": ("7m", True, None, ()),
-    "short": ("3m", False, None, ()),
-    "match": ("7m", False, "quickstart", ("--match-priors",)),
+    "quickstart": ("7m", False, None, (), ()),
+    "noise": ("7m", True, None, (), ()),
+    "short": ("3m", False, None, (), ()),
+    "match": ("7m", False, "quickstart", ("--match-priors",), ()),
+    "swa": ("7m", False, None, (), ("train.swa_start=0.06",)),
+    "swa+match": ("7m", False, "swa", ("--match-priors",), ()),
 }
 DEV = {"real": 0, "machine": 1}  # the development sets and their kaggle_dev.csv machine flag
 SHIFTS = ("title_only", "description_only_tokenised", "noised", "prior_shift")
@@ -147,15 +152,16 @@ def score_run(
 
 
 def train(args, arm: str, seed: int) -> Path:
-    budget, noised, reuses, _ = ARMS[arm]
-    run = args.out / "runs" / f"{reuses or arm}-{seed}"
+    trained = ARMS[arm][2] or arm  # the arm whose recipe trains the run
+    budget, noised, _, _, overrides = ARMS[trained]
+    run = args.out / "runs" / f"{trained}-{seed}"
     if (run / "metrics.json").is_file():
         return run
     data = noised_train(args.data, args.out) if noised else args.data / "ag_news" / "train.csv"
     run.parent.mkdir(parents=True, exist_ok=True)
     loraclf(
         "train", "--config", RECIPE, "--train", data, "--out", run, "--seed", seed, "--time-budget", budget,
-        log=run.with_suffix(".log"),
+        *overrides, log=run.with_suffix(".log"),
     )  # fmt: skip
     return run
 

@@ -207,6 +207,11 @@ class TrainConfig:
         "LoRA+: the B matrices learn at lr times this ratio (LoRA/DoRA only; 16 in the paper); null = off",
     )
     rdrop: float = opt(0.0, "R-Drop weight: KL between two dropout passes (0 = off; doubles forward cost)")
+    swa_start: float | None = opt(
+        None,
+        "stochastic weight averaging: from this share of the steps on (0.06 = after a 6% warmup), evaluations score "
+        "and keep the running mean of the trainable weights of every step (Izmailov et al. 2018); null = off",
+    )
     precision: str = opt("auto", "auto (bf16 where the device supports it) | bf16 | fp16 | fp32")
     seed: int = opt(42, "seed of initialisation, data order, splits and sampling", "--seed", ("train",))
     eval_every: int | None = opt(None, "optimizer steps between evaluations; None = once per epoch")

@@ -114,6 +114,11 @@ def _train_checks(recipe: Recipe) -> list[Check]:
         (t.threads is None or t.threads >= 1, "train.threads", "must be at least 1 or null"),
         (0 <= t.seed < 2**32, "train.seed (--seed)", f"must be in [0, 2^32), got {t.seed}"),
         (t.rdrop >= 0, "train.rdrop", f"must be 0 or positive, got {t.rdrop}"),
+        (
+            t.swa_start is None or 0 <= t.swa_start < 1,
+            "train.swa_start",
+            f"must be in [0, 1) or null, got {t.swa_start}",
+        ),
     ]
 
 
@@ -183,6 +188,11 @@ def _check_combinations(recipe: Recipe) -> None:
         raise UserError(
             f"train.save_every ({t.save_every}) exceeds train.max_steps ({t.max_steps}): no checkpoint "
             "would ever be written; lower --save-every"
+        )
+    if t.swa_start is not None and recipe.adapter.method == "adalora":
+        raise UserError(
+            "train.swa_start: AdaLoRA prunes ranks during training, and an average would bring pruned values "
+            "back; set train.swa_start=null or use another method"
         )
     if t.precision == "fp16" and t.device == "cpu":
         raise UserError("train.precision fp16 needs a GPU; use bf16 or fp32 with train.device cpu")

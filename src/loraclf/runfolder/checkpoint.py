@@ -66,6 +66,7 @@ def save_checkpoint(
     rng: dict | None = None,
     rank_rng: list[dict] | None = None,
     method_state: dict | None = None,
+    average: dict | None = None,
 ) -> Path:
     """Write checkpoints/step-N atomically, then prune to the newest ``keep``.
 
@@ -73,7 +74,7 @@ def save_checkpoint(
     snapshot the loop took at the step boundary, not the live state, which a half-done step may have advanced
     (the live state when None). ``rank_rng`` holds every rank's state when several processes train (rank 0
     writes them all); ``method_state`` what the adaptation method keeps outside its parameters (tensors and plain
-    values).
+    values); ``average`` the running weight average (training/averaging.py), when the run keeps one.
     """
     if rng is None:
         rng = {"torch_rng": torch.get_rng_state()}
@@ -98,6 +99,7 @@ def save_checkpoint(
             "cuda_rng": rng.get("cuda_rng_all", []),
             "rank_rng": rank_rng or [],
             "method": method_state or {},
+            "average": average or {},
         },
         tmp / "trainer.pt",
     )
@@ -127,11 +129,23 @@ def list_checkpoints(run: Path) -> list[Path]:
 
 
 def load_checkpoint(
-    path: Path, model, optimizer, scheduler, scaler, rank: int = 0, restore_method=None
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    rank: int = 0,
+    restore_method=None,
+    restore_average=None,
 ) -> dict:
     """Restore a checkpoint into live objects (RNG: rank ``rank``'s when several ranks wrote it); returns state.json.
 
-    ``restore_method(model, state)`` receives the method state saved beside the weights, when there is one.
+    ``restore_method(model, state)`` receives the method state saved beside the weights, when there is one;
+    ``restore_average(state)`` the weight average.
+
+    Raises:
+        UserError: the checkpoint does not fit the model, is not a loraclf checkpoint, or lacks the weight
+            average this run keeps (``train.swa_start`` set after it was written).
     """
     weights = load_file(str(path / "weights.safetensors"))
     params = dict(model.named_parameters())
@@ -157,6 +171,16 @@ def load_checkpoint(
         scaler.load_state_dict(blob["scaler"])
     if restore_method is not None and blob.get("method"):
         restore_method(model, blob["method"])
+    if restore_average is not None:
+        if not blob.get("average"):
+            raise UserError(
+                f"--resume: checkpoint '{path}' holds no weight average, but the run's recipe sets "
+                "train.swa_start; it was written without it, retrain the run"
+            )
+        try:
+            restore_average(blob["average"])
+        except ValueError as exc:
+            raise UserError(f"--resume: checkpoint '{path}': {exc}; was the recipe edited?") from None
     ranks = blob.get("rank_rng") or []
     if rank < len(ranks):
         torch.set_rng_state(ranks[rank]["torch_rng"])

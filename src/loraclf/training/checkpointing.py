@@ -72,6 +72,7 @@ def save(ctx: LoopContext) -> Path | None:
             method_state=s.method.checkpoint_state(s.model)
             if s.method.checkpoint_state is not None
             else None,
+            average=ctx.average.state() if ctx.average is not None else None,
         )
     ctx.last_save = clock()
     return path
@@ -112,8 +113,9 @@ def restore(ctx: LoopContext) -> TrainState:
             say("no checkpoint yet: starting from step 0")
         return TrainState(world=s.dist.world)
     blob = load_checkpoint(
-        ckpts[-1], s.model, s.optimizer, s.scheduler, s.scaler, s.dist.rank, s.method.restore_state
-    )
+        ckpts[-1], s.model, s.optimizer, s.scheduler, s.scaler, s.dist.rank, s.method.restore_state,
+        restore_average=ctx.average.load if ctx.average is not None else None,
+    )  # fmt: skip
     state = TrainState.from_dict(blob)
     if state.world != s.dist.world:
         raise UserError(

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from loraclf.runfolder.metrics_log import MetricsLogger, NullLogger
+from loraclf.training.averaging import WeightAverage
 from loraclf.training.budget import BudgetPlan
 from loraclf.training.interrupts import Interrupts
 from loraclf.training.prepare import Prepared
@@ -29,6 +30,7 @@ class LoopContext:
         on_evaluate: ``train()``'s evaluation callback (sweeps report to their pruner through it).
         budget: The time plan of a budgeted run (training/budget.py) while its deadline is kept, else None.
         clock: ``time.monotonic()`` when the command started (a budget counts from there).
+        average: The running mean of the trainable weights (``train.swa_start``; training/averaging.py), or None.
     """
 
     p: Prepared
@@ -47,3 +49,4 @@ class LoopContext:
     on_evaluate: Callable[[int, dict], bool] | None = None
     budget: BudgetPlan | None = None
     clock: float = 0.0
+    average: WeightAverage | None = None

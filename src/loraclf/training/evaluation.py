@@ -76,6 +76,12 @@ def evaluate_and_keep(ctx: LoopContext) -> bool:
         True to stop training: no improvement for ``train.early_stopping`` evaluations, or the ``on_evaluate``
         callback (sweeps' pruner) asked to stop.
     """
+    with ctx.average.swapped_in() if ctx.average is not None else contextlib.nullcontext():
+        # With weight averaging the average is what is scored and, when best, kept.
+        return _evaluate_and_keep(ctx)
+
+
+def _evaluate_and_keep(ctx: LoopContext) -> bool:
     p, s, state, t = ctx.p, ctx.s, ctx.state, ctx.p.recipe.train
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=_rng_devices(ctx.device)))

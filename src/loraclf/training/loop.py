@@ -5,7 +5,8 @@ run folder exists, so a mistake never leaves a half-written folder. ``train`` th
 (training/session.py), creates the run folder (training/finish.py), and runs AdamW with a warmup schedule over
 length-grouped, dynamically padded batches: each optimizer step accumulates its micro-batches
 (training/steps.py), applies the update as a whole with signals deferred, evaluates every N steps and keeps the
-best weights (training/evaluation.py), writes resumable checkpoints on steps and on a clock
+best weights (training/evaluation.py; with ``train.swa_start``, those of the running weight average,
+training/averaging.py), writes resumable checkpoints on steps and on a clock
 (training/checkpointing.py), and stops early when asked. When the steps end, finishing evaluates the best weights
 as ``loraclf evaluate`` would and marks the run complete (training/finish.py).
 
@@ -28,6 +29,7 @@ from loraclf.modeling.adapters import count_parameters
 from loraclf.runfolder.metrics_log import MetricsLogger
 from loraclf.runfolder.schema import read_run_info
 from loraclf.training import checkpointing, distributed, evaluation, steps
+from loraclf.training.averaging import WeightAverage
 from loraclf.training.budget_run import keep_to_plan, record_phases, record_plan, seen_evaluation
 from loraclf.training.context import LoopContext
 from loraclf.training.finish import RunFolder, final_metrics_of, finish, finish_tail
@@ -121,6 +123,8 @@ def _optimise(
     )
     del model  # the session owns it now
     ctx.interrupts, ctx.on_evaluate, ctx.budget, ctx.clock = interrupts, on_evaluate, plan, clock
+    if t.swa_start is not None:
+        ctx.average = WeightAverage(ctx.s.model, t.swa_start, ctx.s.total_steps)
     if folder.resume:
         ctx.state = checkpointing.restore(ctx)
     else:
@@ -176,6 +180,8 @@ def run_steps(ctx: LoopContext) -> None:
                 raise Diverged(ctx.out, loss, state.step)
             steps.optimizer_step(s, t.max_grad_norm, _method_hook(s, state.step + 1))
             _advance(state, len(group), rows, len(batches))
+            if ctx.average is not None:
+                ctx.average.update(state.step)
             ctx.rng = checkpointing.rng_snapshot(s.dist.world)
             _log_train(ctx, rows)
         paused = time.perf_counter()

@@ -1,0 +1,192 @@
+"""Stochastic weight averaging (``train.swa_start``, training/averaging.py).
+
+A linear layer checks the running mean against the weights it saw; tiny BERT runs check what a user gets: the kept
+weights are the mean of the steps' weights (compared with shorter runs that stop at each of those steps, under a
+constant learning rate, so their weights are the longer run's along the way), a resumed run continues the same
+average bit for bit, and the settings that cannot work are refused in one line.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli, write_text_csv
+from loraclf.training.averaging import WeightAverage
+
+TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "train.threads=1",
+        "train.precision=fp32", "train.save_every_minutes=null"]  # fmt: skip
+
+
+def _sgd_model(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    model[2].bias.requires_grad_(False)  # a frozen weight is not averaged
+    return model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+
+
+def _step(model, opt, i):
+    opt.zero_grad()
+    x = torch.linspace(-1, 1, 12).reshape(4, 3) * (i + 1)
+    model(x).pow(2).mean().backward()
+    opt.step()
+
+
+def test_the_mean_is_of_the_weights_after_each_step_from_the_start_on():
+    model, opt = _sgd_model()
+    avg = WeightAverage(model, swa_start=0.4, total_steps=10)
+    assert avg.start == 4  # ceil(0.4 * 10): steps 4..10 enter the mean
+    seen = []
+    for step in range(1, 11):
+        _step(model, opt, step)
+        avg.update(step)
+        if step >= 4:
+            seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert avg.count == 7 and avg.names == ["0.weight", "0.bias", "2.weight"]
+    for name, mean in zip(avg.names, avg.mean):
+        torch.testing.assert_close(mean, torch.stack([s[name] for s in seen]).mean(0), rtol=0, atol=1e-6)
+
+    own = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with avg.swapped_in():
+        for name, mean in zip(avg.names, avg.mean):
+            assert torch.equal(dict(model.named_parameters())[name], mean)
+    for n, p in model.named_parameters():  # the model's own weights come back bit for bit
+        assert torch.equal(p, own[n])
+
+
+def test_before_its_start_the_average_leaves_the_model_alone():
+    model, opt = _sgd_model()
+    avg = WeightAverage(model, swa_start=0.0, total_steps=5)
+    assert avg.start == 1  # a start of 0 still means "after the first step"
+    own = [p.detach().clone() for p in model.parameters()]
+    with avg.swapped_in():  # nothing averaged yet: the model's own weights
+        assert all(torch.equal(p, o) for p, o in zip(model.parameters(), own))
+    late = WeightAverage(model, swa_start=0.9, total_steps=5)
+    for step in range(1, 5):
+        _step(model, opt, step)
+        late.update(step)
+    assert late.count == 0 and math.ceil(0.9 * 5) == late.start == 5
+
+
+def test_a_saved_average_continues_where_it_stopped():
+    model, opt = _sgd_model()
+    whole = WeightAverage(model, 0.0, 8)
+    parts = WeightAverage(model, 0.0, 8)
+    for step in range(1, 9):
+        _step(model, opt, step)
+        whole.update(step)
+        parts.update(step)
+        if step == 4:  # a checkpoint, then a fresh process loading it
+            state = parts.state()
+            parts = WeightAverage(model, 0.0, 8)
+            parts.load(state)
+    assert parts.count == whole.count == 8
+    assert all(torch.equal(a, b) for a, b in zip(parts.mean, whole.mean))
+    other, _ = _sgd_model()
+    other[0].weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="does not fit"):
+        WeightAverage(other, 0.0, 8).load(state)
+
+
+# --- a tiny BERT, through the CLI -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_bert_dir) -> dict:
+    d = tmp_path_factory.mktemp("swa-data")
+    return {"bert": tiny_bert_dir, "train": write_text_csv(d / "train.csv", 80, seed=0)}
+
+
+def _train(data, out: Path, *extra):
+    res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", out, *TINY, *extra)
+    assert res.returncode == 0, res
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_a_run_keeps_the_mean_of_its_steps_weights(data, tmp_path):
+    # A constant learning rate: a run stopped after k steps holds the longer run's weights at step k.
+    same = ["train.scheduler=constant", "train.warmup_ratio=0"]
+    kept = _train(data, tmp_path / "swa", *same, "train.max_steps=6", "train.eval_every=6", "train.swa_start=0.5")
+    steps = [_train(data, tmp_path / f"k{k}", *same, f"train.max_steps={k}", f"train.eval_every={k}")
+             for k in (3, 4, 5, 6)]  # fmt: skip
+    plain = steps[-1]
+    assert any(not torch.equal(kept[n], plain[n]) for n in kept)  # averaging changed what was kept
+    for name, value in kept.items():
+        torch.testing.assert_close(value, torch.stack([s[name] for s in steps]).mean(0), rtol=0, atol=1e-6)
+
+
+def test_an_averaged_run_resumed_after_ctrl_c_writes_the_bytes_of_an_uninterrupted_one(
+    data, tmp_path, monkeypatch
+):
+    import os
+    import signal
+
+    from loraclf.training import steps
+
+    exact = ["train.max_steps=12", "train.eval_every=5", "model.dropout=0.1", "train.swa_start=0.25"]
+    reference = _train(data, tmp_path / "reference", *exact)
+    real, calls = steps.accumulate, [0]
+
+    def interrupted(*args, **kwargs):  # Ctrl-C during step 8, after its micro-batches ran
+        calls[0] += 1
+        out = real(*args, **kwargs)
+        if calls[0] == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(steps, "accumulate", interrupted)
+    run = tmp_path / "run"
+    res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", run, *TINY, *exact)
+    monkeypatch.undo()
+    assert res.returncode == 130 and "interrupted at step 7:" in res.stderr, res
+    res = run_cli("train", "--resume", run, "--quiet")
+    assert res.returncode == 0 and "resuming from step 7 " in res.stderr, res
+    resumed = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(resumed[n], reference[n]) for n in reference)
+
+
+def test_a_checkpoint_without_an_average_is_not_resumed_as_an_averaged_run(data, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from loraclf.training import steps
+
+    real, calls = steps.accumulate, [0]
+
+    def interrupted(*args, **kwargs):
+        calls[0] += 1
+        out = real(*args, **kwargs)
+        if calls[0] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(steps, "accumulate", interrupted)
+    run = tmp_path / "run"
+    res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", run, *TINY,
+                  "train.max_steps=8")  # fmt: skip
+    monkeypatch.undo()
+    assert res.returncode == 130, res
+    recipe = run / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("swa_start: null", "swa_start: 0.5"))
+    res = run_cli("train", "--resume", run, "--quiet")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res
+    assert "holds no weight average" in res.stderr and "train.swa_start" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        (["train.swa_start=1.0"], "train.swa_start must be in [0, 1) or null, got 1.0"),
+        (["train.swa_start=-0.1"], "train.swa_start must be in [0, 1) or null"),
+        (["train.swa_start=0.5", "--method", "adalora"], "AdaLoRA prunes ranks"),
+    ],
+)
+def test_settings_that_cannot_average_are_one_line_exit_2(data, tmp_path, extra, why):
+    out = tmp_path / "run"
+    res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", out, *TINY, *extra)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and why in res.stderr, res.stderr
+    assert not out.exists()
