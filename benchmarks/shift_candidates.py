@@ -16,8 +16,9 @@ Arms (``--arms``, comma separated):
 * ``swa``: the quick start with ``train.swa_start=0.06``: the kept weights are the mean of every step's after the
   warmup (stochastic weight averaging, training/averaging.py).
 * ``swa+match``: the ``swa`` runs predicting with ``--match-priors``, as ``match`` below does.
-* ``match``: the ``quickstart`` runs (not trained again), predicting with ``--match-priors``: each class re-weighted
-  so that the file's mean probability equals the training mix. The file is what a user would predict: the whole of
+* ``match``: the ``quickstart`` runs (not trained again), predicting with ``--match-priors uniform``: each class
+  re-weighted so that the file's mean probability is a quarter (AG News' test split is balanced; the training
+  sample is not: 28/22/22/28%). The file is what a user would predict: the whole of
   kaggle_test.csv for the development rows (their ids pick the rows out of it), each set itself otherwise. It
   predicts with the run's temperature, as ``loraclf predict`` does by default; no estimates are recorded for it.
 
@@ -56,9 +57,9 @@ ARMS = {
     "quickstart": ("7m", False, None, (), ()),
     "noise": ("7m", True, None, (), ()),
     "short": ("3m", False, None, (), ()),
-    "match": ("7m", False, "quickstart", ("--match-priors",), ()),
+    "match": ("7m", False, "quickstart", ("--match-priors", "uniform"), ()),
     "swa": ("7m", False, None, (), ("train.swa_start=0.06",)),
-    "swa+match": ("7m", False, "swa", ("--match-priors",), ()),
+    "swa+match": ("7m", False, "swa", ("--match-priors", "uniform"), ()),
 }
 DEV = {"real": 0, "machine": 1}  # the development sets and their kaggle_dev.csv machine flag
 SHIFTS = ("title_only", "description_only_tokenised", "noised", "prior_shift")
@@ -109,11 +110,13 @@ def score_set(run: Path, path: Path, scratch: Path) -> dict:
     return result
 
 
-def matched_accuracy(run: Path, name: str, path: Path, flags: tuple, data: Path, scratch: Path) -> dict:
+def matched_accuracy(
+    run: Path, name: str, path: Path, flags: tuple, data: Path, scratch: Path, arm: str
+) -> dict:
     """Accuracy of ``run`` predicting with ``flags`` (which act on a whole file, as --match-priors does): on a
     development set, the rows of that set picked out of a prediction of all of kaggle_test.csv."""
     if name in DEV:
-        whole = scratch.with_name(f"{run.name}-kaggle.csv")
+        whole = scratch.with_name(f"{arm}-{run.name.rsplit('-', 1)[1]}-kaggle.csv")
         if not whole.is_file():
             loraclf("predict", run, "--input", data / "ag_news" / "kaggle_test.csv", "--output", whole, *flags,
                     "--quiet")  # fmt: skip
@@ -141,7 +144,7 @@ def score_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = work / "scores" / "scratch.csv"
     if flags:
-        scores = {s: matched_accuracy(run, s, path, flags, data, scratch) for s, path in sets.items()}
+        scores = {s: matched_accuracy(run, s, path, flags, data, scratch, arm) for s, path in sets.items()}
     else:
         scores = {s: score_set(run, path, scratch) for s, path in sets.items()}
     scratch.unlink(missing_ok=True)

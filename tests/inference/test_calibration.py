@@ -158,6 +158,7 @@ def test_prior_matching_meets_the_mix_and_undoes_a_lean_that_em_would_keep():
 def test_a_class_mix_is_read_as_label_share_pairs():
     np.testing.assert_allclose(parse_mix("b=1, a=3", ["a", "b"], "--match-priors"), [0.75, 0.25])
     np.testing.assert_allclose(parse_mix("1=0.2,2=0.8", [1, 2], "--match-priors"), [0.2, 0.8])
+    np.testing.assert_allclose(parse_mix("uniform", ["a", "b", "c", "d"], "--match-priors"), 0.25)
     for bad, why in [
         ("a=1", "no share for b"),
         ("a=1,c=1", "'c=1' is not LABEL=SHARE"),
@@ -372,6 +373,10 @@ def test_predict_match_priors_meets_the_training_mix(tiny, tmp_path):
                "--match-priors", mix, "--precision", "fp32"))  # fmt: skip
     given = pd.read_csv(tmp_path / "g.csv")[[f"prob_{lab}" for lab in LABELS]].to_numpy()
     assert given.mean(0)[sports] == pytest.approx(4 / (len(LABELS) + 3), abs=1e-4)
+    ok(run_cli("predict", run, "--input", inp, "--output", tmp_path / "u.csv", "--probabilities", "--quiet",
+               "--match-priors", "uniform", "--precision", "fp32"))  # fmt: skip
+    uniform = pd.read_csv(tmp_path / "u.csv")[[f"prob_{lab}" for lab in LABELS]].to_numpy()
+    np.testing.assert_allclose(uniform.mean(0), 1 / len(LABELS), atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -412,6 +417,7 @@ def test_python_api_match_priors_matches_on_its_own_probabilities(tiny):
     np.testing.assert_allclose(run.predict_proba(tiny["texts"], match_priors=True), want, atol=1e-9)
     given = run.predict_proba(tiny["texts"], match_priors={lab: 1 for lab in LABELS})
     np.testing.assert_allclose(given.mean(0), 1 / len(LABELS), atol=1e-6)
+    np.testing.assert_allclose(run.predict_proba(tiny["texts"], match_priors="uniform"), given, atol=1e-12)
     with pytest.raises(UserError, match="contradict"):
         run.predict_proba(tiny["texts"], match_priors=True, prior_correction=True)
     with pytest.raises(UserError, match="no share for"):

@@ -78,9 +78,9 @@ def add_commands(sub) -> None:
         nargs="?",
         const="train",
         metavar="MIX",
-        help="shifted text, known class mix: re-weight each class so the file's mean probability equals the mix "
-        "(default: the training file's; or LABEL=SHARE,...); for a model that leans to some classes on "
-        "unfamiliar text (docs/guides/kaggle-flow.md); prints the mix and the logit offsets",
+        help="shifted text, known class mix: re-weight each class so the file's mean probability equals the mix: "
+        "train (the default: the training file's), uniform (equal shares) or LABEL=SHARE,...; for a model that "
+        "leans to some classes on unfamiliar text (docs/guides/kaggle-flow.md); prints the mix and logit offsets",
     )
     _inference_flags(p)
 

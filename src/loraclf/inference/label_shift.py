@@ -129,19 +129,24 @@ def match_priors(
 
 
 def parse_mix(text: str, labels: list, flag: str) -> np.ndarray:
-    """A class mix written ``LABEL=SHARE,...`` (shares or counts, normalised here) in the order of ``labels``.
+    """A class mix written ``uniform`` (equal shares) or ``LABEL=SHARE,...`` (shares or counts, normalised here), in
+    the order of ``labels``.
 
     Raises:
         ValueError: a malformed pair, an unknown or repeated label, a label left out, or a share that is not a
             positive number (the message names the flag and the pair).
     """
+    if text.strip() == "uniform":
+        return np.full(len(labels), 1 / len(labels))
     names = {str(lab): i for i, lab in enumerate(labels)}
     shares = [None] * len(labels)
     for pair in (p.strip() for p in text.split(",")):
         label, sep, value = pair.rpartition("=")
         if not sep or label.strip() not in names:
             known = ", ".join(names)
-            raise ValueError(f"{flag}: '{pair}' is not LABEL=SHARE with a label of the run ({known})")
+            raise ValueError(
+                f"{flag}: '{pair}' is not LABEL=SHARE with a label of the run ({known}); or give train or uniform"
+            )
         i = names[label.strip()]
         if shares[i] is not None:
             raise ValueError(f"{flag}: label '{label.strip()}' is given twice")

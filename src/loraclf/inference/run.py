@@ -87,7 +87,8 @@ class Run:
         probabilities to the class priors EM estimates from these texts (label shift; see
         :mod:`loraclf.inference.label_shift`), so it needs a whole file of texts, not one. ``match_priors``
         re-weights each class so that the mean probability over these texts equals a known class mix: True for
-        the training file's, or ``{label: share}`` (prior matching, same module); also for a whole file.
+        the training file's, ``"uniform"`` for equal shares, or ``{label: share}`` (prior matching, same module);
+        also for a whole file.
 
         Raises:
             UserError: both corrections asked for, a mix that does not name every class with a positive share,
@@ -317,15 +318,20 @@ def correct_priors(runs: list, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return em_priors(probs, np.mean(shares, axis=0))
 
 
-def _mix_of(shares: dict, labels: list) -> np.ndarray:
-    """``{label: share}`` as shares in the order of ``labels`` (labels compared as text, so 1 and "1" agree)."""
+def _mix_of(shares: dict | str, labels: list) -> np.ndarray:
+    """``{label: share}`` or ``"uniform"`` as shares in the order of ``labels`` (labels compared as text, so 1 and
+    "1" agree)."""
     from loraclf.inference.label_shift import parse_mix
 
     try:
+        if shares == "uniform":
+            return parse_mix("uniform", labels, "match_priors")
         return parse_mix(",".join(f"{k}={v}" for k, v in shares.items()), labels, "match_priors")
     except (AttributeError, ValueError) as exc:
         raise UserError(
-            str(exc) if isinstance(exc, ValueError) else "match_priors: give True or {label: share}"
+            str(exc)
+            if isinstance(exc, ValueError)
+            else "match_priors: give True, 'uniform' or {label: share}"
         ) from None
 
 
