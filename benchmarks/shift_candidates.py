@@ -188,7 +188,7 @@ def tables(results: dict[str, list[dict]]) -> str:
         for stage in ("before", "after"):
             for key in ESTIMATES:
                 name = f"{key}_{stage}_error"
-                cells = [mean_sd([100 * r[s][name] for r in runs if s in r]) for s in SETS]
+                cells = [mean_sd([100 * r[s][name] for r in runs if name in r.get(s, {})]) for s in SETS]
                 lines.append(f"| {arm} | {key}, {stage} T | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -385,6 +385,7 @@ def test_predict_match_priors_meets_the_training_mix(tiny, tmp_path):
         (["--match-priors", "--prior-correction"], "contradict each other"),
         (["--match-priors", "sports=1"], "--match-priors: no share for"),
         (["--match-priors", "football=1"], "--match-priors: 'football=1' is not LABEL=SHARE"),
+        (["--match-priors", "data.text_column=body"], "is a recipe override, not a class mix"),
     ],
 )
 def test_bad_match_priors_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path, flags, why):
@@ -422,3 +423,8 @@ def test_python_api_match_priors_matches_on_its_own_probabilities(tiny):
         run.predict_proba(tiny["texts"], match_priors=True, prior_correction=True)
     with pytest.raises(UserError, match="no share for"):
         run.predict_proba(tiny["texts"], match_priors={LABELS[0]: 1})
+    np.testing.assert_allclose(run.predict_proba(tiny["texts"], match_priors="train"), want, atol=1e-9)
+    for bad, why in [(np.ones(4), "give True, 'train', 'uniform'"), ({"football": 1}, "not a label of the run"),
+                     ({lab: -1 for lab in LABELS}, "must be a positive number")]:  # fmt: skip
+        with pytest.raises(UserError, match=why):
+            run.predict_proba(tiny["texts"], match_priors=bad)

@@ -38,7 +38,7 @@ def _step(model, opt, i):
 
 def test_the_mean_is_of_the_weights_after_each_step_from_the_start_on():
     model, opt = _sgd_model()
-    avg = WeightAverage(model, swa_start=0.4, total_steps=10)
+    avg = WeightAverage(model, swa_start=0.4, laid_steps=10)
     assert avg.start == 4  # ceil(0.4 * 10): steps 4..10 enter the mean
     seen = []
     for step in range(1, 11):
@@ -58,14 +58,34 @@ def test_the_mean_is_of_the_weights_after_each_step_from_the_start_on():
         assert torch.equal(p, own[n])
 
 
+def test_both_copies_of_a_swap_run_inside_the_guard():
+    import contextlib
+
+    model, opt = _sgd_model()
+    avg = WeightAverage(model, 0.0, 3)
+    _step(model, opt, 1)
+    avg.update(1)
+    log = []
+
+    @contextlib.contextmanager
+    def guard():  # what the loop passes: signals wait while it is held
+        log.append("enter")
+        yield
+        log.append("exit")
+
+    with avg.swapped_in(guard):
+        assert log == ["enter", "exit"]  # the swap-in landed whole before the block runs
+    assert log == ["enter", "exit", "enter", "exit"]
+
+
 def test_before_its_start_the_average_leaves_the_model_alone():
     model, opt = _sgd_model()
-    avg = WeightAverage(model, swa_start=0.0, total_steps=5)
+    avg = WeightAverage(model, swa_start=0.0, laid_steps=5)
     assert avg.start == 1  # a start of 0 still means "after the first step"
     own = [p.detach().clone() for p in model.parameters()]
     with avg.swapped_in():  # nothing averaged yet: the model's own weights
         assert all(torch.equal(p, o) for p, o in zip(model.parameters(), own))
-    late = WeightAverage(model, swa_start=0.9, total_steps=5)
+    late = WeightAverage(model, swa_start=0.9, laid_steps=5)
     for step in range(1, 5):
         _step(model, opt, step)
         late.update(step)
@@ -110,7 +130,9 @@ def _train(data, out: Path, *extra):
 def test_a_run_keeps_the_mean_of_its_steps_weights(data, tmp_path):
     # A constant learning rate: a run stopped after k steps holds the longer run's weights at step k.
     same = ["train.scheduler=constant", "train.warmup_ratio=0"]
-    kept = _train(data, tmp_path / "swa", *same, "train.max_steps=6", "train.eval_every=6", "train.swa_start=0.5")
+    kept = _train(
+        data, tmp_path / "swa", *same, "train.max_steps=6", "train.eval_every=6", "train.swa_start=0.5"
+    )
     steps = [_train(data, tmp_path / f"k{k}", *same, f"train.max_steps={k}", f"train.eval_every={k}")
              for k in (3, 4, 5, 6)]  # fmt: skip
     plain = steps[-1]
@@ -174,7 +196,8 @@ def test_a_checkpoint_without_an_average_is_not_resumed_as_an_averaged_run(data,
     recipe.write_text(recipe.read_text().replace("swa_start: null", "swa_start: 0.5"))
     res = run_cli("train", "--resume", run, "--quiet")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res
-    assert "holds no weight average" in res.stderr and "train.swa_start" in res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("loraclf: error: ")]
+    assert len(errors) == 1 and "holds no weight average" in errors[0] and "train.swa_start" in errors[0]
 
 
 @pytest.mark.parametrize(
@@ -190,3 +213,107 @@ def test_settings_that_cannot_average_are_one_line_exit_2(data, tmp_path, extra,
     res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", out, *TINY, *extra)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and why in res.stderr, res.stderr
     assert not out.exists()
+
+
+def _recording(monkeypatch) -> list:
+    """Every WeightAverage the loop builds, kept for the test to read after the run."""
+    from loraclf.training import loop
+
+    made = []
+
+    class Recorded(WeightAverage):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(loop, "WeightAverage", Recorded)
+    return made
+
+
+def test_a_time_budget_cut_does_not_move_the_start(data, tmp_path, monkeypatch):
+    # The recipe a cut run writes: laid over 12 steps, cut to 8 at step 4. The start stays at ceil(0.5 * 12).
+    made = _recording(monkeypatch)
+    _train(data, tmp_path / "cut", "train.max_steps=12", "train.replans=[4,8]", "train.swa_start=0.5",
+           "train.eval_every=4")  # fmt: skip
+    assert made[0].start == 6 and made[0].count == 3  # steps 6, 7 and 8
+
+
+def test_a_run_cut_before_the_start_keeps_its_weights_and_says_so(data, tmp_path, monkeypatch):
+    made = _recording(monkeypatch)
+    out = tmp_path / "short"
+    res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", out, *TINY,
+                  "train.max_steps=12", "train.replans=[2,4]", "train.swa_start=0.5")  # fmt: skip
+    assert res.returncode == 0, res
+    assert made[0].count == 0
+    assert "train.swa_start: the run ended at step 4, before averaging began (step 6)" in res.stderr
+
+
+def test_an_evaluation_before_the_start_does_not_compete_with_the_average(data, tmp_path):
+    import json
+
+    from loraclf.runfolder.metrics_log import read_metrics
+
+    out = tmp_path / "run"
+    _train(data, out, "train.max_steps=8", "train.eval_every=2", "train.swa_start=0.5")
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4, 6, 8]
+    assert evals[1]["best"]  # step 4, the first averaged evaluation, is kept whatever step 2 scored
+    assert json.loads((out / "run.json").read_text())["best_step"] >= 4
+
+
+def test_ctrl_c_inside_an_averaged_evaluation_then_resume_writes_the_same_bytes(data, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from loraclf.training import evaluation
+
+    exact = ["train.max_steps=12", "train.eval_every=5", "model.dropout=0.1", "train.swa_start=0.25"]
+    reference = _train(data, tmp_path / "reference", *exact)
+    real, calls = evaluation.evaluate_model, [0]
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the average is in the model (the evaluation at step 10)
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate_model", interrupted)
+    run = tmp_path / "run"
+    res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", run, *TINY, *exact)
+    monkeypatch.undo()
+    assert res.returncode == 130 and "interrupted at step 10:" in res.stderr, res
+    # Resuming from a checkpoint that held the average instead of the model's own weights would train on from
+    # the wrong point and end elsewhere.
+    res = run_cli("train", "--resume", run, "--quiet")
+    assert res.returncode == 0 and "resuming from step 10 " in res.stderr, res
+    resumed = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(resumed[n], reference[n]) for n in reference)
+
+
+def test_a_checkpoint_with_an_average_is_not_resumed_without_one(data, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from loraclf.training import steps
+
+    real, calls = steps.accumulate, [0]
+
+    def interrupted(*args, **kwargs):
+        calls[0] += 1
+        out = real(*args, **kwargs)
+        if calls[0] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(steps, "accumulate", interrupted)
+    run = tmp_path / "run"
+    res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", run, *TINY,
+                  "train.max_steps=8", "train.swa_start=0.25")  # fmt: skip
+    monkeypatch.undo()
+    assert res.returncode == 130, res
+    recipe = run / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("swa_start: 0.25", "swa_start: null"))
+    res = run_cli("train", "--resume", run, "--quiet")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("loraclf: error: ")]
+    assert len(errors) == 1 and "holds a weight average" in errors[0], res.stderr

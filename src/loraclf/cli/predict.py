@@ -237,6 +237,12 @@ def _check_priors(args, runs: list[Path]):
         )
     flag = "--prior-correction" if args.prior_correction else "--match-priors"
     mix = None
+    if args.match_priors not in (None, "train", "uniform") and args.match_priors.startswith("data."):
+        # nargs="?" took the override that followed the flag for its mix
+        raise UserError(
+            f"--match-priors: '{args.match_priors}' is a recipe override, not a class mix; write the mix "
+            "(--match-priors train, uniform or LABEL=SHARE,...) or put the overrides before --match-priors"
+        )
     if args.match_priors not in (None, "train"):
         try:
             mix = parse_mix(args.match_priors, read_labels(runs[0]), "--match-priors")
@@ -265,17 +271,13 @@ def _prior_correction(models, probs, labels):
 
 def _prior_matching(models, probs, labels, mix):
     """``--match-priors``: the probabilities re-weighted so their mean is the mix, said in one line."""
-    from loraclf.inference.run import match_run_priors
+    from loraclf.inference.run import MATCH_MIN_ROWS, match_run_priors
 
     mix, offsets, probs = match_run_priors(models, probs, mix)
     shares = ", ".join(f"{lab} {p:.1%} ({o:+.2f})" for lab, p, o in zip(labels, mix, offsets))
     few = f"; only {len(probs):,} rows, whose mean says little" if len(probs) < MATCH_MIN_ROWS else ""
     print(f"prior matching: class mix (logit offset): {shares}{few}", file=sys.stderr)
     return probs
-
-
-# Below this many rows --match-priors warns: their mean posterior is a poor reading of the file's class mix.
-MATCH_MIN_ROWS = 200
 
 
 def cmd_predict(args) -> int:

@@ -16,7 +16,7 @@ its assumption fails, and it can move the priors the wrong way: use it when the 
 **Prior matching** (``--match-priors``) answers the opposite case: the file's class mix is *known* (by default the
 training file's), but the text has shifted and the model's answers lean towards some classes. On the course
 competition's test file the quick-start model sends machine-written World and Business items to Business and
-Sci/Tech: it predicts Sci/Tech for 32% of the file where training had 25%. EM reads that lean as a changed class
+Sci/Tech: it predicts Sci/Tech for 32% of the file where a balanced file would have 25%. EM reads that lean as a changed class
 mix and reinforces it. Prior matching instead re-weights each class by a factor ``w_y`` (an offset ``log w_y`` on the
 logits) chosen so that the file's mean re-weighted posterior equals the given mix:
 
@@ -102,7 +102,9 @@ def match_priors(
     Returns:
         ``(offsets, matched)``: the per-class logit offsets ``log w_y``, shape (classes,), shifted to sum to 0;
         the re-weighted posteriors, shape (rows, classes), each row summing to 1, whose column means equal
-        ``priors`` to within ``tol``. For no rows, zeros and ``probs``.
+        ``priors`` to within ``tol`` once the scaling has converged (it does for any posteriors with every class
+        above 0, which the clipping below ensures; ``max_iter`` only bounds the work). For no rows, zeros and
+        ``probs``.
 
     Raises:
         ValueError: ``priors`` does not match the number of classes or has a zero or negative share.

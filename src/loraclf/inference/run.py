@@ -87,8 +87,8 @@ class Run:
         probabilities to the class priors EM estimates from these texts (label shift; see
         :mod:`loraclf.inference.label_shift`), so it needs a whole file of texts, not one. ``match_priors``
         re-weights each class so that the mean probability over these texts equals a known class mix: True for
-        the training file's, ``"uniform"`` for equal shares, or ``{label: share}`` (prior matching, same module);
-        also for a whole file.
+        the training file's (or ``"train"``), ``"uniform"`` for equal shares, or ``{label: share}`` (prior
+        matching, same module); also for a whole file (under 200 rows it warns on stderr).
 
         Raises:
             UserError: both corrections asked for, a mix that does not name every class with a positive share,
@@ -96,15 +96,18 @@ class Run:
         """
         if isinstance(texts, str):
             texts = [texts]
+        matching = match_priors is not None and match_priors is not False
+        if prior_correction and matching:
+            raise UserError("prior_correction and match_priors contradict each other; choose one")
+        mix = _mix_of(match_priors, self.labels) if matching else None  # checked before scoring
         probs = self.probs_of_ids(
             self.encode(texts, progress=progress), batch_size, mc_dropout, progress, desc
         )
-        if prior_correction and match_priors not in (None, False):
-            raise UserError("prior_correction and match_priors contradict each other; choose one")
         if prior_correction:
             return correct_priors([self], probs)[1]
-        if match_priors not in (None, False):
-            mix = None if match_priors is True else _mix_of(match_priors, self.labels)
+        if matching:
+            if len(probs) < MATCH_MIN_ROWS:
+                say(f"match_priors: only {len(probs):,} rows, whose mean says little about the class mix")
             return match_run_priors([self], probs, mix)[2]
         return probs
 
@@ -318,21 +321,45 @@ def correct_priors(runs: list, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return em_priors(probs, np.mean(shares, axis=0))
 
 
-def _mix_of(shares: dict | str, labels: list) -> np.ndarray:
-    """``{label: share}`` or ``"uniform"`` as shares in the order of ``labels`` (labels compared as text, so 1 and
-    "1" agree)."""
+# Below this many rows prior matching warns: their mean posterior is a poor reading of the file's class mix.
+MATCH_MIN_ROWS = 200
+
+
+def _mix_of(match_priors, labels: list) -> np.ndarray | None:
+    """The mix ``predict_proba(match_priors=...)`` asks for, in the order of ``labels``: None for the training
+    mix (True or "train"), equal shares ("uniform"), or a ``{label: share}`` mapping (labels compared as text, so
+    1 and "1" agree).
+
+    Raises:
+        UserError: anything else, or a mapping that leaves a class out, names one twice or gives a share that is
+            not a positive number.
+    """
     from loraclf.inference.label_shift import parse_mix
 
-    try:
-        if shares == "uniform":
-            return parse_mix("uniform", labels, "match_priors")
-        return parse_mix(",".join(f"{k}={v}" for k, v in shares.items()), labels, "match_priors")
-    except (AttributeError, ValueError) as exc:
-        raise UserError(
-            str(exc)
-            if isinstance(exc, ValueError)
-            else "match_priors: give True, 'uniform' or {label: share}"
-        ) from None
+    if match_priors is True or (isinstance(match_priors, str) and match_priors == "train"):
+        return None
+    if isinstance(match_priors, str) and match_priors == "uniform":
+        return parse_mix("uniform", labels, "match_priors")
+    if not isinstance(match_priors, dict):
+        raise UserError("match_priors: give True, 'train', 'uniform' or {label: share}")
+    index = {str(lab): i for i, lab in enumerate(labels)}
+    shares = np.full(len(labels), np.nan)
+    for label, share in match_priors.items():
+        if str(label) not in index:
+            raise UserError(f"match_priors: '{label}' is not a label of the run ({', '.join(index)})")
+        if not np.isnan(shares[index[str(label)]]):
+            raise UserError(f"match_priors: label '{label}' is given twice")
+        try:
+            value = float(share)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (value > 0 and np.isfinite(value)):
+            raise UserError(f"match_priors: the share of '{label}' must be a positive number, got {share!r}")
+        shares[index[str(label)]] = value
+    missing = [str(lab) for lab, v in zip(labels, shares) if np.isnan(v)]
+    if missing:
+        raise UserError(f"match_priors: no share for {', '.join(missing)}; give every class")
+    return shares / shares.sum()
 
 
 def match_run_priors(

@@ -145,7 +145,8 @@ def load_checkpoint(
 
     Raises:
         UserError: the checkpoint does not fit the model, is not a loraclf checkpoint, or lacks the weight
-            average this run keeps (``train.swa_start`` set after it was written).
+            average this run keeps, or holds one this run does not (``train.swa_start`` edited since it was
+            written).
     """
     weights = load_file(str(path / "weights.safetensors"))
     params = dict(model.named_parameters())
@@ -171,6 +172,11 @@ def load_checkpoint(
         scaler.load_state_dict(blob["scaler"])
     if restore_method is not None and blob.get("method"):
         restore_method(model, blob["method"])
+    if restore_average is None and blob.get("average"):
+        raise UserError(
+            f"--resume: checkpoint '{path}' holds a weight average, but the run's recipe no longer sets "
+            "train.swa_start; restore the recipe's train.swa_start, or retrain the run"
+        )
     if restore_average is not None:
         if not blob.get("average"):
             raise UserError(

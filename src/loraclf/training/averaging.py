@@ -7,16 +7,17 @@ that weights between the pretrained and the fine-tuned model keep most of the in
 under distribution shift. An average that starts early in a LoRA run is such a point: the early adapters are
 small, so the average leans towards the pretrained backbone, and the head is averaged with them.
 
-Measured on the course competition's machine-written rows (benchmarks/README.md): averaging every step after the
-warmup, with ``predict --match-priors``, moved them from 85.3% to about 89% for 0.4 points of test.csv.
+MEASURED_TBD
 
 From step ``ceil(swa_start · total steps)`` on, after every optimizer step, each trainable tensor's running mean
 takes the new weights in (``torch.optim.swa_utils.get_swa_multi_avg_fn``: ``mean += (w - mean) / (n + 1)``, in
-fp32). Evaluations from then on score the average, and the best of them is what ``model.safetensors`` keeps, so
+fp32). Evaluations from then on score the average, and the best of them is what ``model.safetensors`` keeps (an
+evaluation before the start does not compete with them: the first averaged one is kept whatever it scores), so
 the selection by ``train.metric`` and everything after training (finishing, export, predict) see averaged weights
-without knowing it. Only trainable weights are averaged: frozen ones never move. There are no batch-norm statistics
+without knowing it. A run that ends before the start (a time budget cut it) keeps its own weights and says so. Only trainable weights are averaged: frozen ones never move. There are no batch-norm statistics
 to recompute in the transformers loraclf trains (they use layer norm). A checkpoint holds the mean and its count,
-so a resumed run continues the same average.
+so a resumed run continues the same average. The mean costs one fp32 copy of the trainable weights, and an
+evaluation briefly another (nothing for adapters; for full fine-tuning, two copies of the model).
 """
 
 from __future__ import annotations
@@ -33,18 +34,19 @@ class WeightAverage:
 
     Args:
         model: The model being trained (unwrapped: not the DDP or compiled wrapper).
-        swa_start: Share of ``total_steps`` after which averaging starts, in [0, 1).
-        total_steps: The run's planned optimizer steps.
+        swa_start: Share of ``laid_steps`` after which averaging starts, in [0, 1).
+        laid_steps: The steps the run's schedule was laid over (a time budget's re-plans cut the run, not this:
+            the start stays where the first plan put it, so the recipe a cut run wrote reproduces it).
 
     Attributes:
         start: The first step whose weights enter the mean (at least 1).
         count: How many steps' weights the mean holds (0: averaging has not started).
     """
 
-    def __init__(self, model: torch.nn.Module, swa_start: float, total_steps: int):
+    def __init__(self, model: torch.nn.Module, swa_start: float, laid_steps: int):
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.start = max(1, math.ceil(swa_start * total_steps))
+        self.start = max(1, math.ceil(swa_start * laid_steps))
         self.count = 0
         self.mean = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self._update = get_swa_multi_avg_fn()
@@ -59,20 +61,25 @@ class WeightAverage:
         self.count += 1
 
     @contextlib.contextmanager
-    def swapped_in(self):
+    def swapped_in(self, guard=contextlib.nullcontext):
         """The model holds the averaged weights inside the block (its own weights afterwards, unchanged); without
-        a mean yet, its own weights throughout."""
+        a mean yet, its own weights throughout.
+
+        ``guard()`` wraps each copy (the loop passes its deferred-signals context), so a Ctrl-C never leaves the
+        model half swapped: an interruption inside the block still gets the model's own weights back, which is
+        what the checkpoint it triggers must hold.
+        """
         if self.count == 0:
             yield
             return
-        with torch.no_grad():
+        with guard(), torch.no_grad():
             own = [p.detach().clone() for p in self.params]
             for p, m in zip(self.params, self.mean):
                 p.copy_(m)
         try:
             yield
         finally:
-            with torch.no_grad():
+            with guard(), torch.no_grad():
                 for p, w in zip(self.params, own):
                     p.copy_(w)
 

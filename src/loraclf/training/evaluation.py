@@ -76,8 +76,13 @@ def evaluate_and_keep(ctx: LoopContext) -> bool:
         True to stop training: no improvement for ``train.early_stopping`` evaluations, or the ``on_evaluate``
         callback (sweeps' pruner) asked to stop.
     """
-    with ctx.average.swapped_in() if ctx.average is not None else contextlib.nullcontext():
-        # With weight averaging the average is what is scored and, when best, kept.
+    if ctx.average is None:
+        return _evaluate_and_keep(ctx)
+    state = ctx.state
+    if ctx.average.count and state.best_step is not None and state.best_step < ctx.average.start:
+        # Weights from before the average began do not compete with it: the first averaged evaluation is kept.
+        state.best = state.best_loss = None
+    with ctx.average.swapped_in(ctx.interrupts.deferred):  # the average is scored and, when best, kept
         return _evaluate_and_keep(ctx)
 
 

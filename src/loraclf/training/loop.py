@@ -35,7 +35,7 @@ from loraclf.training.context import LoopContext
 from loraclf.training.finish import RunFolder, final_metrics_of, finish, finish_tail
 from loraclf.training.interrupts import Interrupts
 from loraclf.training.prepare import Prepared
-from loraclf.training.session import Session, build_model, nondeterministic_paths, open_session
+from loraclf.training.session import Session, build_model, nondeterministic_paths, open_session, planned_steps
 from loraclf.training.state import LOG_EVERY_STEPS, Diverged, TrainState
 from loraclf.training.warmup import plan_run
 from loraclf.utils.devices import environment, pick_device, pick_precision, set_threads
@@ -124,7 +124,8 @@ def _optimise(
     del model  # the session owns it now
     ctx.interrupts, ctx.on_evaluate, ctx.budget, ctx.clock = interrupts, on_evaluate, plan, clock
     if t.swa_start is not None:
-        ctx.average = WeightAverage(ctx.s.model, t.swa_start, ctx.s.total_steps)
+        laid, _ = planned_steps(t, ctx.s.steps_per_epoch)
+        ctx.average = WeightAverage(ctx.s.model, t.swa_start, laid)
     if folder.resume:
         ctx.state = checkpointing.restore(ctx)
     else:
@@ -143,6 +144,11 @@ def _optimise(
     with contextlib.closing(ctx.logger), contextlib.closing(ctx.bar):
         try:
             run_steps(ctx)
+            if ctx.average is not None and ctx.average.count == 0 and dist.main:
+                say(
+                    f"train.swa_start: the run ended at step {ctx.state.step:,}, before averaging began "
+                    f"(step {ctx.average.start:,}); it keeps its own weights"
+                )
             with ctx.interrupts.deferred():
                 s = ctx.s
                 method_state = s.method.final_state(s.model) if s.method.final_state is not None else {}
