@@ -12,6 +12,7 @@ import io
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -338,3 +339,51 @@ def run_cli(*args) -> CliResult:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(a) for a in args])
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+# --- interrupting a run in this process, as Ctrl-C or a scheduler's SIGTERM does ---------------------------------
+
+
+def signal_at(monkeypatch, step: int, signum: int = signal.SIGINT, where: str = "accumulate") -> None:
+    """Send ``signum`` to this process (as Ctrl-C or a scheduler's SIGTERM does) during optimizer step ``step + 1``.
+
+    ``where="accumulate"``: once its micro-batches ran forward and backward, drawing their dropout masks (the
+    interruption takes effect at once; the checkpoint is the boundary after step ``step``). ``where="update"``: inside the step's update, where
+    signals wait for the update to land (the checkpoint is the boundary after step ``step + 1``).
+    """
+    from loraclf.training import steps
+
+    name = "accumulate" if where == "accumulate" else "optimizer_step"
+    real, calls = getattr(steps, name), [0]
+
+    def patched(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] != step + 1:
+            return real(*args, **kwargs)
+        if where == "accumulate":  # after the micro-batches drew their dropout masks, before the update
+            out = real(*args, **kwargs)
+            os.kill(os.getpid(), signum)
+            return out
+        os.kill(os.getpid(), signum)  # inside the update: the signal waits for it to land
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(steps, name, patched)
+
+
+def signal_in(monkeypatch, target: str, signum: int = signal.SIGINT, nth: int = 1) -> None:
+    """Send ``signum`` to this process on call ``nth`` of ``module:function`` (a phase of the run), before it runs."""
+    import importlib
+
+    module_name, name = target.split(":")
+    owner = importlib.import_module(module_name)
+    cls, _, attr = name.partition(".")
+    holder = getattr(owner, cls) if attr else owner
+    real, calls = getattr(holder, attr or name), [0]
+
+    def patched(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == nth:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(holder, attr or name, patched)

@@ -324,12 +324,17 @@ def test_predict_prior_correction_reweights_to_em_priors(tiny, tmp_path):
     assert len(line) == 1 and f"sports {priors[LABELS.index('sports')]:.1%}" in line[0]
 
 
-def test_prior_correction_without_training_counts_is_one_line_exit_2(tiny, tmp_path):
-    run = tmp_path / "run"
+def _without_training_counts(tiny, run: Path) -> Path:
+    """A copy of the tiny run whose run.json records no training class counts (runs trained before they were)."""
     shutil.copytree(tiny["run"], run)
     info = json.loads((run / "run.json").read_text())
     del info["data"]["train_label_counts"]
     (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+def test_prior_correction_without_training_counts_is_one_line_exit_2(tiny, tmp_path):
+    run = _without_training_counts(tiny, tmp_path / "run")
     res = run_cli(
         "predict", run, "--input", tiny["input"], "--output", tmp_path / "p.csv", "--prior-correction"
     )
@@ -396,11 +401,7 @@ def test_bad_match_priors_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path, 
 
 
 def test_match_priors_without_training_counts_asks_for_the_mix(tiny, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(tiny["run"], run)
-    info = json.loads((run / "run.json").read_text())
-    del info["data"]["train_label_counts"]
-    (run / "run.json").write_text(json.dumps(info))
+    run = _without_training_counts(tiny, tmp_path / "run")
     res = run_cli("predict", run, "--input", tiny["input"], "--output", tmp_path / "p.csv", "--match-priors")
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "train_label_counts" in res.stderr and "--match-priors LABEL=SHARE" in res.stderr

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli, write_text_csv
+from conftest import run_cli, signal_at, signal_in, write_text_csv
 from loraclf.training.averaging import WeightAverage
 
 TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "train.threads=1",
@@ -144,23 +144,10 @@ def test_a_run_keeps_the_mean_of_its_steps_weights(data, tmp_path):
 def test_an_averaged_run_resumed_after_ctrl_c_writes_the_bytes_of_an_uninterrupted_one(
     data, tmp_path, monkeypatch
 ):
-    import os
-    import signal
-
-    from loraclf.training import steps
 
     exact = ["train.max_steps=12", "train.eval_every=5", "model.dropout=0.1", "train.swa_start=0.25"]
     reference = _train(data, tmp_path / "reference", *exact)
-    real, calls = steps.accumulate, [0]
-
-    def interrupted(*args, **kwargs):  # Ctrl-C during step 8, after its micro-batches ran
-        calls[0] += 1
-        out = real(*args, **kwargs)
-        if calls[0] == 8:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(steps, "accumulate", interrupted)
+    signal_at(monkeypatch, 7)  # Ctrl-C during step 8, after its micro-batches ran
     run = tmp_path / "run"
     res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", run, *TINY, *exact)
     monkeypatch.undo()
@@ -172,21 +159,7 @@ def test_an_averaged_run_resumed_after_ctrl_c_writes_the_bytes_of_an_uninterrupt
 
 
 def test_a_checkpoint_without_an_average_is_not_resumed_as_an_averaged_run(data, tmp_path, monkeypatch):
-    import os
-    import signal
-
-    from loraclf.training import steps
-
-    real, calls = steps.accumulate, [0]
-
-    def interrupted(*args, **kwargs):
-        calls[0] += 1
-        out = real(*args, **kwargs)
-        if calls[0] == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(steps, "accumulate", interrupted)
+    signal_at(monkeypatch, 3)
     run = tmp_path / "run"
     res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", run, *TINY,
                   "train.max_steps=8")  # fmt: skip
@@ -262,22 +235,11 @@ def test_an_evaluation_before_the_start_does_not_compete_with_the_average(data, 
 
 
 def test_ctrl_c_inside_an_averaged_evaluation_then_resume_writes_the_same_bytes(data, tmp_path, monkeypatch):
-    import os
-    import signal
-
-    from loraclf.training import evaluation
 
     exact = ["train.max_steps=12", "train.eval_every=5", "model.dropout=0.1", "train.swa_start=0.25"]
     reference = _train(data, tmp_path / "reference", *exact)
-    real, calls = evaluation.evaluate_model, [0]
-
-    def interrupted(*args, **kwargs):  # Ctrl-C while the average is in the model (the evaluation at step 10)
-        calls[0] += 1
-        if calls[0] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(evaluation, "evaluate_model", interrupted)
+    # Ctrl-C while the average is in the model (the evaluation at step 10)
+    signal_in(monkeypatch, "loraclf.training.evaluation:evaluate_model", nth=2)
     run = tmp_path / "run"
     res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", run, *TINY, *exact)
     monkeypatch.undo()
@@ -291,21 +253,7 @@ def test_ctrl_c_inside_an_averaged_evaluation_then_resume_writes_the_same_bytes(
 
 
 def test_a_checkpoint_with_an_average_is_not_resumed_without_one(data, tmp_path, monkeypatch):
-    import os
-    import signal
-
-    from loraclf.training import steps
-
-    real, calls = steps.accumulate, [0]
-
-    def interrupted(*args, **kwargs):
-        calls[0] += 1
-        out = real(*args, **kwargs)
-        if calls[0] == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(steps, "accumulate", interrupted)
+    signal_at(monkeypatch, 4)
     run = tmp_path / "run"
     res = run_cli("train", "--model", data["bert"], "--train", data["train"], "--out", run, *TINY,
                   "train.max_steps=8", "train.swa_start=0.25")  # fmt: skip

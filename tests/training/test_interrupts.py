@@ -7,7 +7,6 @@ chosen step, and once for real (SIGINT to a ``python -m loraclf train`` process)
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, run_cli, write_text_csv
+from conftest import cli_env, run_cli, signal_at, signal_in, write_text_csv
 
 TINY = ["--quiet", "train.batch_size=8", "train.lr=2e-2", "model.head=linear", "train.threads=1"]
 
@@ -86,35 +85,9 @@ def test_default_clock_loses_at_most_ten_minutes():
     assert 0 < Recipe().train.save_every_minutes <= 10
 
 
-def _signal_at(monkeypatch, step: int, signum: int = signal.SIGINT, where: str = "accumulate") -> None:
-    """Send ``signum`` to this process (as Ctrl-C or a scheduler's SIGTERM does) during optimizer step ``step + 1``.
-
-    ``where="accumulate"``: once its micro-batches ran forward and backward, drawing their dropout masks (the
-    interruption takes effect at once; the checkpoint is the boundary after step ``step``). ``where="update"``: inside the step's update, where
-    signals wait for the update to land (the checkpoint is the boundary after step ``step + 1``).
-    """
-    from loraclf.training import steps
-
-    name = "accumulate" if where == "accumulate" else "optimizer_step"
-    real, calls = getattr(steps, name), [0]
-
-    def patched(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] != step + 1:
-            return real(*args, **kwargs)
-        if where == "accumulate":  # after the micro-batches drew their dropout masks, before the update
-            out = real(*args, **kwargs)
-            os.kill(os.getpid(), signum)
-            return out
-        os.kill(os.getpid(), signum)  # inside the update: the signal waits for it to land
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(steps, name, patched)
-
-
 def test_ctrl_c_keeps_a_checkpoint_and_resume_appends_to_the_history(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    _signal_at(monkeypatch, 7)
+    signal_at(monkeypatch, 7)
     res = run_cli(
         *_args(data, run, "train.max_steps=20", "train.save_every_minutes=null", "train.eval_every=5")
     )
@@ -149,7 +122,7 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_appends_to_the_history(data, tmp_p
 
 def test_resume_without_a_checkpoint_says_it_starts_from_step_0(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    _signal_at(monkeypatch, 0)  # before the first optimizer step finishes
+    signal_at(monkeypatch, 0)  # before the first optimizer step finishes
     res = run_cli(*_args(data, run, "train.max_steps=4"))
     monkeypatch.undo()
     assert res.returncode == 130 and "starts from step 0" in res.stderr, res
@@ -164,7 +137,7 @@ def test_resume_without_a_checkpoint_says_it_starts_from_step_0(data, tmp_path, 
 
 def test_weights_of_an_unfinished_run_name_the_resume_command(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    _signal_at(monkeypatch, 6)  # after the evaluation at step 5 kept weights
+    signal_at(monkeypatch, 6)  # after the evaluation at step 5 kept weights
     res = run_cli(*_args(data, run, "train.max_steps=20", "train.eval_every=5", "--save-every", "5"))
     monkeypatch.undo()
     assert res.returncode == 130 and (run / "model.safetensors").is_file(), res
@@ -242,7 +215,7 @@ def test_resume_after_ctrl_c_writes_the_bytes_of_an_uninterrupted_run(
     data, reference, tmp_path, monkeypatch, where, step, checkpoint
 ):
     run = tmp_path / "run"
-    _signal_at(monkeypatch, step, where=where)
+    signal_at(monkeypatch, step, where=where)
     res = run_cli(*_args(data, run, *EXACT))
     monkeypatch.undo()
     assert res.returncode == 130, res
@@ -251,25 +224,6 @@ def test_resume_after_ctrl_c_writes_the_bytes_of_an_uninterrupted_run(
     assert res.returncode == 0 and f"resuming from step {checkpoint} " in res.stderr, res
     assert (run / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
     assert _evaluations(run) == _evaluations(reference)
-
-
-def _signal_in(monkeypatch, target: str, signum: int = signal.SIGINT) -> None:
-    """Send ``signum`` to this process on the first call of ``module:function`` (a phase of the run)."""
-    import importlib
-
-    module_name, name = target.split(":")
-    owner = importlib.import_module(module_name)
-    cls, _, attr = name.partition(".")
-    holder = getattr(owner, cls) if attr else owner
-    real, calls = getattr(holder, attr or name), [0]
-
-    def patched(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 1:
-            os.kill(os.getpid(), signum)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(holder, attr or name, patched)
 
 
 PHASES = {
@@ -287,7 +241,7 @@ def test_an_interruption_in_any_phase_leaves_a_run_that_resume_finishes(data, tm
     reference = tmp_path / "reference"
     assert run_cli(*_args(data, reference, *one_epoch)).returncode == 0
     run = tmp_path / "run"
-    _signal_in(monkeypatch, PHASES[phase], signal.SIGTERM if phase == "report" else signal.SIGINT)
+    signal_in(monkeypatch, PHASES[phase], signal.SIGTERM if phase == "report" else signal.SIGINT)
     res = run_cli(*_args(data, run, *one_epoch))
     monkeypatch.undo()
     assert res.returncode == (143 if phase == "report" else 130), res
@@ -337,7 +291,7 @@ def test_resume_refuses_training_rows_that_changed(data, tmp_path, monkeypatch):
     train = tmp_path / "train.csv"
     train.write_bytes(Path(data["train"]).read_bytes())
     run = tmp_path / "run"
-    _signal_at(monkeypatch, 3)
+    signal_at(monkeypatch, 3)
     res = run_cli(
         "train", "--model", data["bert"], "--train", train, "--out", run, *TINY, "train.max_steps=12"
     )

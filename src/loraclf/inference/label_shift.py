@@ -57,10 +57,7 @@ def em_priors(
         ValueError: ``train_priors`` does not match the number of classes or has a zero or negative share.
     """
     probs = np.asarray(probs, dtype=np.float64)
-    pi = np.asarray(train_priors, dtype=np.float64)
-    if pi.shape != (probs.shape[1],) or not np.all(pi > 0):
-        raise ValueError(f"train_priors must be {probs.shape[1]} positive shares, got {pi.tolist()}")
-    pi = pi / pi.sum()
+    pi = _shares(train_priors, probs.shape[1], "train_priors")
     if len(probs) == 0:
         return pi, probs
     est, corrected = pi.copy(), probs
@@ -74,6 +71,14 @@ def em_priors(
             break
     w = probs * (est / pi)  # the posteriors under the final priors
     return est, w / np.clip(w.sum(axis=1, keepdims=True), 1e-300, None)
+
+
+def _shares(values, classes: int, name: str) -> np.ndarray:
+    """``values`` as ``classes`` shares summing to 1; ValueError naming ``name`` unless all are positive."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (classes,) or not np.all(arr > 0):
+        raise ValueError(f"{name} must be {classes} positive shares, got {arr.tolist()}")
+    return arr / arr.sum()
 
 
 def train_priors_of(info_data: dict, num_labels: int) -> np.ndarray | None:
@@ -110,10 +115,7 @@ def match_priors(
         ValueError: ``priors`` does not match the number of classes or has a zero or negative share.
     """
     probs = np.asarray(probs, dtype=np.float64)
-    target = np.asarray(priors, dtype=np.float64)
-    if target.shape != (probs.shape[1],) or not np.all(target > 0):
-        raise ValueError(f"priors must be {probs.shape[1]} positive shares, got {target.tolist()}")
-    target = target / target.sum()
+    target = _shares(priors, probs.shape[1], "priors")
     if len(probs) == 0:
         return np.zeros(len(target)), probs
     # Posteriors of exactly 0 (an int8 engine's underflow) would pin a class; keep every class reachable.

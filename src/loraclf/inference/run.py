@@ -309,16 +309,28 @@ def correct_priors(runs: list, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     Raises:
         UserError: a run does not record its training class counts, or a class had no training row.
     """
-    from loraclf.inference.label_shift import em_priors, train_priors_of
+    from loraclf.inference.label_shift import em_priors
+
+    mix = _training_mix(runs, "--prior-correction", "retrain the run, or predict without --prior-correction")
+    return em_priors(probs, mix)
+
+
+def _training_mix(runs: list, flag: str, fix: str) -> np.ndarray:
+    """The members' mean training class shares (``run.json`` ``data.train_label_counts``).
+
+    Raises:
+        UserError: a run records no count for some class; names ``flag`` and says ``fix``.
+    """
+    from loraclf.inference.label_shift import train_priors_of
 
     shares = [train_priors_of(r.info.data, len(r.labels)) for r in runs]
     missing = next((r for r, s in zip(runs, shares) if s is None), None)
     if missing is not None:
         raise UserError(
-            f"--prior-correction: '{missing.path}/run.json' records no training count for every class "
-            "(data.train_label_counts); retrain the run, or predict without --prior-correction"
+            f"{flag}: '{missing.path}/run.json' records no training count for every class "
+            f"(data.train_label_counts); {fix}"
         )
-    return em_priors(probs, np.mean(shares, axis=0))
+    return np.mean(shares, axis=0)
 
 
 # Below this many rows prior matching warns: their mean posterior is a poor reading of the file's class mix.
@@ -378,16 +390,9 @@ def match_run_priors(
     Raises:
         UserError: ``mix`` is None and a run does not record its training class counts.
     """
-    from loraclf.inference.label_shift import match_priors, train_priors_of
+    from loraclf.inference.label_shift import match_priors
 
     if mix is None:
-        shares = [train_priors_of(r.info.data, len(r.labels)) for r in runs]
-        missing = next((r for r, s in zip(runs, shares) if s is None), None)
-        if missing is not None:
-            raise UserError(
-                f"--match-priors: '{missing.path}/run.json' records no training count for every class "
-                "(data.train_label_counts); give the mix as LABEL=SHARE,... or retrain the run"
-            )
-        mix = np.mean(shares, axis=0)
+        mix = _training_mix(runs, "--match-priors", "give the mix as LABEL=SHARE,... or retrain the run")
     offsets, matched = match_priors(probs, mix)
     return mix / mix.sum(), offsets, matched
